@@ -1,0 +1,62 @@
+"""The `pipeline` command: options -> library calls. The one place a `PipelineError` becomes one line."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pipeline.errors import PipelineError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PipelineError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to resume", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="pipeline")
+def main():
+    """Pretrained-CNN embeddings vs raw pixels: extract, classify, map, report."""
+
+
+@main.command()
+@click.option("--dataset", type=click.Choice(["fashion-mnist", "mnist", "cifar10", "folder"]),
+              default="fashion-mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Dataset folder. Fashion-MNIST default: $PIPELINE_DATA_DIR, then "
+                   "/usr/share/datasets/fashion-mnist, then torchvision's download.")
+@click.option("--backbone", default="resnet18", show_default=True,
+              help="efficientnet_lite0 or any torchvision classification model (resnet18, vgg16, ...).")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a state dict.")
+@click.option("--layer", default=None, help="Graph node to take features from (default: penultimate layer).")
+@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto: bf16 where the hardware has it, else fp32 (CPU) / fp16 (GPU).")
+@click.option("--engine", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+              help="auto: OpenVINO on CPU for bf16/fp16, torch otherwise.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch engine).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--limit", type=int, default=None, help="Only the first N images of each split.")
+@click.option("--out", type=click.Path(path_type=str), default=None,
+              help="Store folder [default: features/<dataset>/<backbone>].")
+@click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings.")
+def extract(dataset, data_dir, backbone, weights, layer, image_size, device, precision, engine, compile_,
+            batch_size, limit, out, overwrite):
+    """Turn an image dataset into pretrained-CNN embeddings on disk (resumable)."""
+    from pipeline.extract import extract as run_extract
+
+    run_extract(dataset, backbone, data_dir=data_dir, limit=limit, weights=weights, layer=layer,
+                image_size=image_size, device=device, precision=precision, engine=engine, compile=compile_,
+                batch_size=batch_size, out=out, overwrite=overwrite)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""Dataset readers: IDX (Fashion-MNIST, MNIST), CIFAR-10 python batches, and image folders.
+
+Every reader validates its files and raises `PipelineError` naming the file and the problem, before any
+large allocation. A `Dataset` holds its splits as uint8 NCHW images (or lazily decoded files) and labels;
+it knows nothing of models.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+MAX_IDX_BYTES = 1 << 33  # 8 GiB: no IDX file of a real image dataset claims more
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+@dataclass
+class Split:
+    """One split: `len(split)` images, `labels` (int64), and `batch(a, b)` -> uint8 NCHW images."""
+
+    name: str
+    labels: np.ndarray
+    images: np.ndarray | None = None  # (N, C, H, W) uint8, in memory
+    files: list[Path] | None = None  # or image files decoded on demand
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, start: int, stop: int):
+        """uint8 images [start, stop): an (n, C, H, W) array, or a list of (C, H, W) arrays of varied sizes."""
+        if self.images is not None:
+            return self.images[start:stop]
+        return [_decode(p) for p in self.files[start:stop]]
+
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        if self.images is not None:
+            h.update(str(self.images.shape).encode())
+            h.update(np.ascontiguousarray(self.images).data)
+        else:
+            for p in self.files:
+                h.update(p.name.encode())
+                h.update(p.read_bytes())
+        h.update(self.labels.astype("<i8").tobytes())
+        return h.hexdigest()
+
+    def labels_hash(self) -> str:
+        return hashlib.sha256(self.labels.astype("<i8").tobytes()).hexdigest()
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    splits: dict[str, Split]
+    source: str
+    _hash: str | None = field(default=None, repr=False)
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 over every split's images and labels (as used, i.e. after --limit)."""
+        if self._hash is None:
+            h = hashlib.sha256()
+            for name, split in self.splits.items():
+                h.update(name.encode())
+                h.update(split.content_hash().encode())
+            self._hash = h.hexdigest()
+        return self._hash
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "classes": self.classes,
+            "content_sha256": self.content_hash,
+            "rows": {k: len(s) for k, s in self.splits.items()},
+            "labels_sha256": {k: s.labels_hash() for k, s in self.splits.items()},
+        }
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> Dataset:
+    """Read a dataset by name: 'fashion-mnist', 'mnist', 'cifar10' or 'folder'."""
+    readers = {"fashion-mnist": _load_fashion_mnist, "mnist": _load_mnist, "cifar10": _load_cifar10,
+               "folder": _load_folder}
+    if name not in readers:
+        raise PipelineError(f"unknown dataset {name!r}; choose one of {', '.join(readers)}")
+    if limit is not None and limit < 1:
+        raise PipelineError(f"--limit must be a positive number of images, not {limit}")
+    if data_dir is not None:
+        data_dir = Path(data_dir).expanduser()
+        if not data_dir.is_dir():
+            raise PipelineError(f"data directory {data_dir} does not exist (or is not a folder); "
+                                f"point --data-dir at the folder that holds the {name} files")
+    ds = readers[name](data_dir)
+    if limit is not None:
+        for split in ds.splits.values():
+            split.labels = split.labels[:limit]
+            if split.images is not None:
+                split.images = split.images[:limit]
+            else:
+                split.files = split.files[:limit]
+    return ds
+
+
+# --- IDX (Fashion-MNIST, MNIST) ---------------------------------------------------------------------
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read a uint8 IDX file (gzip or not) with `ndim` dimensions, validating it before allocating."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        is_gzip = f.read(2) == b"\x1f\x8b"
+    if path.suffix == ".gz" and not is_gzip:
+        raise PipelineError(f"{path}: not a gzip file although it is named .gz; re-download it")
+    try:
+        with (gzip.open(path, "rb") if is_gzip else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise PipelineError(f"{path}: truncated (no complete IDX header); re-download it")
+            zero, dtype, nd = struct.unpack(">HBB", head)
+            if zero != 0:
+                raise PipelineError(f"{path}: not an IDX file (bad magic number {head.hex()})")
+            if dtype != 0x08:
+                raise PipelineError(f"{path}: IDX element type 0x{dtype:02x}, expected unsigned bytes (0x08)")
+            if nd != ndim:
+                raise PipelineError(f"{path}: IDX file has {nd} dimensions, expected {ndim} "
+                                    f"({'images' if ndim == 3 else 'labels'})")
+            raw = f.read(4 * nd)
+            if len(raw) < 4 * nd:
+                raise PipelineError(f"{path}: truncated IDX header; re-download it")
+            dims = struct.unpack(f">{nd}I", raw)
+            n = int(np.prod(dims, dtype=np.int64))
+            if n > MAX_IDX_BYTES:
+                raise PipelineError(f"{path}: header claims shape {dims} ({n / 2**30:.0f} GiB), "
+                                    f"which is absurd; the file is corrupt")
+            expected = 4 + 4 * nd + n
+            actual = _gzip_size(path) if is_gzip else path.stat().st_size
+            if actual != (expected % (1 << 32) if is_gzip else expected):  # gzip stores the size mod 2**32
+                raise PipelineError(f"{path}: header claims shape {dims} ({expected:,} bytes) but the file "
+                                    f"holds {actual:,} bytes; it is truncated or corrupt, re-download it")
+            data = bytearray(n)  # writable, filled in place: one copy of the data in memory
+            got = f.readinto(data)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise PipelineError(f"{path}: truncated or corrupt gzip data ({e}); re-download it") from None
+    if got != n:
+        raise PipelineError(f"{path}: truncated ({got:,} of {n:,} data bytes); re-download it")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _gzip_size(path: Path) -> int:
+    """Uncompressed size mod 2**32, from the gzip trailer (ISIZE); costs no decompression."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 18:
+            return -1
+        f.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+def _find_idx_dir(data_dir: Path, torchvision_name: str) -> Path:
+    for d in (data_dir, data_dir / torchvision_name / "raw", data_dir / "raw"):
+        if any((d / (stem + ext)).exists() for stem in IDX_FILES["train"] for ext in ("", ".gz")):
+            return d
+    return data_dir
+
+
+def _load_idx_dataset(name: str, data_dir: Path, torchvision_name: str, classes: list[str]) -> Dataset:
+    d = _find_idx_dir(data_dir, torchvision_name)
+    splits = {}
+    for split, (images_stem, labels_stem) in IDX_FILES.items():
+        paths = []
+        for stem in (images_stem, labels_stem):
+            found = [d / (stem + ext) for ext in (".gz", "") if (d / (stem + ext)).exists()]
+            if not found:
+                raise PipelineError(f"missing file {d / stem}[.gz] ({name} {split} split); the folder must hold "
+                                    f"the four IDX files (or torchvision's {torchvision_name}/raw layout)")
+            paths.append(found[0])
+        images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1)
+        if len(images) != len(labels):
+            raise PipelineError(f"{paths[0]} has {len(images):,} images but {paths[1]} has {len(labels):,} labels")
+        if labels.size and labels.max() >= len(classes):
+            bad = int(np.argmax(labels >= len(classes)))
+            raise PipelineError(f"{paths[1]}: label {labels[bad]} at row {bad} is out of range "
+                                f"0..{len(classes) - 1}")
+        splits[split] = Split(split, labels.astype(np.int64), images=images[:, None, :, :])
+    return Dataset(name, classes, splits, str(d))
+
+
+def _load_fashion_mnist(data_dir: Path | None) -> Dataset:
+    if data_dir is None:
+        data_dir = _default_fashion_mnist_dir()
+    return _load_idx_dataset("fashion-mnist", data_dir, "FashionMNIST", FASHION_MNIST_CLASSES)
+
+
+def _load_mnist(data_dir: Path | None) -> Dataset:
+    if data_dir is None:
+        raise PipelineError("mnist needs --data-dir: the folder with the four MNIST IDX files")
+    return _load_idx_dataset("mnist", data_dir, "MNIST", [str(i) for i in range(10)])
+
+
+def _default_fashion_mnist_dir() -> Path:
+    """--data-dir, then $PIPELINE_DATA_DIR, then Debian's dataset-fashion-mnist, then torchvision's download."""
+    env = os.environ.get("PIPELINE_DATA_DIR")
+    if env:
+        if not Path(env).is_dir():
+            raise PipelineError(f"PIPELINE_DATA_DIR={env} is not a folder; fix it or pass --data-dir")
+        return Path(env)
+    if DEBIAN_FASHION_MNIST.is_dir():
+        return DEBIAN_FASHION_MNIST
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pipeline" / "data"
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+    except Exception as e:  # noqa: BLE001 - any failure to download gets the same advice
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PipelineError(
+            "no Fashion-MNIST data found and the download failed "
+            f"({reason}): pass --data-dir DIR (the four IDX files), set PIPELINE_DATA_DIR, "
+            "or `apt-get install dataset-fashion-mnist`") from None
+    return root / "FashionMNIST" / "raw"
+
+
+# --- CIFAR-10 python batches ------------------------------------------------------------------------
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Only what a CIFAR batch holds: dicts, lists, bytes and numpy arrays; nothing executable."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise PipelineError(f"missing file {path}; the folder must hold CIFAR-10's python batches "
+                            f"(data_batch_1..5, test_batch)") from None
+    except Exception as e:  # noqa: BLE001 - truncated, not a pickle, forbidden content
+        raise PipelineError(f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise PipelineError(f"{path}: not a CIFAR-10 python batch (holds {type(d).__name__}, not a dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _load_cifar10(data_dir: Path | None) -> Dataset:
+    if data_dir is None:
+        raise PipelineError("cifar10 needs --data-dir: the folder with CIFAR-10's python batches "
+                            "(cifar-10-batches-py)")
+    d = data_dir / "cifar-10-batches-py" if (data_dir / "cifar-10-batches-py").is_dir() else data_dir
+    classes = CIFAR10_CLASSES
+    if (d / "batches.meta").exists():
+        meta = _read_cifar_batch(d / "batches.meta")
+        names = meta.get("label_names")
+        if names:
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    splits = {}
+    for split, files in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        images, labels = [], []
+        for fname in files:
+            b = _read_cifar_batch(d / fname)
+            data, lab = b.get("data"), b.get("labels")
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+                    or data.shape[1] != 3072 or lab is None:
+                raise PipelineError(f"{d / fname}: expected 'data' as N x 3072 uint8 and 'labels'")
+            lab = np.asarray(lab, dtype=np.int64)
+            if len(lab) != len(data):
+                raise PipelineError(f"{d / fname} has {len(data):,} images but {len(lab):,} labels")
+            if lab.size and (lab.min() < 0 or lab.max() >= len(classes)):
+                raise PipelineError(f"{d / fname}: labels out of range 0..{len(classes) - 1}")
+            images.append(data.reshape(-1, 3, 32, 32))
+            labels.append(lab)
+        splits[split] = Split(split, np.concatenate(labels), images=np.concatenate(images))
+    return Dataset("cifar10", classes, splits, str(d))
+
+
+# --- image folders ------------------------------------------------------------------------------------
+
+def _load_folder(data_dir: Path | None) -> Dataset:
+    """ImageFolder-style: DIR/{train,test}/<class>/<image>, or DIR/<class>/<image> (a test split only).
+
+    Images are ordered round-robin over classes (each class sorted by file name), so `--limit N` keeps
+    every class. Every file is opened and verified up front, so a bad file fails before any work is done.
+    """
+    if data_dir is None:
+        raise PipelineError("folder needs --data-dir: a folder of class sub-folders of images")
+    roots = {s: data_dir / s for s in ("train", "test") if (data_dir / s).is_dir()} or {"test": data_dir}
+    first = next(iter(roots.values()))
+    classes = sorted(p.name for p in first.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise PipelineError(f"{first}: no class sub-folders; expected {first}/<class>/<image files>")
+    splits = {}
+    for split, root in roots.items():
+        extra = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in classes)
+        if extra:
+            raise PipelineError(f"{root}: class folder(s) {', '.join(extra)} are not in {first}")
+        per_class = [sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+                     if (root / c).is_dir() else [] for c in classes]
+        files, labels = [], []
+        for i in range(max(map(len, per_class))):
+            for label, fs in enumerate(per_class):
+                if i < len(fs):
+                    files.append(fs[i])
+                    labels.append(label)
+        if not files:
+            raise PipelineError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                                f"in its class folders")
+        for p in files:
+            _verify(p)
+        splits[split] = Split(split, np.asarray(labels, dtype=np.int64), files=files)
+    return Dataset("folder", classes, splits, str(data_dir))
+
+
+def _verify(path: Path) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+        raise PipelineError(f"{path}: unreadable image ({type(e).__name__}: {e}); "
+                            f"remove or replace it") from None
+
+
+def _decode(path: Path) -> np.ndarray:
+    """One image file -> uint8 (C, H, W) with C = 1 (grayscale) or 3 (anything else, alpha dropped)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if im.mode in ("L", "I", "I;16", "1", "F") else "RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001
+        raise PipelineError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzip if the name ends in .gz); for tests and tools."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    payload = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload += array.tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(payload)
+
+
+__all__ = ["Dataset", "Split", "load_dataset", "read_idx", "write_idx", "FASHION_MNIST_CLASSES",
+           "CIFAR10_CLASSES"]

@@ -1,0 +1,200 @@
+"""The feature store: a folder readable with numpy alone (no pickle), memory-mappable.
+
+    <out>/X_train.npy  float32 (n_train, dim)      <out>/y_train.npy  int64 (n_train,)
+    <out>/X_test.npy   float32 (n_test, dim)       <out>/y_test.npy   int64 (n_test,)
+    <out>/meta.json    how it was made (enough to rebuild it); its presence marks a finished store
+
+While it is written, everything lives in `<out>.partial/` (rows land in preallocated .npy memmaps; a
+`progress.json` records the rows done, atomically, after each flushed batch) and `<out>.lock` holds an
+exclusive lock, released by the OS even on kill -9. Finishing renames `<out>.partial` to `<out>`, so a
+folder named `<out>` is always complete. The same extraction run again resumes from `progress.json`.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+
+
+@dataclass
+class Features:
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    meta: dict
+
+    def __iter__(self):  # X_train, y_train, X_test, y_test, meta = load_features(path)
+        return iter((self.X_train, self.y_train, self.X_test, self.y_test, self.meta))
+
+
+def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
+    """Read a finished store; arrays are memory-mapped read-only unless `mmap=False`."""
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        partial = path.with_name(path.name + ".partial")
+        hint = (f"; an unfinished extraction is in {partial}: rerun the same `pipeline extract` to finish it"
+                if partial.exists() else "; run `pipeline extract` first")
+        raise PipelineError(f"{path} is not a finished feature store (no meta.json){hint}")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+                  for k in ("X_train", "y_train", "X_test", "y_test")}
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path}: damaged feature store ({e})") from None
+    for s in SPLITS:
+        if len(arrays[f"X_{s}"]) != len(arrays[f"y_{s}"]) or len(arrays[f"y_{s}"]) != meta["rows"][s]:
+            raise PipelineError(f"{path}: damaged feature store ({s} rows do not match meta.json)")
+    return Features(meta=meta, **arrays)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class StoreWriter:
+    """Write one store incrementally; `state` is 'new', 'resume' or 'complete' after `open()`."""
+
+    def __init__(self, out: str | os.PathLike, config: dict, labels: dict[str, np.ndarray], dim: int,
+                 overwrite: bool = False):
+        self.out = Path(out)
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.config, self.hash = config, config_hash(config)
+        self.labels, self.dim, self.overwrite = labels, dim, overwrite
+        self.done = {s: 0 for s in labels}
+        self.arrays: dict[str, np.ndarray] = {}
+        self._lock = None
+        self.state = "new"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def open(self) -> str:
+        if self.out.exists() and not self.out.is_dir():
+            raise PipelineError(f"--out {self.out} exists and is not a folder; choose another --out")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        if (self.out / "meta.json").is_file():
+            old = json.loads((self.out / "meta.json").read_text())
+            if old.get("config_hash") == self.hash:
+                self.state = "complete"
+                return self.state
+            if not self.overwrite:
+                raise PipelineError(f"{self.out} already holds features made differently ({_diff(old, self.config)}); "
+                                    f"pass --overwrite to replace them, or choose another --out")
+        elif self.out.is_dir() and any(self.out.iterdir()):
+            raise PipelineError(f"--out {self.out} is a non-empty folder that is not a feature store; "
+                                f"choose another --out")
+        progress = self.partial / "progress.json"
+        if progress.is_file() and json.loads(progress.read_text()).get("config_hash") == self.hash:
+            self.done = json.loads(progress.read_text())["done"]
+            self.arrays = {s: np.load(self.partial / f"X_{s}.npy", mmap_mode="r+") for s in self.labels
+                           if len(self.labels[s])}
+            self.state = "resume"
+        else:
+            if self.partial.exists():  # unfinished work of a different extraction: cannot be reused
+                shutil.rmtree(self.partial)
+            self.partial.mkdir()
+            for s, y in self.labels.items():
+                np.save(self.partial / f"y_{s}.npy", y.astype(np.int64))
+                if len(y):
+                    self.arrays[s] = np.lib.format.open_memmap(self.partial / f"X_{s}.npy", mode="w+",
+                                                               dtype=np.float32, shape=(len(y), self.dim))
+                else:
+                    np.save(self.partial / f"X_{s}.npy", np.zeros((0, self.dim), np.float32))
+            self._save_progress()
+        return self.state
+
+    def _acquire_lock(self):
+        lock_path = self.out.with_name(self.out.name + ".lock")
+        self._lock = open(lock_path, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            who = self._lock.read().strip() or "another process"
+            self._lock.close()
+            self._lock = None
+            raise PipelineError(f"{self.out} is being written by {who}; wait for it to finish "
+                                f"or choose another --out") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"pipeline extract (pid {os.getpid()})")
+        self._lock.flush()
+
+    def close(self):
+        for a in self.arrays.values():
+            if isinstance(a, np.memmap):
+                a.flush()
+        self.arrays = {}
+        if self._lock is not None:
+            self._lock.close()  # releases the flock; the file stays (removing it would race)
+            self._lock = None
+
+    # -- writing -----------------------------------------------------------------------------------
+    def write(self, split: str, start: int, rows: np.ndarray) -> None:
+        """Store rows [start, start+len) of a split, then record them as done (durably)."""
+        if not np.isfinite(rows).all():
+            raise PipelineError(f"non-finite features in {split} rows {start}..{start + len(rows)} "
+                                f"(reduced-precision overflow?); rerun with --precision fp32")
+        a = self.arrays[split]
+        a[start:start + len(rows)] = rows
+        a.flush()
+        self.done[split] = start + len(rows)
+        self._save_progress()
+
+    def _save_progress(self):
+        _write_json(self.partial / "progress.json", {"config_hash": self.hash, "done": self.done})
+
+    def finalize(self, meta: dict) -> Path:
+        for s, y in self.labels.items():
+            if self.done[s] != len(y):
+                raise AssertionError(f"finalize with {s} at {self.done[s]}/{len(y)}")
+        for a in self.arrays.values():
+            a.flush()
+        self.arrays = {}
+        meta = {**meta, "format_version": FORMAT_VERSION, "config": self.config, "config_hash": self.hash,
+                "rows": {s: len(y) for s, y in self.labels.items()}, "dim": self.dim}
+        (self.partial / "progress.json").unlink()
+        _write_json(self.partial / "meta.json", meta)
+        old = None
+        if self.out.exists():  # an empty folder, or a store the user asked to --overwrite
+            old = self.out.with_name(self.out.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(self.out, old)
+        os.rename(self.partial, self.out)
+        if old is not None:
+            shutil.rmtree(old)
+        return self.out
+
+
+def _diff(old: dict, new_config: dict) -> str:
+    oc = old.get("config", {})
+    keys = [k for k in sorted(set(oc) | set(new_config)) if oc.get(k) != new_config.get(k)]
+    return "differs in " + ", ".join(keys) if keys else "another format version"
