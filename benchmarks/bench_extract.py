@@ -1,0 +1,138 @@
+"""Stage 1 speed, side by side in one run: the naive tutorial loop, each model-only engine, and the whole
+`pipeline extract` command, in img/s at 224 (batch 64) with peak RSS, for ResNet-18 and EfficientNet-Lite0.
+
+    python benchmarks/bench_extract.py [--data-dir DIR] [--images N] [--models resnet18,efficientnet_lite0]
+
+Speed does not depend on the weights' values, so ResNet-18 runs with random weights (no ImageNet file here).
+Ratios are what to read: absolute figures move +-15% with machine noise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.backbones import build_backbone  # noqa: E402
+from pipeline.datasets import load_dataset  # noqa: E402
+from pipeline.engines import OpenVINOEngine, cpu_name  # noqa: E402
+
+BATCH, SIZE = 64, 224
+
+
+def rate(fn, batches, warmup=1):
+    for b in batches[:warmup]:
+        fn(b)
+    t = time.perf_counter()
+    n = 0
+    for b in batches[warmup:]:
+        fn(b)
+        n += len(b)
+    return n / (time.perf_counter() - t)
+
+
+def naive_loop(name, images, weights):
+    """The tutorial way: torchvision fp32 NCHW, per-image PIL transforms, stacked into batches."""
+    from PIL import Image
+    from torchvision import transforms
+
+    bb = build_backbone(name, weights, image_size=SIZE)
+    tf = transforms.Compose([transforms.Resize((SIZE, SIZE)), transforms.Grayscale(3), transforms.ToTensor(),
+                             transforms.Normalize(bb.mean, bb.std)])
+    model = bb.model.eval()
+
+    def step(batch):
+        with torch.no_grad():
+            x = torch.stack([tf(Image.fromarray(im[0])) for im in batch])
+            return model(x).numpy()
+
+    return rate(step, [images[i:i + BATCH] for i in range(0, len(images), BATCH)])
+
+
+def model_only(name, weights, n_images):
+    """The model alone on a ready, normalised batch: each engine and precision."""
+    bb = build_backbone(name, weights, image_size=SIZE)
+    x = torch.randn(BATCH, 3, SIZE, SIZE)
+    batches = [x] * (1 + max(2, n_images // BATCH))
+    results = {}
+    for label, prec, cl in (("torch fp32 NCHW", "fp32", False), ("torch fp32 channels_last", "fp32", True),
+                            ("torch bf16 channels_last", "bf16", True)):
+        model = bb.model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+        def fwd(b, model=model, prec=prec, cl=cl):
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=prec == "bf16"):
+                return model(b.contiguous(memory_format=torch.channels_last) if cl else b)
+
+        results[label] = rate(fwd, batches)
+    ov = OpenVINOEngine(bb, "bf16")
+    ov.preprocess = torch.nn.Identity()  # model only: feed the ready float batch
+    list(ov.map(batches[:2]))  # warm-up
+    t = time.perf_counter()
+    n = sum(len(o) for o in ov.map(batches[1:]))
+    results["openvino bf16 (async)"] = n / (time.perf_counter() - t)
+    return results
+
+
+def whole_command(name, weights, data_dir, limit):
+    """`pipeline extract` as a user runs it (its own process): in-loop img/s, wall img/s, peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pipeline.cli", "extract", "--data-dir", data_dir, "--backbone", name,
+               "--weights", weights, "--limit", str(limit), "--out", f"{tmp}/store", "--batch-size", str(BATCH)]
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+        err = p.stderr.read()
+        if status != 0:
+            raise SystemExit(f"extract failed: {err}")
+        meta = json.loads(Path(f"{tmp}/store/meta.json").read_text())
+    n = meta["throughput"]["images"]
+    return {"img_per_s": meta["throughput"]["img_per_s"], "wall_img_per_s": n / wall, "wall_s": wall,
+            "images": n, "peak_rss_mb": usage.ru_maxrss / 1024, "engine": meta["engine"]["engine"],
+            "precision": meta["precision"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/FashionMNIST/raw"))
+    ap.add_argument("--images", type=int, default=1024, help="images per model-only measurement")
+    ap.add_argument("--naive-images", type=int, default=320)
+    ap.add_argument("--extract-limit", type=int, default=1500, help="--limit for the whole command (x2 splits)")
+    ap.add_argument("--models", default="resnet18,efficientnet_lite0")
+    a = ap.parse_args()
+    ds = load_dataset("fashion-mnist", a.data_dir, limit=a.naive_images + BATCH)
+    images = ds.splits["train"].batch(0, a.naive_images + BATCH)
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads;"
+          f" batch {BATCH}, {SIZE}x{SIZE}, Fashion-MNIST", flush=True)
+    rows = []
+    for name in a.models.split(","):
+        weights = "imagenet" if name == "efficientnet_lite0" else "none"
+        naive = naive_loop(name, images, weights)
+        print(f"{name}: naive {naive:.1f} img/s", flush=True)
+        engines = model_only(name, weights, a.images)
+        for k, v in engines.items():
+            print(f"{name}: model-only {k} {v:.1f} img/s", flush=True)
+        whole = whole_command(name, weights, a.data_dir, a.extract_limit)
+        print(f"{name}: whole extract {whole}", flush=True)
+        best = max(engines, key=engines.get)
+        rows.append((name, naive, engines, best, whole))
+    print("\n| backbone | naive loop | " + " | ".join(rows[0][2]) + " | whole `extract` (in-loop / wall) "
+          "| extract ÷ best engine | extract ÷ naive | peak RSS |")
+    print("|---" * (7 + len(rows[0][2])) + "|")
+    for name, naive, engines, best, whole in rows:
+        eng = " | ".join(f"{v:.0f}" for v in engines.values())
+        print(f"| {name} | {naive:.0f} | {eng} | {whole['img_per_s']:.0f} / {whole['wall_img_per_s']:.0f} "
+              f"({whole['engine']} {whole['precision']}) | {whole['img_per_s'] / engines[best]:.2f}× "
+              f"(vs {best}) | {whole['img_per_s'] / naive:.1f}× | {whole['peak_rss_mb']:.0f} MB |")
+
+
+if __name__ == "__main__":
+    main()
