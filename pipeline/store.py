@@ -4,8 +4,9 @@
     <out>/X_test.npy   float32 (n_test, dim)       <out>/y_test.npy   int64 (n_test,)
     <out>/meta.json    how it was made (enough to rebuild it); its presence marks a finished store
 
-While it is written, everything lives in `<out>.partial/` (rows land in preallocated .npy memmaps; a
-`progress.json` records the rows done, atomically, after each flushed batch) and `.<out>.lock` (hidden, beside it)
+While it is written, everything lives in `<out>.partial/` (rows are written into preallocated .npy files at
+their offsets; at most every COMMIT_SECONDS the data is synced and `progress.json` records the rows done,
+atomically) and `.<out>.lock` (hidden, beside it)
 holds an exclusive lock, released by the OS even on kill -9. Finishing renames `<out>.partial` to `<out>`, so a
 folder named `<out>` is always complete. The same extraction run again resumes from `progress.json`.
 """
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from pipeline.errors import PipelineError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
+COMMIT_SECONDS = 0.5  # at most this much finished work is redone after a crash
 
 
 @dataclass
@@ -82,8 +85,9 @@ class StoreWriter:
         self.config, self.hash = config, config_hash(config)
         self.labels, self.dim, self.overwrite = labels, dim, overwrite
         self.done = {s: 0 for s in labels}
-        self.arrays: dict[str, np.ndarray] = {}
+        self.files: dict[str, tuple[int, int]] = {}  # split -> (fd, byte offset of row 0)
         self._lock = None
+        self._last_commit = 0.0
         self.state = "new"
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -113,8 +117,6 @@ class StoreWriter:
         progress = self.partial / "progress.json"
         if progress.is_file() and json.loads(progress.read_text()).get("config_hash") == self.hash:
             self.done = json.loads(progress.read_text())["done"]
-            self.arrays = {s: np.load(self.partial / f"X_{s}.npy", mmap_mode="r+") for s in self.labels
-                           if len(self.labels[s])}
             self.state = "resume"
         else:
             if self.partial.exists():  # unfinished work of a different extraction: cannot be reused
@@ -122,12 +124,17 @@ class StoreWriter:
             self.partial.mkdir()
             for s, y in self.labels.items():
                 np.save(self.partial / f"y_{s}.npy", y.astype(np.int64))
-                if len(y):
-                    self.arrays[s] = np.lib.format.open_memmap(self.partial / f"X_{s}.npy", mode="w+",
-                                                               dtype=np.float32, shape=(len(y), self.dim))
-                else:
-                    np.save(self.partial / f"X_{s}.npy", np.zeros((0, self.dim), np.float32))
+                with open(self.partial / f"X_{s}.npy", "wb") as f:  # header, then a sparse body
+                    np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                             "shape": (len(y), self.dim)})
+                    f.truncate(f.tell() + 4 * len(y) * self.dim)
             self._save_progress()
+        for s in self.labels:  # rows are written with pwrite: no mapped pages, so memory stays flat
+            fd = os.open(self.partial / f"X_{s}.npy", os.O_RDWR)
+            with open(self.partial / f"X_{s}.npy", "rb") as f:
+                np.lib.format.read_magic(f)
+                np.lib.format.read_array_header_1_0(f)
+                self.files[s] = (fd, f.tell())
         return self.state
 
     def _acquire_lock(self):
@@ -148,25 +155,34 @@ class StoreWriter:
         self._lock.flush()
 
     def close(self):
-        for a in self.arrays.values():
-            if isinstance(a, np.memmap):
-                a.flush()
-        self.arrays = {}
+        if self.files and self.state != "complete":
+            self.commit()
+        for fd, _ in self.files.values():
+            os.close(fd)
+        self.files = {}
         if self._lock is not None:
             self._lock.close()  # releases the flock; the file stays (removing it would race)
             self._lock = None
 
     # -- writing -----------------------------------------------------------------------------------
     def write(self, split: str, start: int, rows: np.ndarray) -> None:
-        """Store rows [start, start+len) of a split, then record them as done (durably)."""
+        """Store rows [start, start+len) of a split; they count as done once the next commit syncs them."""
         if not np.isfinite(rows).all():
             raise PipelineError(f"non-finite features in {split} rows {start}..{start + len(rows)} "
                                 f"(reduced-precision overflow?); rerun with --precision fp32")
-        a = self.arrays[split]
-        a[start:start + len(rows)] = rows
-        a.flush()
+        fd, offset = self.files[split]
+        data = np.ascontiguousarray(rows, dtype="<f4").tobytes()
+        os.pwrite(fd, data, offset + start * self.dim * 4)
         self.done[split] = start + len(rows)
+        if time.monotonic() - self._last_commit >= COMMIT_SECONDS:
+            self.commit()
+
+    def commit(self) -> None:
+        """Sync the rows, then record them in progress.json: what it claims is on disk."""
+        for fd, _ in self.files.values():
+            os.fdatasync(fd)
         self._save_progress()
+        self._last_commit = time.monotonic()
 
     def _save_progress(self):
         _write_json(self.partial / "progress.json", {"config_hash": self.hash, "done": self.done})
@@ -175,9 +191,10 @@ class StoreWriter:
         for s, y in self.labels.items():
             if self.done[s] != len(y):
                 raise AssertionError(f"finalize with {s} at {self.done[s]}/{len(y)}")
-        for a in self.arrays.values():
-            a.flush()
-        self.arrays = {}
+        for fd, _ in self.files.values():
+            os.fsync(fd)
+            os.close(fd)
+        self.files = {}
         meta = {**meta, "format_version": FORMAT_VERSION, "config": self.config, "config_hash": self.hash,
                 "rows": {s: len(y) for s, y in self.labels.items()}, "dim": self.dim}
         (self.partial / "progress.json").unlink()

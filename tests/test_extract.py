@@ -89,7 +89,7 @@ def _run_cli_process(args, **kw):
 
 
 def test_kill_9_then_rerun_resumes_to_identical_features(tmp_path):
-    data = make_idx_dir(tmp_path / "data", n_train=400, n_test=160)
+    data = make_idx_dir(tmp_path / "data", n_train=800, n_test=160)
     args = ["extract", "--data-dir", data, "--weights", "none", "--image-size", 96, "--precision", "fp32",
             "--batch-size", 8]
     ref = tmp_path / "ref"
@@ -109,12 +109,12 @@ def test_kill_9_then_rerun_resumes_to_identical_features(tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     done = json.loads(progress.read_text())["done"]
-    assert 0 < done["train"] < 400, done  # really interrupted mid-run
+    assert 0 < done["train"] < 800, done  # really interrupted mid-run
     assert not out.exists()  # nothing finished-looking left behind
     p = _run_cli_process(args + ["--out", out])
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
-    assert f"resuming at {done['train'] + done['test']:,}/560" in err
+    assert f"resuming at {done['train'] + done['test']:,}/960" in err
     a, b = load_features(ref), load_features(out)
     np.testing.assert_array_equal(a.X_train, b.X_train)
     np.testing.assert_array_equal(a.X_test, b.X_test)
