@@ -62,14 +62,33 @@ class Preprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, h, w) -> float32 (B, C, S, S), channels as they are."""
         x = x.float()
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=True)
+        return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """float (B, 1 or 3, S, S) in 0..255 -> normalised (B, 3, S, S)."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.resize(x))
+
+
+class Normalized(nn.Module):
+    """`normalize` then the feature model: a graph that takes resized images (for engines that fuse it)."""
+
+    def __init__(self, preprocess: Preprocess, model: nn.Module):
+        super().__init__()
+        self.preprocess, self.model = preprocess, model
+
+    def forward(self, x):
+        return self.model(self.preprocess.normalize(x))
 
 
 class _Pool(nn.Module):

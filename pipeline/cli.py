@@ -58,5 +58,49 @@ def extract(dataset, data_dir, backbone, weights, layer, image_size, device, pre
                 batch_size=batch_size, out=out, overwrite=overwrite)
 
 
+@main.command()
+@click.option("--features", default="raw,efficientnet_lite0", show_default=True,
+              help="Comma-separated: raw | a backbone name (its store under features/<dataset>/; resnet = "
+                   "resnet18) | a store PATH.")
+@click.option("--dataset", type=click.Choice(["fashion-mnist", "mnist", "cifar10", "folder"]),
+              default="fashion-mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Dataset folder, for --features raw (same defaults as extract).")
+@click.option("--classifiers", default="lda,qda,logreg,linsvc,rf,svc,knn", show_default=True)
+@click.option("--grid", default="default", show_default=True,
+              help="quick (tests, demos) | default (the README's numbers) | full (exhaustive) | a JSON file "
+                   "{classifier: {param: [values]}}.")
+@click.option("--cv", type=int, default=3, show_default=True, help="Cross-validation folds.")
+@click.option("--limit", type=int, default=None, help="Only the first N rows of each split.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--n-jobs", type=int, default=None, help="Parallel fits [default: all cores].")
+@click.option("--dask", default=None, help="Run the grid search on this Dask scheduler (tcp://host:8786).")
+@click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>]")
+def classify(features, dataset, data_dir, classifiers, grid, cv, limit, device, n_jobs, dask, out):
+    """Grid-searched classifiers on embeddings vs raw pixels; results.json/.csv/.md and confusion matrices."""
+    import json
+    from pathlib import Path
+
+    from pipeline.compute import make_backend
+
+    backend = make_backend(device)  # first: cuML must hook scikit-learn before it is imported
+    from pipeline import classify as stage
+
+    if grid not in stage.PRESETS:
+        try:
+            grid = json.loads(Path(grid).read_text())
+        except (OSError, ValueError) as e:
+            raise PipelineError(f"--grid {grid}: not a preset ({', '.join(stage.PRESETS)}) nor a readable "
+                                f"JSON file of grids ({e})") from None
+    sets = [stage.load_feature_set(f.strip(), dataset, data_dir, limit) for f in features.split(",") if f.strip()]
+    if not sets:
+        raise PipelineError("--features names no feature set; e.g. --features raw,efficientnet_lite0")
+    out = Path(out) if out else Path("reports") / dataset
+    names = [c.strip() for c in classifiers.split(",") if c.strip()]
+    stage.classify(sets, names, grid, cv, backend, n_jobs, dask, out)
+    click.echo((out / "results.md").read_text())
+    click.echo(f"results in {out}/results.json, .csv, .md; confusion matrices in {out}/confusion/", err=True)
+
+
 if __name__ == "__main__":
     sys.exit(main())

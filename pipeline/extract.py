@@ -87,7 +87,7 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
         dataset = load_dataset(dataset, data_dir, limit)
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, weights, layer, image_size)
-    eng = make_engine(backbone, device, precision, engine, compile)
+    eng = make_engine(backbone, device, precision, engine, compile, channels=_channels(dataset))
     out = Path(out) if out is not None else default_out(dataset.name, backbone.name)
     edesc = eng.describe()
     config = {
@@ -142,6 +142,13 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
     log(f"stored {total:,} x {backbone.dim} features in {out} ({computed:,} computed in {seconds:.1f} s, "
         f"{rate:.0f} img/s, {edesc['engine']} {edesc['precision']} on {edesc['device_name']})")
     return ExtractResult(out, store.state, computed, seconds)
+
+
+def _channels(ds: Dataset) -> int:
+    for s in ds.splits.values():
+        if s.images is not None:
+            return int(s.images.shape[1])
+    return 3  # image folders: colour, or grayscale expanded when mixed
 
 
 def _image_shape(ds: Dataset):

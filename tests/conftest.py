@@ -1,6 +1,11 @@
 """Small data the tests make: tiny IDX / CIFAR / folder datasets and a random-weight ResNet-18 file."""
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("SCIPY_ARRAY_API", "1")  # array-API tests need it before scipy is first imported
+
+import json
 import pickle
 from pathlib import Path
 
@@ -103,3 +108,25 @@ def assert_one_line_error(result, *fragments):
     assert "Traceback" not in result.output
     for frag in fragments:
         assert frag in err, (frag, err)
+
+
+def write_store(path: Path, X_train, y_train, X_test, y_test, dataset="fashion-mnist", backbone="toynet",
+                classes=None) -> Path:
+    """A finished store written directly (the format features/README.md documents)."""
+    from pipeline.datasets import FASHION_MNIST_CLASSES
+
+    path.mkdir(parents=True)
+    for name, a in (("X_train", X_train), ("y_train", y_train), ("X_test", X_test), ("y_test", y_test)):
+        np.save(path / f"{name}.npy", a)
+    meta = {"rows": {"train": len(y_train), "test": len(y_test)}, "backbone": {"name": backbone},
+            "dataset": {"name": dataset, "classes": classes or FASHION_MNIST_CLASSES}}
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def blobs(n, dim=16, classes=10, seed=0, spread=1.0):
+    """Class-separable Gaussian blobs (float32 features, int64 labels)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(0, 3, (classes, dim))
+    y = np.arange(n) % classes
+    return (centres[y] + rng.normal(0, spread, (n, dim))).astype(np.float32), y.astype(np.int64)

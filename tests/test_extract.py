@@ -178,3 +178,17 @@ def test_cuda_path_matches_cpu_reference(idx_dir, tmp_path):
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cos.min() >= (0.9999 if precision == "fp32" else 0.999)
         assert load_features(gpu.path).meta["device"]["type"] == "cuda"
+
+
+def test_openvino_on_mixed_grayscale_and_colour_folder(folder_dir, tmp_path):
+    """Varied sizes, 1 and 3 channels: the OpenVINO path (torch resizes, OpenVINO normalises) agrees with
+    the exact torch fp32 path."""
+    pytest.importorskip("openvino")
+    args = dict(data_dir=folder_dir, weights="none", image_size=64, progress=False)
+    extract("folder", "resnet18", out=tmp_path / "ov", engine="openvino", precision="bf16", **args)
+    extract("folder", "resnet18", out=tmp_path / "pt", precision="fp32", **args)
+    a, b = load_features(tmp_path / "ov"), load_features(tmp_path / "pt")
+    assert a.meta["engine"]["engine"] == "openvino" and a.X_test.shape == b.X_test.shape == (9, 512)
+    for x, y in ((a.X_train, b.X_train), (a.X_test, b.X_test)):
+        cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+        assert cos.min() >= 0.999

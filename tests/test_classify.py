@@ -1,0 +1,150 @@
+"""Stage 2 on small synthetic data: every classifier, outputs, the CLI, Dask, array-API, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli, write_store
+from pipeline.classify import CLASSIFIERS, STUDY, classify, load_feature_set
+from pipeline.compute import make_backend
+from pipeline.errors import PipelineError
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return make_idx_dir(tmp_path / "fmnist", n_train=200, n_test=60)
+
+
+@pytest.fixture
+def store(tmp_path, data_dir):
+    """Embeddings for the same labels as the IDX files (as an extract would have made)."""
+    raw = load_feature_set("raw", "fashion-mnist", data_dir)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (10, 16))
+    emb = lambda y: (centres[y] + rng.normal(0, 1, (len(y), 16))).astype(np.float32)  # noqa: E731
+    return write_store(tmp_path / "features" / "fashion-mnist" / "toynet", emb(raw.y_train), raw.y_train,
+                       emb(raw.y_test), raw.y_test)
+
+
+def test_every_classifier_on_raw_and_embeddings(tmp_path, data_dir, store):
+    sets = [load_feature_set("raw", "fashion-mnist", data_dir), load_feature_set(str(store), "fashion-mnist")]
+    out = tmp_path / "report"
+    recs = classify(sets, list(CLASSIFIERS), "quick", 3, out=out, n_jobs=2, progress=False)
+    assert len(recs) == 2 * len(CLASSIFIERS)
+    for r in recs:
+        assert r["test_accuracy"] > 0.5, r  # chance is 0.1: the data are separable
+        assert 0 <= r["cv_std"] <= r["cv_mean"] <= 1 and r["macro_f1"] > 0.4
+        assert r["backend"] == "sklearn-cpu" and r["fit_seconds"] >= 0 and r["predict_seconds"] >= 0
+        assert r["n_train"] == 200 and r["n_test"] == 60 and r["cv_folds"] == 3
+        assert np.asarray(r["confusion_matrix"]).sum() == 60
+        assert set(r["per_class"]) == set(sets[0].classes)
+        assert (out / "confusion" / f"{r['feature_set']}_{r['classifier']}.png").stat().st_size > 5000
+    saved = json.loads((out / "results.json").read_text())
+    assert {(r["feature_set"], r["classifier"]) for r in saved} == {(r["feature_set"], r["classifier"]) for r in recs}
+    csv = (out / "results.csv").read_text().splitlines()
+    assert csv[0].startswith("feature_set,classifier,test_accuracy") and len(csv) == 1 + len(recs)
+    md = (out / "results.md").read_text()
+    assert "raw (study)" in md and f"{STUDY['qda'][1]:.4f}" in md and "toynet (ours)" in md
+    assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + len(CLASSIFIERS)  # header + rows
+
+
+def test_default_grid_searches_and_picks_the_best(tmp_path, store):
+    fs = load_feature_set(str(store), "fashion-mnist")
+    rec, = classify([fs], ["logreg"], "default", 3, progress=False)
+    assert rec["candidates"] == len(CLASSIFIERS["logreg"].grids["default"]["clf__C"])
+    assert rec["best_params"]["C"] in CLASSIFIERS["logreg"].grids["default"]["clf__C"]
+
+
+def test_results_merge_across_runs(tmp_path, store):
+    fs = load_feature_set(str(store), "fashion-mnist")
+    out = tmp_path / "r"
+    classify([fs], ["lda"], "quick", 3, out=out, progress=False)
+    classify([fs], ["knn", "lda"], "quick", 3, out=out, progress=False)
+    saved = json.loads((out / "results.json").read_text())
+    assert sorted(r["classifier"] for r in saved) == ["knn", "lda"]
+
+
+def test_cli_classify(runner, tmp_path, data_dir, store, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the store is found by name under ./features/fashion-mnist/
+    r = run_cli(runner, "classify", "--features", "raw,toynet", "--data-dir", data_dir, "--classifiers",
+                "lda,logreg", "--grid", "quick", "--n-jobs", 1)
+    assert r.exit_code == 0, r.output
+    assert "| LDA |" in r.stdout and "| Logistic regression |" in r.stdout
+    assert (tmp_path / "reports" / "fashion-mnist" / "results.json").exists()
+
+
+def test_dask_path(store):
+    distributed = pytest.importorskip("distributed")
+    fs = load_feature_set(str(store), "fashion-mnist")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster:
+        recs = classify([fs], ["logreg", "rf"], "quick", 3, dask=cluster.scheduler_address, progress=False)
+    assert all(r["test_accuracy"] > 0.5 for r in recs)
+
+
+def test_array_api_on_torch_cpu_tensors(store):
+    fs = load_feature_set(str(store), "fashion-mnist")
+    backend = make_backend("cpu", array_api=True)
+    recs = {r["classifier"]: r for r in classify([fs], ["lda", "logreg", "rf"], "quick", 3, backend=backend,
+                                                 progress=False)}
+    assert recs["lda"]["backend"] == recs["logreg"]["backend"] == "sklearn-array-api-cpu"
+    assert recs["rf"]["backend"] == "sklearn-cpu"  # not supported by array-API dispatch: stays on numpy
+    plain = {r["classifier"]: r for r in classify([fs], ["lda", "logreg"], "quick", 3, progress=False)}
+    for c in ("lda", "logreg"):
+        assert recs[c]["test_accuracy"] > 0.5
+        assert abs(recs[c]["test_accuracy"] - plain[c]["test_accuracy"]) <= 2 / 60  # same model, other arrays
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+def test_non_finite_store(tmp_path, runner):
+    X, y = blobs(40)
+    X[7, 3] = np.nan
+    s = write_store(tmp_path / "nan", X, y, *blobs(20, seed=1))
+    r = run_cli(runner, "classify", "--features", s, "--out", tmp_path / "o")
+    assert_one_line_error(r, "X_train.npy has non-finite values (row 7")
+
+
+def test_store_of_another_dataset_or_other_rows(tmp_path, runner, data_dir, store):
+    other = write_store(tmp_path / "cifar", *blobs(40), *blobs(20, seed=1), dataset="cifar10")
+    r = run_cli(runner, "classify", "--features", other, "--out", tmp_path / "o")
+    assert_one_line_error(r, "holds cifar10 features, not fashion-mnist")
+    fewer = write_store(tmp_path / "fewer", *blobs(150), *blobs(60, seed=1))
+    r = run_cli(runner, "classify", "--features", f"raw,{fewer}", "--data-dir", data_dir, "--out", tmp_path / "o")
+    assert_one_line_error(r, "does not match raw", "different data")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_classifier_empty_grid_and_cv(tmp_path, runner, store):
+    r = run_cli(runner, "classify", "--features", store, "--classifiers", "lda,xgboost", "--out", tmp_path / "o")
+    assert_one_line_error(r, "unknown classifier xgboost", "lda,qda,logreg")
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps({"logreg": {"clf__C": []}}))
+    r = run_cli(runner, "classify", "--features", store, "--classifiers", "logreg", "--grid", grid,
+                "--out", tmp_path / "o")
+    assert_one_line_error(r, "leaves nothing to search")
+    r = run_cli(runner, "classify", "--features", store, "--classifiers", "lda", "--cv", 30, "--out", tmp_path / "o")
+    assert_one_line_error(r, "--cv 30 is larger than the smallest class", "lower --cv")
+    r = run_cli(runner, "classify", "--features", "resnet", "--out", tmp_path / "o")
+    assert_one_line_error(r, "no feature store for 'resnet'", "pipeline extract")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_backend(store):
+    fs = load_feature_set(str(store), "fashion-mnist")
+    backend = make_backend("cuda")
+    recs = classify([fs], ["lda", "logreg", "rf"], "quick", 3, backend=backend, progress=False)
+    assert {r["backend"] for r in recs} >= {"sklearn-cpu"} | ({"cuml"} if backend.name == "cuml"
+                                                             else {"sklearn-array-api-cuda"})
+    assert all(r["test_accuracy"] > 0.5 for r in recs)
+
+
+def test_cuml_backend_where_installed(store):
+    pytest.importorskip("cuml")
+    if not torch.cuda.is_available():
+        pytest.skip("cuML needs a CUDA device")
+    assert make_backend("cuda").name == "cuml"
