@@ -118,7 +118,8 @@ def test_store_of_another_dataset_or_other_rows(tmp_path, runner, data_dir, stor
     assert not (tmp_path / "o").exists()
 
 
-def test_unknown_classifier_empty_grid_and_cv(tmp_path, runner, store):
+def test_unknown_classifier_empty_grid_and_cv(tmp_path, runner, store, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no features/ here: a name must not find a real store in the checkout
     r = run_cli(runner, "classify", "--features", store, "--classifiers", "lda,xgboost", "--out", tmp_path / "o")
     assert_one_line_error(r, "unknown classifier xgboost", "lda,qda,logreg")
     grid = tmp_path / "g.json"
