@@ -332,6 +332,7 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
                     jobs = 1 if in_process else n_jobs
                     blas = max(1, (os.cpu_count() or 1) // jobs)
                     tasks = [(ci, tr, te) for ci in range(len(plan.candidates)) for tr, te in plan.folds]
+                    X = backend.asarray(fs.X_train, c)  # array-API: one upload for all fits (numpy otherwise)
                     t0 = time.perf_counter()
                     scores = [[] for _ in plan.candidates]
                     errors = []
@@ -340,7 +341,7 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
                     with cfg:
                         results = Parallel(return_as="generator_unordered")(
                             delayed(_scored)(ci, _fit_score, CLASSIFIERS[c].make, backend, c, plan.candidates[ci],
-                                             fs.X_train, fs.y_train, tr, te, blas) for ci, tr, te in tasks)
+                                             X, fs.y_train, tr, te, blas) for ci, tr, te in tasks)
                         for ci, (score, err) in results:
                             scores[ci].append(score)
                             errors += [err] if err else []

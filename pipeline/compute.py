@@ -41,6 +41,8 @@ class Backend:
             import numpy as np
             import torch
 
+            if isinstance(X, torch.Tensor):  # already converted (once per classifier, not per fit)
+                return X
             X = np.asarray(X)
             return torch.as_tensor(X if X.flags.writeable else X.copy(), device=self.device)
         return X

@@ -87,7 +87,7 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
         dataset = load_dataset(dataset, data_dir, limit)
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, weights, layer, image_size)
-    eng = make_engine(backbone, device, precision, engine, compile, channels=_channels(dataset))
+    eng = make_engine(backbone, device, precision, engine, compile, channels=(_image_shape(dataset) or [3])[0])
     out = Path(out) if out is not None else default_out(dataset.name, backbone.name)
     edesc = eng.describe()
     config = {
@@ -123,7 +123,7 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
         meta = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["pipeline"] + sys.argv[1:]) if Path(sys.argv[0]).name == "pipeline" else None,
-            "dataset": {**dataset.describe(), "image_shape": _image_shape(dataset)},
+            "dataset": {**dataset.describe(), "image_shape": _image_shape(dataset) or "varied (image folder)"},
             "backbone": {"name": backbone.name, "weights": backbone.weights, "layer": backbone.layer,
                          "feature_dim": backbone.dim},
             "image_size": backbone.image_size,
@@ -144,18 +144,12 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
     return ExtractResult(out, store.state, computed, seconds)
 
 
-def _channels(ds: Dataset) -> int:
+def _image_shape(ds: Dataset) -> list[int] | None:
+    """(C, H, W) of an array dataset; None for image folders (sizes and channels vary)."""
     for s in ds.splits.values():
         if s.images is not None:
-            return int(s.images.shape[1])
-    return 3  # image folders: colour, or grayscale expanded when mixed
-
-
-def _image_shape(ds: Dataset):
-    for s in ds.splits.values():
-        if s.images is not None and len(s.images):
-            return list(s.images.shape[1:])
-    return "varied (image folder)"
+            return [int(d) for d in s.images.shape[1:]]
+    return None
 
 
 def _versions() -> dict:
