@@ -114,12 +114,12 @@ CLASSIFIERS = {s.name: s for s in [
         "quick": {}, "default": {"clf__C": [0.01, 0.1, 1.0]},
         "full": {"clf__C": [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}}),
     ClassifierSpec("linsvc", "Linear SVC", _linsvc, {
-        "quick": {}, "default": {"clf__C": [1e-3, 0.01, 0.1]},
+        "quick": {}, "default": {"clf__C": [3e-4, 1e-3, 3e-3]},
         "full": {"clf__C": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0]}}),
     ClassifierSpec("rf", "Random forest", _rf, {
-        "quick": {"clf__n_estimators": [50]}, "default": {"clf__max_features": ["sqrt", 0.1],
-                                                         "clf__min_samples_leaf": [1, 2]},
-        "full": {"clf__n_estimators": [100, 200, 400], "clf__max_features": ["sqrt", "log2", 0.05, 0.1, 0.2],
+        "quick": {"clf__n_estimators": [50]}, "default": {"clf__min_samples_leaf": [1, 2]},
+        # more trees never hurt accuracy, so `full` fixes a generous 300 rather than searching the count
+        "full": {"clf__n_estimators": [300], "clf__max_features": ["sqrt", "log2", 0.05, 0.1, 0.2],
                  "clf__min_samples_leaf": [1, 2, 4]}}),
     ClassifierSpec("svc", "RBF SVC", _svc, {
         "quick": {}, "default": {"clf__C": [3.0, 10.0]},
@@ -151,6 +151,21 @@ class FeatureSet:
         for y in (self.y_train, self.y_test):
             h.update(np.asarray(y, dtype="<i8").tobytes())
         return h.hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        """What results and maps were computed from: the store's config (or the raw dataset's content), the
+        rows and the labels. Equal fingerprints mean a cached output can be reused."""
+        src = self.meta.get("config_hash") or self.meta.get("dataset", {}).get("content_sha256")
+        key = json.dumps([self.name, src, len(self.y_train), len(self.y_test), self.labels_sha256])
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def grid_id(grid: str | dict) -> str:
+    """A preset's name, or 'custom-<hash>' for a dict of grids."""
+    if isinstance(grid, str):
+        return grid
+    return "custom-" + hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:12]
 
 
 ALIASES = {"resnet": "resnet18"}
@@ -352,6 +367,7 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
                         raise PipelineError(f"{c} failed on every candidate for {fs.name} ({errors[0][:200]})")
                     best = int(np.nanargmax(means))
                     rec = _refit_and_test(fs, c, plan, best, scores[best], backend, search_s)
+                    rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid))
                     bar.update(1)
                     records.append(rec)
                     log(f"{fs.name:>20} {c:<7} test {rec['test_accuracy']:.4f}  cv {rec['cv_mean']:.4f}"
@@ -450,6 +466,15 @@ def write_results(out: Path, new: list[dict], fs: FeatureSet | None = None) -> l
     _atomic_write(out / "results.csv", results_csv(records))
     _atomic_write(out / "results.md", results_markdown(records))
     return records
+
+
+def pending(out: Path, fs: FeatureSet, classifiers, grid: str | dict, cv: int) -> list[str]:
+    """The classifiers with no record in out/results.json made from these features, grid and folds."""
+    path = Path(out) / "results.json"
+    records = json.loads(path.read_text()) if path.exists() else []
+    done = {r["classifier"] for r in records if r["feature_set"] == fs.name and r.get("cv_folds") == cv
+            and r.get("features_fingerprint") == fs.fingerprint and r.get("grid") == grid_id(grid)}
+    return [c for c in classifiers if c not in done]
 
 
 def _atomic_write(path: Path, text: str):

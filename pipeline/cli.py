@@ -9,6 +9,9 @@ from pipeline.errors import PipelineError
 
 
 class _Group(click.Group):
+    def list_commands(self, ctx):  # in data-flow order, not alphabetical
+        return list(self.commands)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -100,6 +103,86 @@ def classify(features, dataset, data_dir, classifiers, grid, cv, limit, device, 
     stage.classify(sets, names, grid, cv, backend, n_jobs, dask, out)
     click.echo((out / "results.md").read_text())
     click.echo(f"results in {out}/results.json, .csv, .md; confusion matrices in {out}/confusion/", err=True)
+
+
+def _command_line(ctx) -> str:
+    """The command as typed, minus options left at their defaults (recorded in run.json)."""
+    from click.core import ParameterSource
+
+    opts = [f"--{k.replace('_', '-')} {v}" for k, v in ctx.params.items()
+            if ctx.get_parameter_source(k) != ParameterSource.DEFAULT]
+    return " ".join([ctx.command_path, *opts])
+
+
+_DATASETS = click.Choice(["fashion-mnist", "mnist", "cifar10", "folder"])
+
+
+@main.command()
+@click.option("--features", default="raw,efficientnet_lite0", show_default=True,
+              help="Comma-separated: raw | a backbone name (its store under features/<dataset>/) | a store PATH.")
+@click.option("--methods", default="pca,tsne,umap", show_default=True, help="Comma-separated: pca, tsne, umap.")
+@click.option("--dataset", type=_DATASETS, default="fashion-mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Dataset folder, for --features raw (same defaults as extract).")
+@click.option("--limit", type=int, default=None, help="Only the first N rows of each split.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda (cuML's t-SNE/UMAP if installed)")
+@click.option("--n-jobs", type=int, default=None, help="Threads for t-SNE [default: all cores].")
+@click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>/maps]")
+def project(features, methods, dataset, data_dir, limit, device, n_jobs, out):
+    """2-D maps (PCA, t-SNE, UMAP) of each feature set side by side, with 5-NN accuracy and trustworthiness."""
+    from pathlib import Path
+
+    from pipeline import classify as cls
+    from pipeline import project as stage
+    from pipeline.compute import make_backend
+
+    backend = make_backend(device)
+    sets = [cls.load_feature_set(f.strip(), dataset, data_dir, limit) for f in features.split(",") if f.strip()]
+    if not sets:
+        raise PipelineError("--features names no feature set; e.g. --features raw,efficientnet_lite0")
+    out = Path(out) if out else Path("reports") / dataset / "maps"
+    stage.project(sets, [m.strip() for m in methods.split(",") if m.strip()], out, backend.device, n_jobs)
+    click.echo(f"maps in {out}/: <set>_<method>.npy coordinates (+ .json scores), <method>.png figures", err=True)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=str), default="reports/fashion-mnist", show_default=True,
+              help="The folder classify/project/run wrote to.")
+def report(out):
+    """One self-contained HTML report (and Markdown) from what classify, project and run left in --out."""
+    from pipeline.report import write_report
+
+    html_path, md_path = write_report(out)
+    click.echo(f"report: {html_path} (self-contained) and {md_path}", err=True)
+
+
+@main.command()
+@click.option("--dataset", type=_DATASETS, default="fashion-mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Dataset folder (same defaults as extract).")
+@click.option("--backbone", default="resnet18", show_default=True,
+              help="efficientnet_lite0 (ImageNet weights offline) or a torchvision model.")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a state dict.")
+@click.option("--limit", type=int, default=None, help="Only the first N images of each split (a quick run).")
+@click.option("--grid", default="default", show_default=True, help="quick | default | full")
+@click.option("--cv", type=int, default=3, show_default=True)
+@click.option("--classifiers", default="lda,qda,logreg,linsvc,rf,svc,knn", show_default=True)
+@click.option("--methods", default="pca,tsne,umap", show_default=True, help="Map methods.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--n-jobs", type=int, default=None, help="Parallel fits / threads [default: all cores].")
+@click.option("--out", type=click.Path(path_type=str), default=None,
+              help="[default: reports/<dataset>, or reports/<dataset>-first<N> with --limit]")
+def run(dataset, data_dir, backbone, weights, limit, grid, cv, classifiers, methods, device, n_jobs, out):
+    """extract -> classify (raw and embeddings) -> project -> report; skips what is done, resumes the rest."""
+    from pipeline.run import run as run_all
+
+    info = run_all(dataset, data_dir, backbone, weights, limit, grid, cv,
+                   [c.strip() for c in classifiers.split(",") if c.strip()],
+                   [m.strip() for m in methods.split(",") if m.strip()], device, n_jobs, out,
+                   command=_command_line(click.get_current_context()))
+    for s in info["stages"]:
+        click.echo(f"{s['stage']:>9}  {s['state']:<8} {s['seconds']:8.1f} s  {s['detail']}", err=True)
+    click.echo(f"report: {info['out']}/report.html and report.md", err=True)
 
 
 if __name__ == "__main__":

@@ -37,3 +37,94 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str, path: Path)
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+# The original study's colour per Fashion-MNIST class (its Figures 4 and 5); other datasets use tab10/tab20.
+STUDY_COLOURS = {"Ankle boot": "green", "Bag": "orchid", "Coat": "cyan", "Dress": "magenta", "Pullover": "blue",
+                 "Sandal": "red", "Shirt": "lime", "Sneaker": "yellow", "Trouser": "gray", "T-shirt/top": "orange"}
+
+
+def class_colours(classes: list[str]) -> list:
+    if all(c in STUDY_COLOURS for c in classes):
+        return [STUDY_COLOURS[c] for c in classes]
+    cmap = _plt().get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(len(classes))]
+
+
+def feature_title(name: str) -> str:
+    return "raw pixels" if name == "raw" else f"{name} embeddings"
+
+
+def draw_maps(panels, classes: list[str], method: str):
+    """One scatter per feature set, side by side, coloured by class; `panels` is a list of
+    (feature set name, coords (n, 2), labels (n,), meta with knn_accuracy/trustworthiness). Returns the figure."""
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    colours = np.array(class_colours(classes), dtype=object)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.6, 5.0), dpi=80, squeeze=False)
+    for ax, (name, coords, y, meta) in zip(axes[0], panels):
+        order = np.random.default_rng(0).permutation(len(y))  # no class painted over the others by draw order
+        size = float(np.clip(4000 / max(len(y), 1), 0.2, 12))
+        ax.scatter(coords[order, 0], coords[order, 1], c=list(colours[y[order]]), s=size, linewidths=0,
+                   rasterized=True)
+        ax.set_title(f"{method} of {feature_title(name)}\n{meta['knn']}-NN accuracy in 2-D "
+                     f"{meta['knn_accuracy']:.3f}, trustworthiness {meta['trustworthiness']:.3f}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{method} 1", fontsize=8)
+        ax.set_ylabel(f"{method} 2", fontsize=8)
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, markersize=6, label=n)
+               for n, c in zip(classes, colours)]
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False, title="class")
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
+    return fig
+
+
+def map_figure(panels, classes: list[str], method: str, path: Path) -> Path:
+    return _save(draw_maps(panels, classes, method), path)
+
+
+def draw_accuracy_bars(records: list[dict], study: dict | None = None):
+    """Grouped bars: test accuracy per classifier, one bar per feature set (and the study's, when given as
+    {classifier: (resnet, raw)}). Returns the figure."""
+    plt = _plt()
+    sets = list(dict.fromkeys(r["feature_set"] for r in records))
+    clfs = list(dict.fromkeys(r["classifier"] for r in records))
+    labels = {r["classifier"]: r.get("label", r["classifier"]) for r in records}
+    by = {(r["feature_set"], r["classifier"]): r["test_accuracy"] for r in records}
+    series = [(feature_title(s), [by.get((s, c), np.nan) for c in clfs], None, f"C{i}") for i, s in enumerate(sets)]
+    if study:  # the study's raw pixels in our raw colour, hatched
+        raw = f"C{sets.index('raw')}" if "raw" in sets else f"C{len(sets)}"
+        series += [("raw pixels (study)", [study.get(c, (np.nan, np.nan))[1] for c in clfs], "//", raw),
+                   ("ResNet-18 (study)", [study.get(c, (np.nan, np.nan))[0] for c in clfs], "//", "C3")]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(clfs) + 2), 4.2), dpi=90)
+    width = 0.8 / len(series)
+    x = np.arange(len(clfs))
+    for i, (name, vals, hatch, colour) in enumerate(series):
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, label=name, hatch=hatch,
+                      color=colour, alpha=0.45 if hatch else 1.0)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    ax.set_xticks(x, [labels[c] for c in clfs], fontsize=8)
+    vals = np.array([v for _, vs, _, _ in series for v in vs], dtype=float)
+    lo = np.nanmin(vals) if np.isfinite(vals).any() else 0.0
+    ax.set_ylim(max(0.0, lo - 0.08), 1.0)
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Test accuracy per classifier: raw pixels vs embeddings", fontsize=10, pad=24)
+    ax.legend(fontsize=7, ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_figure(records: list[dict], path: Path, study: dict | None = None) -> Path:
+    return _save(draw_accuracy_bars(records, study), path)
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp)
+    _plt().close(fig)
+    tmp.replace(path)
+    return path

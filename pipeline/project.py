@@ -1,0 +1,225 @@
+"""Stage 3: 2-D maps of a feature set (PCA / t-SNE / UMAP), cached on disk, each with numbers that say how
+well it separates the classes. Plotting lives in figures.py.
+
+A map method is a small class behind one name (`METHODS`); optional libraries are imported when used and
+fail with an install hint. Every method maps train and test rows together (the study's Figures 4 and 5).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.classify import FeatureSet
+from pipeline.errors import PipelineError
+
+SEED = 0
+TRUST_ROWS = 5000  # trustworthiness is O(n^2): measured on a seeded subsample of this many rows
+KNN = 5
+
+
+def _need(module: str, package: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise PipelineError(f"this map needs `pip install {package}`") from None
+
+
+def _pca(X: np.ndarray, n: int, standardize: bool) -> np.ndarray:
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    X = StandardScaler(with_std=standardize).fit_transform(X)
+    return PCA(min(n, *X.shape), random_state=SEED).fit_transform(X).astype(np.float32)
+
+
+class PCAMap:
+    """The first two principal components of the standardised features."""
+    name, label, params = "pca", "PCA", {"standardize": True}
+
+    def __init__(self, n_jobs: int = 1):
+        self.n_jobs = n_jobs
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        return _pca(X, 2, standardize=True)
+
+
+class TSNEMap:
+    """openTSNE (FFT-accelerated) on the first 50 principal components, as the study did."""
+    name, label, params = "tsne", "t-SNE", {"pca": 50, "perplexity": 30, "initialization": "pca",
+                                            "negative_gradient_method": "fft"}
+
+    def __init__(self, n_jobs: int = 1):
+        self.n_jobs = n_jobs
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        TSNE = _need("openTSNE", "openTSNE").TSNE
+        p = self.params
+        Z = _pca(X, p["pca"], standardize=False)
+        emb = TSNE(perplexity=min(p["perplexity"], max(1, (len(Z) - 1) // 3)), initialization=p["initialization"],
+                   negative_gradient_method=p["negative_gradient_method"], n_jobs=self.n_jobs,
+                   random_state=SEED).fit(Z)
+        return np.asarray(emb, dtype=np.float32)
+
+
+class UMAPMap:
+    """umap-learn on the first 50 principal components (seeded, so reruns draw the same map)."""
+    name, label, params = "umap", "UMAP", {"pca": 50, "n_neighbors": 15, "min_dist": 0.1}
+
+    def __init__(self, n_jobs: int = 1):
+        self.n_jobs = n_jobs
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        import warnings
+
+        umap = _need("umap", "umap-learn")
+        p = self.params
+        Z = _pca(X, p["pca"], standardize=False)
+        with warnings.catch_warnings():  # "n_jobs overridden by random_state": seeded runs are serial
+            warnings.simplefilter("ignore", UserWarning)
+            out = umap.UMAP(n_neighbors=min(p["n_neighbors"], len(Z) - 1), min_dist=p["min_dist"],
+                            random_state=SEED).fit_transform(Z)
+        return np.asarray(out, dtype=np.float32)
+
+
+class CumlTSNEMap(TSNEMap):
+    """cuML's t-SNE on a CUDA GPU (`--device cuda` with cuML installed)."""
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        from cuml.manifold import TSNE
+
+        Z = _pca(X, self.params["pca"], standardize=False)
+        return np.asarray(TSNE(perplexity=self.params["perplexity"], random_state=SEED).fit_transform(Z),
+                          dtype=np.float32)
+
+
+class CumlUMAPMap(UMAPMap):
+    """cuML's UMAP on a CUDA GPU."""
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        from cuml.manifold import UMAP
+
+        Z = _pca(X, self.params["pca"], standardize=False)
+        p = self.params
+        return np.asarray(UMAP(n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
+                               random_state=SEED).fit_transform(Z), dtype=np.float32)
+
+
+METHODS = {m.name: m for m in (PCAMap, TSNEMap, UMAPMap)}
+GPU_METHODS = {"tsne": CumlTSNEMap, "umap": CumlUMAPMap}
+
+
+def make_method(name: str, device: str = "cpu", n_jobs: int | None = None):
+    """Name -> map method; on CUDA with cuML installed, cuML's t-SNE / UMAP."""
+    if name not in METHODS:
+        raise PipelineError(f"unknown map method {name!r}; choose from {','.join(METHODS)}")
+    cls = METHODS[name]
+    if device.startswith("cuda") and name in GPU_METHODS:
+        try:
+            import cuml  # noqa: F401
+            cls = GPU_METHODS[name]
+        except ImportError:
+            pass
+    return cls(n_jobs=n_jobs or os.cpu_count() or 1)
+
+
+# --- scores ------------------------------------------------------------------------------------------
+
+def knn_accuracy(coords: np.ndarray, y: np.ndarray, k: int = KNN, folds: int = 5) -> float:
+    """Cross-validated k-NN accuracy in the map: how well nearby points share a class."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    counts = np.bincount(y)
+    cv = StratifiedKFold(max(2, min(folds, int(counts[counts > 0].min()))), shuffle=True, random_state=SEED)
+    return float(cross_val_score(KNeighborsClassifier(min(k, len(y) - 1)), coords, y, cv=cv).mean())
+
+
+def trust(X: np.ndarray, coords: np.ndarray, k: int = KNN, rows: int = TRUST_ROWS) -> float:
+    """Trustworthiness of the map against the standardised features (1 = no false neighbours)."""
+    from sklearn.manifold import trustworthiness
+    from sklearn.preprocessing import StandardScaler
+
+    idx = np.random.default_rng(SEED).permutation(len(X))[:rows]
+    k = max(1, min(k, (len(idx) - 1) // 2 - 1))  # sklearn needs k < n/2
+    return float(trustworthiness(StandardScaler().fit_transform(X[idx]), coords[idx], n_neighbors=k))
+
+
+# --- maps with a cache ---------------------------------------------------------------------------------
+
+def _paths(out: Path, set_name: str, method: str) -> tuple[Path, Path]:
+    return out / f"{set_name}_{method}.npy", out / f"{set_name}_{method}.json"
+
+
+def load_map(out: Path, set_name: str, method: str) -> tuple[np.ndarray, dict] | None:
+    npy, js = _paths(Path(out), set_name, method)
+    if not (npy.exists() and js.exists()):
+        return None
+    return np.load(npy), json.loads(js.read_text())
+
+
+def is_cached(out: Path, fs: FeatureSet, method: str) -> bool:
+    js = _paths(Path(out), fs.name, method)[1]
+    if not (js.exists() and js.with_suffix(".npy").exists()):
+        return False
+    meta = json.loads(js.read_text())
+    return meta.get("fingerprint") == fs.fingerprint and meta.get("params") == METHODS[method].params
+
+
+def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path = Path("reports/maps"),
+            device: str = "cpu", n_jobs: int | None = None,
+            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
+    """Map every feature set with every method (train and test rows together), score each map, cache the
+    coordinates as out/<set>_<method>.npy with a .json beside it, and draw one figure per method with the
+    feature sets side by side. Returns {method: [meta per feature set]}."""
+    from pipeline.classify import check_comparable
+    from pipeline.figures import map_figure
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise PipelineError(f"unknown map method {', '.join(unknown) or '(none given)'}; choose from "
+                            f"{','.join(METHODS)}")
+    check_comparable(sets)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[str, list[dict]] = {}
+    for m in methods:
+        method = make_method(m, device, n_jobs)
+        panels = []
+        for fs in sets:
+            X = np.concatenate([fs.X_train, fs.X_test]).astype(np.float32, copy=False)
+            y = np.concatenate([fs.y_train, fs.y_test]).astype(np.int64)
+            if is_cached(out, fs, m):
+                coords, meta = load_map(out, fs.name, m)
+                log(f"{fs.name:>20} {m:<5} cached  5-NN {meta['knn_accuracy']:.4f}  trust {meta['trustworthiness']:.4f}")
+            else:
+                t = time.perf_counter()
+                coords = method.fit_transform(X)
+                seconds = time.perf_counter() - t
+                if coords.shape != (len(X), 2) or not np.isfinite(coords).all():
+                    raise PipelineError(f"{m} produced no usable 2-D map for {fs.name} (shape {coords.shape})")
+                meta = {"feature_set": fs.name, "method": m, "label": method.label, "params": method.params,
+                        "implementation": type(method).__name__, "fingerprint": fs.fingerprint, "rows": len(X),
+                        "n_train": len(fs.y_train), "n_test": len(fs.y_test), "seconds": round(seconds, 2),
+                        "knn_accuracy": knn_accuracy(coords, y), "knn": KNN,
+                        "trustworthiness": trust(X, coords), "trust_rows": min(len(X), TRUST_ROWS),
+                        "classes": fs.classes}
+                npy, js = _paths(out, fs.name, m)
+                tmp = npy.with_name(npy.name + ".tmp.npy")
+                np.save(tmp, coords)
+                os.replace(tmp, npy)
+                js.with_name(js.name + ".tmp").write_text(json.dumps(meta, indent=1))
+                os.replace(js.with_name(js.name + ".tmp"), js)
+                log(f"{fs.name:>20} {m:<5} {seconds:6.1f} s  5-NN {meta['knn_accuracy']:.4f}  "
+                    f"trust {meta['trustworthiness']:.4f}")
+            panels.append((fs.name, coords, y, meta))
+        map_figure(panels, sets[0].classes, method.label, out / f"{m}.png")
+        done[m] = [p[3] for p in panels]
+    return done

@@ -1,0 +1,234 @@
+"""The report: one self-contained HTML file (figures embedded as data URIs, no scripts, nothing fetched) and
+the same in Markdown, from what the other stages left under `out`: results.json, confusion/, maps/,
+run.json and the stores' meta.json. Knows nothing of how the numbers were computed.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.classify import CLASSIFIERS, STUDY
+from pipeline.errors import PipelineError
+from pipeline.figures import accuracy_figure, feature_title
+
+# Zalando's scikit-learn baselines on raw Fashion-MNIST pixels: best test accuracy per classifier, each the
+# mean of 5 runs (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747, Table 3). LDA and QDA were not run there.
+BENCHMARK = {"logreg": 0.842, "linsvc": 0.836, "rf": 0.873, "svc": 0.897, "knn": 0.854}
+SECTIONS = [("accuracy", "Accuracy"), ("bars", "Raw pixels vs embeddings"), ("confusion", "Confusion matrices"),
+            ("maps", "Maps"), ("provenance", "Provenance")]
+VERSIONS = ("numpy", "scikit-learn", "torch", "torchvision", "openvino", "openTSNE", "umap-learn", "matplotlib")
+
+
+def _read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return default
+    except ValueError as e:
+        raise PipelineError(f"{path} is not valid JSON ({e}); rerun the stage that writes it") from None
+
+
+def gather(out: Path) -> dict:
+    """Everything the report shows, as plain data."""
+    out = Path(out)
+    records = _read_json(out / "results.json", [])
+    maps = [_read_json(p) for p in sorted((out / "maps").glob("*.json"))]
+    if not records and not maps:
+        raise PipelineError(f"nothing to report in {out}: run `pipeline classify` or `pipeline project` "
+                            f"(or `pipeline run`) with --out {out} first")
+    run = _read_json(out / "run.json", {})
+    stores = {}
+    for path in run.get("stores", []):
+        meta = _read_json(Path(path) / "meta.json")
+        if meta:
+            stores[path] = meta
+    versions = {}
+    for pkg in VERSIONS:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"out": out, "records": records, "maps": maps, "run": run, "stores": stores, "versions": versions,
+            "hardware": _hardware(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _hardware() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+# --- tables as rows, shared by HTML and Markdown -------------------------------------------------------
+
+def accuracy_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    sets = list(dict.fromkeys(r["feature_set"] for r in records))
+    fashion = all(r.get("dataset", "fashion-mnist") == "fashion-mnist" for r in records)
+    by = {(r["feature_set"], r["classifier"]): r for r in records}
+    head = ["classifier"] + [f"{feature_title(s)} (ours)" for s in sets]
+    if "raw" in sets and len(sets) > 1:
+        head.append("best embeddings − raw")
+    if fashion:
+        head += ["raw (study)", "ResNet-18 (study)", "raw (Fashion-MNIST benchmark)"]
+    rows = []
+    for c in [c for c in CLASSIFIERS if any((s, c) in by for s in sets)]:
+        accs = [by[(s, c)]["test_accuracy"] if (s, c) in by else None for s in sets]
+        row = [CLASSIFIERS[c].label] + [f"{a:.4f}" if a is not None else "–" for a in accs]
+        if "raw" in sets and len(sets) > 1:
+            raw = accs[sets.index("raw")]
+            emb = [a for s, a in zip(sets, accs) if s != "raw" and a is not None]
+            row.append(f"{max(emb) - raw:+.4f}" if raw is not None and emb else "–")
+        if fashion:
+            study = STUDY.get(c)
+            row += [f"{study[1]:.4f}", f"{study[0]:.4f}"] if study else ["–", "–"]
+            row.append(f"{BENCHMARK[c]:.3f}" if c in BENCHMARK else "–")
+        rows.append(row)
+    return head, rows
+
+
+def detail_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["features", "classifier", "best params", "CV", "test", "macro-F1", "search s", "refit s", "backend"]
+    rows = [[r["feature_set"], r["classifier"], json.dumps(r["best_params"], sort_keys=True),
+             f"{r['cv_mean']:.4f} ± {r['cv_std']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['macro_f1']:.4f}",
+             f"{r['search_seconds']:.0f}", f"{r['fit_seconds']:.0f}", r["backend"]] for r in records]
+    return head, rows
+
+
+def map_rows(maps: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["method", "features", "points", f"{maps[0]['knn'] if maps else 5}-NN accuracy in 2-D",
+            "trustworthiness", "seconds", "implementation"]
+    rows = [[m["label"], feature_title(m["feature_set"]), f"{m['rows']:,}", f"{m['knn_accuracy']:.4f}",
+             f"{m['trustworthiness']:.4f} ({m['trust_rows']:,} rows)", f"{m['seconds']:.1f}", m["implementation"]]
+            for m in maps]
+    return head, rows
+
+
+def stage_rows(run: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["stage", "state", "seconds", "detail"]
+    return head, [[s["stage"], s["state"], f"{s['seconds']:.1f}", s.get("detail", "")] for s in run.get("stages", [])]
+
+
+def store_rows(stores: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["store", "backbone", "weights", "image size", "precision / engine / device", "img/s", "created"]
+    rows = []
+    for path, m in stores.items():
+        bb, eng, dev = m.get("backbone", {}), m.get("engine", {}), m.get("device", {})
+        w = bb.get("weights", {})
+        w = f"{w.get('id', '')} (sha256 {str(w.get('sha256', ''))[:12]})" if isinstance(w, dict) else str(w)
+        rows.append([str(path), bb.get("name", ""), w, str(m.get("image_size", "")),
+                     f"{m.get('precision', '')} / {eng.get('engine', eng) if isinstance(eng, dict) else eng} / "
+                     f"{dev.get('name', dev) if isinstance(dev, dict) else dev}",
+                     f"{m.get('throughput', {}).get('img_per_s', 0):.0f}", m.get("created", "")])
+    return head, rows
+
+
+# --- writers -------------------------------------------------------------------------------------------
+
+def _figures(d: dict) -> dict:
+    """Paths (relative to out) of the figures the report shows, drawing the accuracy bars here."""
+    out, records = d["out"], d["records"]
+    figs = {"bars": None, "confusion": [], "maps": []}
+    if records:
+        fashion = all(r.get("dataset", "fashion-mnist") == "fashion-mnist" for r in records)
+        accuracy_figure(records, out / "figures" / "accuracy.png", STUDY if fashion else None)
+        figs["bars"] = "figures/accuracy.png"
+        for r in records:
+            p = f"confusion/{r['feature_set']}_{r['classifier']}.png"
+            if (out / p).exists():
+                figs["confusion"].append((f"{r.get('label', r['classifier'])} on {feature_title(r['feature_set'])}", p))
+    for method, label in dict.fromkeys((m["method"], m["label"]) for m in d["maps"]):
+        if (out / "maps" / f"{method}.png").exists():
+            figs["maps"].append((label, f"maps/{method}.png"))
+    return figs
+
+
+def _md_table(head, rows) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(head, rows) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def _img(out: Path, rel: str, alt: str) -> str:
+    data = base64.b64encode((out / rel).read_bytes()).decode()
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"><figcaption>' \
+           f'{html.escape(alt)}</figcaption></figure>'
+
+
+def _caption(records: list[dict]) -> str:
+    if not records:
+        return "No classification results yet."
+    r = records[0]
+    return (f"Test accuracy on {r['n_test']:,} test images; grid `{r.get('grid', '?')}` searched with "
+            f"{r['cv_folds']}-fold CV on {r['tune_rows']:,} of {r['n_train']:,} training images, the best refitted "
+            f"on all of them. Study: the original paper's ResNet-18 vs raw pixels. Benchmark: Zalando's "
+            f"scikit-learn baselines on raw pixels (best per classifier, mean of 5 runs; arXiv:1708.07747).")
+
+
+def write_report(out: Path) -> tuple[Path, Path]:
+    """Write out/report.html (self-contained) and out/report.md; returns both paths."""
+    d = gather(out)
+    out = d["out"]
+    figs = _figures(d)
+    sections = {
+        "accuracy": (_caption(d["records"]), [accuracy_rows(d["records"]), detail_rows(d["records"])]
+                     if d["records"] else []),
+        "bars": ("Grouped bars per classifier; hatched bars are the original study's.", []),
+        "confusion": ("Rows: true class, normalised; cells: counts.", []),
+        "maps": ("Train and test points together, coloured by class. k-NN accuracy in 2-D (5-fold CV) says how "
+                 "well the map separates the classes; trustworthiness (on a seeded subsample) how faithfully it "
+                 "keeps neighbours of the standardised features.", [map_rows(d["maps"])] if d["maps"] else []),
+        "provenance": (f"Written {d['created']} on {d['hardware']['cpu']} ({d['hardware']['cores']} cores), "
+                       f"Python {d['hardware']['python']}; " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()),
+                       [t for t in (stage_rows(d["run"]), store_rows(d["stores"])) if t[1]]),
+    }
+    images = {"bars": [("test accuracy per classifier", figs["bars"])] if figs["bars"] else [],
+              "confusion": figs["confusion"], "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}
+    title = "pipeline report: do pretrained embeddings beat raw pixels?"
+
+    md = [f"# {title}", ""]
+    body = [f"<h1>{html.escape(title)}</h1>",
+            "<nav>" + " · ".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS) + "</nav>"]
+    for key, heading in SECTIONS:
+        text, tables = sections[key]
+        md += [f"## {heading}", "", text, ""]
+        body += [f'<section id="{key}"><h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>']
+        for t in tables:
+            md += [_md_table(*t), ""]
+            body.append(_html_table(*t))
+        for alt, rel in images.get(key, []):
+            md += [f"![{alt}]({rel})", ""]
+            body.append(_img(out, rel, alt))
+        if not tables and not images.get(key):
+            md += ["(nothing yet)", ""]
+            body.append("<p><em>nothing yet</em></p>")
+        body.append("</section>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+             "img{max-width:100%}figure{display:inline-block;margin:0.5em}figcaption{font-size:0.8em;color:#555}")
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    paths = out / "report.html", out / "report.md"
+    for path, text in zip(paths, (page, "\n".join(md))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return paths

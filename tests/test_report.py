@@ -1,0 +1,193 @@
+"""Maps, figures, the report and `pipeline run`, on small synthetic data."""
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli, write_store
+from pipeline.classify import CLASSIFIERS, FeatureSet, classify, load_feature_set
+from pipeline.datasets import FASHION_MNIST_CLASSES
+from pipeline.errors import PipelineError
+from pipeline.figures import STUDY_COLOURS, draw_accuracy_bars, draw_maps
+from pipeline.project import METHODS, knn_accuracy, load_map, project, trust
+from pipeline.report import BENCHMARK, SECTIONS, write_report
+
+
+def feature_sets(n_train=150, n_test=50):
+    """'raw': noisy blobs; 'toynet': tight blobs over the same labels (the embeddings separate better)."""
+    Xr, y = blobs(n_train + n_test, dim=24, spread=4.0, seed=1)
+    Xe, _ = blobs(n_train + n_test, dim=12, spread=0.5, seed=2)
+    meta = {"dataset": {"content_sha256": "x"}}
+    return [FeatureSet(name, X[:n_train], y[:n_train], X[n_train:], y[n_train:], FASHION_MNIST_CLASSES,
+                       "fashion-mnist", dict(meta, config_hash=name))
+            for name, X in (("raw", Xr), ("toynet", Xe))]
+
+
+def test_maps_are_cached_scored_and_drawn(tmp_path):
+    sets = feature_sets()
+    logs = []
+    done = project(sets, ["pca", "tsne", "umap"], tmp_path, n_jobs=2, log=logs.append)
+    assert list(done) == ["pca", "tsne", "umap"]
+    for m in METHODS:
+        for fs, meta in zip(sets, done[m]):
+            coords, saved = load_map(tmp_path, fs.name, m)
+            assert coords.shape == (200, 2) and coords.dtype == np.float32 and np.isfinite(coords).all()
+            assert saved == meta and meta["rows"] == 200 and meta["fingerprint"] == fs.fingerprint
+            assert 0 <= meta["knn_accuracy"] <= 1 and 0 <= meta["trustworthiness"] <= 1
+        raw, emb = done[m]
+        assert emb["knn_accuracy"] > raw["knn_accuracy"]  # tight blobs separate better than noisy ones
+        assert emb["knn_accuracy"] > 0.9
+        png = tmp_path / f"{m}.png"
+        with Image.open(png) as im:
+            assert im.size[0] > im.size[1] > 200  # two panels side by side
+    mtime = (tmp_path / "raw_tsne.npy").stat().st_mtime_ns
+    logs.clear()
+    project(sets, ["tsne"], tmp_path, log=logs.append)  # same inputs: from the cache
+    assert (tmp_path / "raw_tsne.npy").stat().st_mtime_ns == mtime and all("cached" in m for m in logs)
+    sets[0].meta["config_hash"] = "changed"  # other features: recomputed
+    project(sets, ["pca"], tmp_path, log=logs.append)
+    assert load_map(tmp_path, "raw", "pca")[1]["fingerprint"] == sets[0].fingerprint
+
+
+def test_map_figure_content():
+    sets = feature_sets(60, 20)
+    rng = np.random.default_rng(0)
+    panels = [(fs.name, rng.normal(size=(80, 2)), np.concatenate([fs.y_train, fs.y_test]),
+               {"knn": 5, "knn_accuracy": 0.5, "trustworthiness": 0.9}) for fs in sets]
+    fig = draw_maps(panels, FASHION_MNIST_CLASSES, "t-SNE")
+    axes = [ax for ax in fig.axes if ax.collections]
+    assert [ax.get_title().splitlines()[0] for ax in axes] == ["t-SNE of raw pixels", "t-SNE of toynet embeddings"]
+    for ax in axes:
+        (points,) = ax.collections
+        assert len(points.get_offsets()) == 80
+        assert "5-NN accuracy in 2-D 0.500" in ax.get_title()
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == FASHION_MNIST_CLASSES
+    import matplotlib.colors as mc
+
+    # the study's colour map: every point's colour is its class's
+    y = panels[0][2][np.random.default_rng(0).permutation(80)]
+    facecolours = axes[0].collections[0].get_facecolors()
+    expected = np.array([mc.to_rgba(STUDY_COLOURS[FASHION_MNIST_CLASSES[c]]) for c in y])
+    np.testing.assert_allclose(facecolours, expected)
+
+
+def test_accuracy_bars_content():
+    recs = [{"feature_set": s, "classifier": c, "label": CLASSIFIERS[c].label, "test_accuracy": a}
+            for s, base in (("raw", 0.8), ("toynet", 0.9)) for c, a in (("lda", base), ("svc", base + 0.05))]
+    fig = draw_accuracy_bars(recs, {"lda": (0.77, 0.81)})
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["LDA", "RBF SVC"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "raw pixels", "toynet embeddings", "raw pixels (study)", "ResNet-18 (study)"]
+    heights = [[p.get_height() for p in c] for c in ax.containers]
+    np.testing.assert_allclose(heights[:2], [[0.8, 0.85], [0.9, 0.95]])
+    assert heights[2][0] == pytest.approx(0.81) and np.isnan(heights[2][1])  # the study has no RBF SVC
+
+
+class _Parsed(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.imgs, self.external, self.tables = set(), [], [], 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        if tag in ("script", "link", "iframe") or (tag == "img" and not a.get("src", "").startswith("data:")):
+            self.external.append(tag)
+        self.tables += tag == "table"
+
+
+def test_report_is_self_contained_with_every_section(tmp_path):
+    sets = feature_sets()
+    classify(sets, ["lda", "logreg", "knn"], "quick", 3, out=tmp_path, n_jobs=1, progress=False)
+    project(sets, ["pca"], tmp_path / "maps")
+    html_path, md_path = write_report(tmp_path)
+    page = _Parsed()
+    page.feed(html_path.read_text())
+    assert {k for k, _ in SECTIONS} <= page.ids
+    assert page.external == []  # nothing fetched: no scripts, stylesheets or linked images
+    assert len(page.imgs) == 1 + 6 + 1  # accuracy bars, 2 x 3 confusion matrices, the PCA maps
+    assert page.tables >= 3  # accuracy, details, map scores
+    text = html_path.read_text()
+    assert f"{BENCHMARK['logreg']:.3f}" in text and "0.8016" in text  # benchmark and study beside ours
+    md = md_path.read_text()
+    for _, heading in SECTIONS:
+        assert f"## {heading}" in md
+    assert "![PCA maps](maps/pca.png)" in md
+    assert (tmp_path / "figures" / "accuracy.png").stat().st_size > 5000
+
+
+def test_report_with_nothing_to_report(tmp_path, runner):
+    assert_one_line_error(run_cli(runner, "report", "--out", tmp_path), "nothing to report", str(tmp_path))
+
+
+def test_project_cli_bad_method(tmp_path, runner):
+    d = make_idx_dir(tmp_path / "fm", n_train=40, n_test=20)
+    r = run_cli(runner, "project", "--features", "raw", "--data-dir", d, "--methods", "pca,isomap",
+                "--out", tmp_path / "maps")
+    assert_one_line_error(r, "unknown map method isomap")
+
+
+def test_maps_refuse_feature_sets_of_other_images(tmp_path):
+    a, b = feature_sets()
+    b = FeatureSet("toynet", b.X_train[:-1], b.y_train[:-1], b.X_test, b.y_test, b.classes, b.dataset, b.meta)
+    with pytest.raises(PipelineError, match="different data"):
+        project([a, b], ["pca"], tmp_path)
+
+
+def test_scores_measure_separation():
+    X, y = blobs(300, dim=2, spread=0.1)
+    assert knn_accuracy(X, y) == 1.0 and trust(X, X) > 0.999  # X vs standardised X: near-identical neighbours
+    noise = np.random.default_rng(0).normal(size=(300, 2))
+    assert knn_accuracy(noise, y) < 0.3
+
+
+def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_file):
+    data = make_idx_dir(tmp_path / "fm", n_train=90, n_test=40)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--data-dir", data, "--backbone", "resnet18", "--weights", resnet18_file, "--limit", 80,
+            "--grid", "quick", "--classifiers", "lda,logreg,knn", "--methods", "pca,tsne,umap", "--n-jobs", 1]
+    r = run_cli(runner, *args)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "reports" / "fashion-mnist-first80"
+    info = json.loads((out / "run.json").read_text())
+    assert [s["stage"] for s in info["stages"]] == ["extract", "classify", "project", "report"]
+    assert all(s["state"] == "ran" for s in info["stages"])
+    assert (tmp_path / "features" / "fashion-mnist" / "resnet18-first80" / "meta.json").exists()
+    recs = json.loads((out / "results.json").read_text())
+    assert {(x["feature_set"], x["classifier"]) for x in recs} == {
+        (s, c) for s in ("raw", "resnet18") for c in ("lda", "logreg", "knn")}
+    page = _Parsed()
+    page.feed((out / "report.html").read_text())
+    assert {k for k, _ in SECTIONS} <= page.ids and page.external == []
+    assert len(page.imgs) == 1 + 6 + 3
+    assert "resnet18-first80" in (out / "report.md").read_text()  # provenance names the store
+
+    # again: nothing recomputed
+    r = run_cli(runner, *args)
+    assert r.exit_code == 0, r.output
+    states = {s["stage"]: s["state"] for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert states == {"extract": "skipped", "classify": "skipped", "project": "skipped", "report": "ran"}
+
+    # a crash left one result and one map missing: only those are redone
+    (out / "maps" / "raw_umap.npy").unlink()
+    json_path = out / "results.json"
+    json_path.write_text(json.dumps([x for x in recs if (x["feature_set"], x["classifier"]) != ("raw", "knn")]))
+    r = run_cli(runner, *args)
+    assert r.exit_code == 0, r.output
+    stages = {s["stage"]: s for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert stages["classify"]["detail"].startswith("1 of 6") and stages["project"]["detail"].startswith("1 of 6")
+    assert len(json.loads(json_path.read_text())) == 6
+
+
+def test_pipeline_run_bad_grid(tmp_path, runner, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_cli(runner, "run", "--grid", "huge", "--data-dir", tmp_path), "--grid 'huge'")
