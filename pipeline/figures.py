@@ -65,7 +65,7 @@ def draw_maps(panels, classes: list[str], method: str):
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.6, 5.0), dpi=80, squeeze=False)
     for ax, (name, coords, y, meta) in zip(axes[0], panels):
         order = np.random.default_rng(0).permutation(len(y))  # no class painted over the others by draw order
-        size = float(np.clip(4000 / max(len(y), 1), 0.2, 12))
+        size = float(np.clip(4000 / max(len(y), 1), 0.4, 12))
         ax.scatter(coords[order, 0], coords[order, 1], c=list(colours[y[order]]), s=size, linewidths=0,
                    rasterized=True)
         ax.set_title(f"{method} of {feature_title(name)}\n{meta['knn']}-NN accuracy in 2-D "

