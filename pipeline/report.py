@@ -38,7 +38,10 @@ def gather(out: Path) -> dict:
     """Everything the report shows, as plain data."""
     out = Path(out)
     records = _read_json(out / "results.json", [])
-    maps = [_read_json(p) for p in sorted((out / "maps").glob("*.json"))]
+    order = ["pca", "tsne", "umap"]
+    maps = sorted((_read_json(p) for p in (out / "maps").glob("*.json")),  # by method, raw pixels first
+                  key=lambda m: (order.index(m["method"]) if m["method"] in order else 9, m["feature_set"] != "raw",
+                                 m["feature_set"]))
     if not records and not maps:
         raise PipelineError(f"nothing to report in {out}: run `pipeline classify` or `pipeline project` "
                             f"(or `pipeline run`) with --out {out} first")

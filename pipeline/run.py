@@ -63,7 +63,9 @@ def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18
     def do_extract():
         r = extract(dataset, backbone, data_dir=data_dir, limit=limit, weights=weights, device=device, out=store)
         state = {"complete": "skipped", "resume": "resumed", "new": "ran"}.get(r.state, r.state)
-        return state, f"{r.images:,} images embedded" + (f" at {r.img_per_s:.0f} img/s" if r.images else "")
+        if state == "skipped":
+            return state, f"{r.path} already holds these embeddings"
+        return state, f"{r.images:,} images embedded at {r.img_per_s:.0f} img/s"
 
     sets = []
 
