@@ -204,6 +204,7 @@ def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path =
                 coords, meta = load_map(out, fs.name, m)
                 log(f"{fs.name:>20} {m:<5} cached  5-NN {meta['knn_accuracy']:.4f}  trust {meta['trustworthiness']:.4f}")
             else:
+                log(f"{fs.name:>20} {m:<5} mapping {len(X):,} points ...")
                 t = time.perf_counter()
                 coords = method.fit_transform(X)
                 seconds = time.perf_counter() - t
