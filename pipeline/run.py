@@ -29,6 +29,7 @@ def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18
         command: str | None = None, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
     from pipeline.compute import make_backend
 
+    check_grid(grid)
     backend = make_backend(device)  # first: cuML must hook scikit-learn before it is imported
     from pipeline import classify as cls
     from pipeline import project as proj
@@ -39,7 +40,6 @@ def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18
     d_store, d_out = default_paths(dataset, backbone, limit)
     store, out = Path(store or d_store), Path(out or d_out)
     out.mkdir(parents=True, exist_ok=True)
-    check_grid(grid)
     info = {"command": command,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stores": [str(store)],
             "dataset": dataset, "backbone": backbone, "limit": limit, "grid": grid, "cv": cv,

@@ -193,6 +193,7 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
 def test_pipeline_run_bad_grid(tmp_path, runner, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(run_cli(runner, "run", "--grid", "huge", "--data-dir", tmp_path), "--grid 'huge'")
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "features").exists()  # nothing half-written
 
 
 @pytest.mark.gpu
