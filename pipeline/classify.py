@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.compute import Backend, make_backend
 from pipeline.errors import PipelineError
+from pipeline.store import atomic_write
 
 # The original study (Fashion-MNIST): test accuracy with ResNet-18 features and with raw pixels.
 STUDY = {"lda": (0.7708, 0.8151), "qda": (0.7661, 0.5680), "logreg": (0.7771, 0.8016),
@@ -464,9 +465,9 @@ def write_results(out: Path, new: list[dict], fs: FeatureSet | None = None) -> l
                          cm_dir / f"{stem}.png")
     order = {c: i for i, c in enumerate(CLASSIFIERS)}
     records.sort(key=lambda r: (r["feature_set"] != "raw", r["feature_set"], order.get(r["classifier"], 99)))
-    _atomic_write(path, json.dumps(records, indent=1))
-    _atomic_write(out / "results.csv", results_csv(records))
-    _atomic_write(out / "results.md", results_markdown(records))
+    atomic_write(path, json.dumps(records, indent=1))
+    atomic_write(out / "results.csv", results_csv(records))
+    atomic_write(out / "results.md", results_markdown(records))
     return records
 
 
@@ -477,12 +478,6 @@ def pending(out: Path, fs: FeatureSet, classifiers, grid: str | dict, cv: int) -
     done = {r["classifier"] for r in records if r["feature_set"] == fs.name and r.get("cv_folds") == cv
             and r.get("features_fingerprint") == fs.fingerprint and r.get("grid") == grid_id(grid)}
     return [c for c in classifiers if c not in done]
-
-
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 CSV_COLUMNS = ["feature_set", "classifier", "test_accuracy", "macro_f1", "cv_mean", "cv_std", "cv_folds",

@@ -23,6 +23,23 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
+_DATASETS = click.Choice(["fashion-mnist", "mnist", "cifar10", "folder"])
+
+
+def _names(csv: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']"""
+    return [n.strip() for n in csv.split(",") if n.strip()]
+
+
+def _feature_sets(features: str, dataset: str, data_dir, limit) -> list:
+    from pipeline.classify import load_feature_set
+
+    sets = [load_feature_set(f, dataset, data_dir, limit) for f in _names(features)]
+    if not sets:
+        raise PipelineError("--features names no feature set; e.g. --features raw,efficientnet_lite0")
+    return sets
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="pipeline")
 def main():
@@ -30,8 +47,7 @@ def main():
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["fashion-mnist", "mnist", "cifar10", "folder"]),
-              default="fashion-mnist", show_default=True)
+@click.option("--dataset", type=_DATASETS, default="fashion-mnist", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Dataset folder. Fashion-MNIST default: $PIPELINE_DATA_DIR, then "
                    "/usr/share/datasets/fashion-mnist, then torchvision's download.")
@@ -65,8 +81,7 @@ def extract(dataset, data_dir, backbone, weights, layer, image_size, device, pre
 @click.option("--features", default="raw,efficientnet_lite0", show_default=True,
               help="Comma-separated: raw | a backbone name (its store under features/<dataset>/; resnet = "
                    "resnet18) | a store PATH.")
-@click.option("--dataset", type=click.Choice(["fashion-mnist", "mnist", "cifar10", "folder"]),
-              default="fashion-mnist", show_default=True)
+@click.option("--dataset", type=_DATASETS, default="fashion-mnist", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Dataset folder, for --features raw (same defaults as extract).")
 @click.option("--classifiers", default="lda,qda,logreg,linsvc,rf,svc,knn", show_default=True)
@@ -95,12 +110,9 @@ def classify(features, dataset, data_dir, classifiers, grid, cv, limit, device, 
         except (OSError, ValueError) as e:
             raise PipelineError(f"--grid {grid}: not a preset ({', '.join(stage.PRESETS)}) nor a readable "
                                 f"JSON file of grids ({e})") from None
-    sets = [stage.load_feature_set(f.strip(), dataset, data_dir, limit) for f in features.split(",") if f.strip()]
-    if not sets:
-        raise PipelineError("--features names no feature set; e.g. --features raw,efficientnet_lite0")
+    sets = _feature_sets(features, dataset, data_dir, limit)
     out = Path(out) if out else Path("reports") / dataset
-    names = [c.strip() for c in classifiers.split(",") if c.strip()]
-    stage.classify(sets, names, grid, cv, backend, n_jobs, dask, out)
+    stage.classify(sets, _names(classifiers), grid, cv, backend, n_jobs, dask, out)
     click.echo((out / "results.md").read_text())
     click.echo(f"results in {out}/results.json, .csv, .md; confusion matrices in {out}/confusion/", err=True)
 
@@ -112,9 +124,6 @@ def _command_line(ctx) -> str:
     opts = [f"--{k.replace('_', '-')} {v}" for k, v in ctx.params.items()
             if ctx.get_parameter_source(k) != ParameterSource.DEFAULT]
     return " ".join([ctx.command_path, *opts])
-
-
-_DATASETS = click.Choice(["fashion-mnist", "mnist", "cifar10", "folder"])
 
 
 @main.command()
@@ -132,16 +141,13 @@ def project(features, methods, dataset, data_dir, limit, device, n_jobs, out):
     """2-D maps (PCA, t-SNE, UMAP) of each feature set side by side, with 5-NN accuracy and trustworthiness."""
     from pathlib import Path
 
-    from pipeline import classify as cls
     from pipeline import project as stage
     from pipeline.compute import make_backend
 
     backend = make_backend(device)
-    sets = [cls.load_feature_set(f.strip(), dataset, data_dir, limit) for f in features.split(",") if f.strip()]
-    if not sets:
-        raise PipelineError("--features names no feature set; e.g. --features raw,efficientnet_lite0")
+    sets = _feature_sets(features, dataset, data_dir, limit)
     out = Path(out) if out else Path("reports") / dataset / "maps"
-    stage.project(sets, [m.strip() for m in methods.split(",") if m.strip()], out, backend.device, n_jobs)
+    stage.project(sets, _names(methods), out, backend.device, n_jobs)
     click.echo(f"maps in {out}/: <set>_<method>.npy coordinates (+ .json scores), <method>.png figures", err=True)
 
 
@@ -177,8 +183,7 @@ def run(dataset, data_dir, backbone, weights, limit, grid, cv, classifiers, meth
     from pipeline.run import run as run_all
 
     info = run_all(dataset, data_dir, backbone, weights, limit, grid, cv,
-                   [c.strip() for c in classifiers.split(",") if c.strip()],
-                   [m.strip() for m in methods.split(",") if m.strip()], device, n_jobs, out,
+                   _names(classifiers), _names(methods), device, n_jobs, out,
                    command=_command_line(click.get_current_context()))
     for s in info["stages"]:
         click.echo(f"{s['stage']:>9}  {s['state']:<8} {s['seconds']:8.1f} s  {s['detail']}", err=True)

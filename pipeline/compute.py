@@ -53,6 +53,18 @@ class Backend:
         return y
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def make_backend(device: str = "auto", array_api: bool | None = None) -> Backend:
     """auto: CUDA if torch sees one (cuML if installed, else array-API), else sklearn on the CPU.
 

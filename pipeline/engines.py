@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.backbones import Backbone, Normalized
+from pipeline.compute import cpu_name  # noqa: F401 - re-exported for the benchmarks
 from pipeline.errors import PipelineError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -32,18 +33,6 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 def resolve_device(device: str) -> torch.device:

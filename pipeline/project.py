@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.classify import FeatureSet
 from pipeline.errors import PipelineError
+from pipeline.store import atomic_write
 
 SEED = 0
 TRUST_ROWS = 5000  # trustworthiness is O(n^2): measured on a seeded subsample of this many rows
@@ -220,8 +221,7 @@ def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path =
                 tmp = npy.with_name(npy.name + ".tmp.npy")
                 np.save(tmp, coords)
                 os.replace(tmp, npy)
-                js.with_name(js.name + ".tmp").write_text(json.dumps(meta, indent=1))
-                os.replace(js.with_name(js.name + ".tmp"), js)
+                atomic_write(js, json.dumps(meta, indent=1))
                 log(f"{fs.name:>20} {m:<5} {seconds:6.1f} s  5-NN {meta['knn_accuracy']:.4f}  "
                     f"trust {meta['trustworthiness']:.4f}")
             panels.append((fs.name, coords, y, meta))

@@ -14,8 +14,10 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.classify import CLASSIFIERS, STUDY
+from pipeline.compute import cpu_name
 from pipeline.errors import PipelineError
 from pipeline.figures import accuracy_figure, feature_title
+from pipeline.store import atomic_write
 
 # Zalando's scikit-learn baselines on raw Fashion-MNIST pixels: best test accuracy per classifier, each the
 # mean of 5 runs (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747, Table 3). LDA and QDA were not run there.
@@ -62,23 +64,20 @@ def gather(out: Path) -> dict:
 
 
 def _hardware() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform()}
 
 
 # --- tables as rows, shared by HTML and Markdown -------------------------------------------------------
 
+def _vs_study(records: list[dict]) -> bool:
+    """The study's and the benchmark's numbers are for Fashion-MNIST only."""
+    return all(r.get("dataset", "fashion-mnist") == "fashion-mnist" for r in records)
+
+
 def accuracy_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     sets = list(dict.fromkeys(r["feature_set"] for r in records))
-    fashion = all(r.get("dataset", "fashion-mnist") == "fashion-mnist" for r in records)
+    fashion = _vs_study(records)
     by = {(r["feature_set"], r["classifier"]): r for r in records}
     head = ["classifier"] + [f"{feature_title(s)} (ours)" for s in sets]
     if "raw" in sets and len(sets) > 1:
@@ -160,8 +159,7 @@ def _figures(d: dict) -> dict:
     out, records = d["out"], d["records"]
     figs = {"bars": None, "confusion": [], "maps": []}
     if records:
-        fashion = all(r.get("dataset", "fashion-mnist") == "fashion-mnist" for r in records)
-        accuracy_figure(records, out / "figures" / "accuracy.png", STUDY if fashion else None)
+        accuracy_figure(records, out / "figures" / "accuracy.png", STUDY if _vs_study(records) else None)
         figs["bars"] = "figures/accuracy.png"
         for r in records:
             p = f"confusion/{r['feature_set']}_{r['classifier']}.png"
@@ -249,7 +247,5 @@ def write_report(out: Path) -> tuple[Path, Path]:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     paths = out / "report.html", out / "report.md"
     for path, text in zip(paths, (page, "\n".join(md))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, text)
     return paths

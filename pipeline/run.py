@@ -7,7 +7,6 @@ because every stage writes its outputs piece by piece and atomically. Times per 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.errors import PipelineError
+from pipeline.store import atomic_write
 
 
 def default_paths(dataset: str, backbone: str, limit: int | None) -> tuple[Path, Path]:
@@ -58,7 +58,7 @@ def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18
         state, detail = fn()
         info["stages"].append({"stage": name, "state": state, "seconds": round(time.perf_counter() - t, 1),
                                "detail": detail})
-        _write(out / "run.json", info)  # after every stage: a crash keeps the times of the finished ones
+        atomic_write(out / "run.json", json.dumps(info, indent=1))  # after every stage: a crash keeps the times of the finished ones
 
     def do_extract():
         r = extract(dataset, backbone, data_dir=data_dir, limit=limit, weights=weights, device=device, out=store)
@@ -91,12 +91,6 @@ def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18
     stage("report", lambda: ("ran", ", ".join(p.name for p in write_report(out))))
     write_report(out)  # once more, so the report's provenance includes the report stage's own time
     return info
-
-
-def _write(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def check_grid(grid: str):

@@ -66,13 +66,20 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def _write_json(path: Path, obj) -> None:
+def atomic_write(path: str | os.PathLike, text: str, fsync: bool = False) -> None:
+    """Write `text` through a temp file and a rename: readers see the old file or the new one, never half."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2), fsync=True)
 
 
 class StoreWriter:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli, write_store
-from pipeline.classify import CLASSIFIERS, FeatureSet, classify, load_feature_set
+from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli
+from pipeline.classify import CLASSIFIERS, FeatureSet, classify
 from pipeline.datasets import FASHION_MNIST_CLASSES
 from pipeline.errors import PipelineError
 from pipeline.figures import STUDY_COLOURS, draw_accuracy_bars, draw_maps
