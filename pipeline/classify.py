@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.compute import Backend, make_backend
+from pipeline.compute import Backend, executed_on, make_backend
 from pipeline.errors import PipelineError
 from pipeline.store import atomic_write
 
@@ -33,10 +33,22 @@ DEFAULT_CLASSIFIERS = ("lda", "qda", "logreg", "linsvc", "rf", "svc", "knn")
 
 @dataclass
 class ClassifierSpec:
+    """A classifier: `make(native)` builds its unfitted Pipeline, `grids[preset]` its search space.
+
+    `array_api_grids` is set for classifiers with an array-API formulation (runs on torch tensors, on the
+    GPU with --device cuda): `make(True)` builds that formulation and these grids are valid for it."""
     name: str
     label: str
-    make: Callable  # (backend) -> unfitted sklearn estimator (a Pipeline)
+    make: Callable  # (native: bool) -> unfitted sklearn Pipeline
     grids: dict  # preset -> param grid (dict of lists)
+    array_api_grids: dict | None = None  # preset -> grid for make(True); None: no array-API formulation
+
+    def native(self, backend: Backend) -> bool:
+        """Whether this classifier runs in the backend's array-API formulation."""
+        return backend.array_api and self.array_api_grids is not None
+
+    def grid(self, preset: str, backend: Backend) -> dict:
+        return (self.array_api_grids if self.native(backend) else self.grids)[preset]
 
 
 def _pipe(*steps):
@@ -57,15 +69,15 @@ def _pca(n=50):
     return ("pca", PCA(n_components=n, random_state=0))
 
 
-def _lda(backend: Backend):
+def _lda(native: bool = False):
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis as LDA
 
-    if backend.runs("lda").startswith("sklearn-array-api"):  # only solver="svd" dispatches
+    if native:  # only solver="svd" dispatches on the Array API; it takes no shrinkage
         return _pipe(("clf", LDA(solver="svd")))
     return _pipe(("clf", LDA(solver="lsqr", shrinkage="auto")))
 
 
-def _qda(backend):
+def _qda(native: bool = False):
     from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis as QDA
 
     # Raw pixels are collinear (constant borders): QDA needs a PCA step and regularised covariances, else
@@ -74,46 +86,50 @@ def _qda(backend):
     return _pipe(_pca(60), ("clf", QDA(reg_param=0.3)))
 
 
-def _logreg(backend):
+def _logreg(native: bool = False):
     from sklearn.linear_model import LogisticRegression
 
     return _pipe(_scale(), ("clf", LogisticRegression(C=0.1, max_iter=1000)))
 
 
-def _linsvc(backend):
+def _linsvc(native: bool = False):
     from sklearn.svm import LinearSVC
 
     return _pipe(_scale(), ("clf", LinearSVC(C=0.01, dual=False, tol=1e-3, max_iter=2000)))
 
 
-def _rf(backend):
+def _rf(native: bool = False):
     from sklearn.ensemble import RandomForestClassifier
 
     return _pipe(("clf", RandomForestClassifier(n_estimators=200, n_jobs=1, random_state=0)))
 
 
-def _svc(backend):
+def _svc(native: bool = False):
     from sklearn.svm import SVC
 
     return _pipe(_scale(), _pca(100), ("clf", SVC(C=10, gamma="scale", cache_size=1000)))
 
 
-def _knn(backend):
+def _knn(native: bool = False):
     from sklearn.neighbors import KNeighborsClassifier
 
     return _pipe(_scale(), _pca(50), ("clf", KNeighborsClassifier(n_neighbors=5, weights="distance")))
 
 
+_LOGREG_GRIDS = {"quick": {}, "default": {"clf__C": [0.01, 0.1, 1.0]},  # lbfgs: the same on the Array API
+                 "full": {"clf__C": [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}}
+
 CLASSIFIERS = {s.name: s for s in [
     ClassifierSpec("lda", "LDA", _lda, {
         "quick": {}, "default": {"clf__shrinkage": ["auto", 0.01, 0.1]},
-        "full": {"clf__shrinkage": ["auto", 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3]}}),
+        "full": {"clf__shrinkage": ["auto", 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3]}},
+        # SVD LDA has no shrinkage; its rank threshold is what regularises it on collinear raw pixels
+        array_api_grids={"quick": {}, "default": {"clf__tol": [1e-4, 1e-2]},
+                         "full": {"clf__tol": [1e-6, 1e-4, 1e-3, 1e-2, 1e-1]}}),
     ClassifierSpec("qda", "QDA", _qda, {
         "quick": {}, "default": {"pca__n_components": [40, 80], "clf__reg_param": [0.1, 0.3]},
         "full": {"pca__n_components": [20, 40, 60, 80, 120], "clf__reg_param": [0.0, 0.01, 0.1, 0.2, 0.3, 0.5]}}),
-    ClassifierSpec("logreg", "Logistic regression", _logreg, {
-        "quick": {}, "default": {"clf__C": [0.01, 0.1, 1.0]},
-        "full": {"clf__C": [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}}),
+    ClassifierSpec("logreg", "Logistic regression", _logreg, _LOGREG_GRIDS, array_api_grids=_LOGREG_GRIDS),
     ClassifierSpec("linsvc", "Linear SVC", _linsvc, {
         "quick": {}, "default": {"clf__C": [3e-4, 1e-3, 3e-3]},
         # C >= 0.3 does not converge within max_iter on standardised pixels (and costs minutes per fit)
@@ -230,12 +246,13 @@ def check_comparable(sets: list[FeatureSet]) -> None:
 
 # --- search ------------------------------------------------------------------------------------------
 
-def resolve_grid(classifier: str, grid: str | dict) -> dict:
-    """A preset name, or a dict {classifier: param grid} (e.g. read from --grid FILE.json)."""
+def resolve_grid(classifier: str, grid: str | dict, backend: Backend | None = None) -> dict:
+    """A preset name (its grid for the formulation this backend runs), or a dict {classifier: param grid}
+    (e.g. read from --grid FILE.json)."""
     if isinstance(grid, str):
         if grid not in PRESETS:
             raise PipelineError(f"--grid {grid!r}: use {', '.join(PRESETS)} or a JSON file of grids")
-        return CLASSIFIERS[classifier].grids[grid]
+        return CLASSIFIERS[classifier].grid(grid, backend or make_backend("cpu"))
     g = grid.get(classifier, {})
     if not isinstance(g, dict) or any(not isinstance(v, list) or not v for v in g.values()):
         raise PipelineError(f"grid for {classifier} leaves nothing to search (each parameter needs a "
@@ -253,26 +270,38 @@ def stratified_subsample(y: np.ndarray, n: int | None, seed: int = 0) -> np.ndar
     return np.sort(idx)
 
 
-def _fit_score(make, backend, classifier, params, X, y, train, test, blas_threads):
+def _estimator(classifier: str, native: bool, params: dict):
     from sklearn.base import clone
+
+    return clone(CLASSIFIERS[classifier].make(native)).set_params(**params)
+
+
+def _fit_score(backend, classifier, native, params, X, y, train, test, blas_threads):
+    """One candidate on one fold -> (accuracy, None), or (nan, "Error: message") if anything in it failed:
+    a failed fit is scored like scikit-learn's error_score=nan and counted, never fatal on its own."""
     from threadpoolctl import threadpool_limits
 
     try:
-        with threadpool_limits(blas_threads), backend.context(classifier):
-            est = clone(make(backend)).set_params(**params)
-            Xb = backend.asarray(X, classifier)
-            yb = backend.asarray(y, classifier)
+        with threadpool_limits(blas_threads), backend.context() if native else _nullcontext():
+            est = _estimator(classifier, native, params)
+            Xb, yb = (backend.asarray(X), backend.asarray(y)) if native else (X, y)
             est.fit(Xb[train], yb[train])
             pred = backend.tonumpy(est.predict(Xb[test]))
-    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as e:  # scored like error_score=nan
-        return float("nan"), f"{type(e).__name__}: {e}"
-    return float((pred == np.asarray(y)[test]).mean()), None
+    except Exception as e:  # noqa: BLE001 - any failure inside one fit is that candidate's NaN
+        return float("nan"), f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+    return float((np.asarray(pred) == np.asarray(y)[test]).mean()), None
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def _clamp_pca(candidates: list[dict], classifier: str, cap: int) -> list[dict]:
     """A PCA step cannot keep more components than `cap` (features; for QDA, the smallest class of a
     training fold, or its covariances are singular): clamp, then drop duplicates."""
-    default = CLASSIFIERS[classifier].make(Backend("sklearn-cpu")).get_params().get("pca__n_components")
+    default = CLASSIFIERS[classifier].make(False).get_params().get("pca__n_components")
     if default is None:
         return candidates
     out = []
@@ -290,20 +319,21 @@ class SearchPlan:
     candidates: list[dict]
     folds: list[tuple[np.ndarray, np.ndarray]]
     tune_idx: np.ndarray
+    native: bool = False  # the array-API formulation, on the backend's arrays
 
 
 def plan_search(classifier: str, grid, y: np.ndarray, cv: int, preset_rows: int | None, classes,
-                n_features: int) -> SearchPlan:
+                n_features: int, backend: Backend | None = None) -> SearchPlan:
     from sklearn.model_selection import ParameterGrid, StratifiedKFold
 
-    g = resolve_grid(classifier, grid)
+    backend = backend or make_backend("cpu")
+    g = resolve_grid(classifier, grid, backend)
     tune_idx = stratified_subsample(y, preset_rows)
     counts = np.bincount(y[tune_idx], minlength=len(classes))
     present = counts[counts > 0]
     cap = n_features
     if classifier == "qda":
         cap = min(cap, max(1, int(present.min() * (cv - 1) / cv) - 1))
-    candidates = _clamp_pca(list(ParameterGrid(g)) or [{}], classifier, cap)
     if cv < 2:
         raise PipelineError(f"--cv {cv}: cross-validation needs at least 2 folds")
     if cv > present.min():
@@ -312,14 +342,19 @@ def plan_search(classifier: str, grid, y: np.ndarray, cv: int, preset_rows: int 
                             f"{smallest!r} in the tuning sample); lower --cv or raise --limit")
     skf = StratifiedKFold(cv, shuffle=True, random_state=0)
     folds = [(tune_idx[a], tune_idx[b]) for a, b in skf.split(tune_idx, y[tune_idx])]
-    return SearchPlan(classifier, candidates, folds, tune_idx)
+    cap = min(cap, min(len(tr) for tr, _ in folds))  # PCA keeps at most as many components as rows
+    candidates = _clamp_pca(list(ParameterGrid(g)) or [{}], classifier, cap)
+    return SearchPlan(classifier, candidates, folds, tune_idx, CLASSIFIERS[classifier].native(backend))
 
 
 def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str | dict = "default", cv: int = 3,
              backend: Backend | None = None, n_jobs: int | None = None, dask: str | None = None,
              out: Path | None = None, progress: bool | None = None,
-             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[dict]:
-    """Tune, refit and test every classifier on every feature set; write results under `out`."""
+             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+             models: dict | None = None) -> list[dict]:
+    """Tune, refit and test every classifier on every feature set; write results under `out`.
+
+    `models`, if given, receives each refitted estimator under (feature set, classifier)."""
     from joblib import Parallel, delayed, parallel_config
     from tqdm.auto import tqdm
 
@@ -331,7 +366,7 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
     backend = backend or make_backend("cpu")
     preset = grid if isinstance(grid, str) else "custom"
     rows = TUNE_ROWS.get(preset) if isinstance(grid, str) else None
-    plans = {(fs.name, c): plan_search(c, grid, fs.y_train, cv, rows, fs.classes, fs.X_train.shape[1])
+    plans = {(fs.name, c): plan_search(c, grid, fs.y_train, cv, rows, fs.classes, fs.X_train.shape[1], backend)
              for fs in sets for c in classifiers}
     n_jobs = n_jobs or (os.cpu_count() or 1)
     total = sum(len(p.candidates) * len(p.folds) + 1 for p in plans.values())
@@ -345,12 +380,12 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
                 for c in classifiers:
                     plan = plans[(fs.name, c)]
                     bar.set_description(f"{fs.name} {c}")
-                    runs_on = backend.runs(c)
-                    in_process = runs_on != "sklearn-cpu" or len(plan.candidates) * len(plan.folds) == 1
+                    # GPU work (array-API, cuML proxies) stays in this process; CPU fits go to workers
+                    in_process = plan.native or backend.cuml or len(plan.candidates) * len(plan.folds) == 1
                     jobs = 1 if in_process else n_jobs
                     blas = max(1, (os.cpu_count() or 1) // jobs)
                     tasks = [(ci, tr, te) for ci in range(len(plan.candidates)) for tr, te in plan.folds]
-                    X = backend.asarray(fs.X_train, c)  # array-API: one upload for all fits (numpy otherwise)
+                    X = backend.asarray(fs.X_train) if plan.native else fs.X_train  # one upload for all fits
                     t0 = time.perf_counter()
                     scores = [[] for _ in plan.candidates]
                     errors = []
@@ -358,7 +393,7 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
                         parallel_config(backend="loky" if jobs > 1 else "sequential", n_jobs=jobs)
                     with cfg:
                         results = Parallel(return_as="generator_unordered")(
-                            delayed(_scored)(ci, _fit_score, CLASSIFIERS[c].make, backend, c, plan.candidates[ci],
+                            delayed(_scored)(ci, _fit_score, backend, c, plan.native, plan.candidates[ci],
                                              X, fs.y_train, tr, te, blas) for ci, tr, te in tasks)
                         for ci, (score, err) in results:
                             scores[ci].append(score)
@@ -368,13 +403,21 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
                     means = np.array([np.mean(s) for s in scores])  # a candidate with a failed fold is nan
                     if np.isnan(means).all():
                         raise PipelineError(f"{c} failed on every candidate for {fs.name} ({errors[0][:200]})")
+                    if errors:
+                        distinct = list(dict.fromkeys(errors))
+                        log(f"{fs.name} {c}: {len(errors)} of {len(tasks)} fits failed and were scored NaN "
+                            f"({'; '.join(distinct[:3])}{' ...' if len(distinct) > 3 else ''})")
                     best = int(np.nanargmax(means))
-                    rec = _refit_and_test(fs, c, plan, best, scores[best], backend, search_s)
-                    rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid))
+                    rec, est = _refit_and_test(fs, c, plan, best, scores[best], backend, search_s)
+                    rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid),
+                               failed_fits=len(errors), fit_errors=list(dict.fromkeys(errors))[:5])
                     bar.update(1)
                     records.append(rec)
+                    if models is not None:
+                        models[(fs.name, c)] = est
                     log(f"{fs.name:>20} {c:<7} test {rec['test_accuracy']:.4f}  cv {rec['cv_mean']:.4f}"
-                        f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({search_s + rec['fit_seconds']:.0f} s)")
+                        f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({search_s + rec['fit_seconds']:.0f} s, "
+                        f"{rec['backend']})")
                     if out is not None:
                         write_results(out, [rec], fs)
     finally:
@@ -388,27 +431,28 @@ def _scored(ci, fn, *args):
 
 
 def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_scores, backend: Backend,
-                    search_s: float) -> dict:
-    from sklearn.base import clone
+                    search_s: float) -> tuple[dict, object]:
     from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
     params = plan.candidates[best]
-    est = clone(CLASSIFIERS[c].make(backend)).set_params(**params)
+    est = _estimator(c, plan.native, params)
     if est.get_params().get("clf__n_jobs") == 1:  # pinned to 1 while folds ran in parallel
         est.set_params(clf__n_jobs=-1)
     try:
-        with backend.context(c):
-            Xtr, ytr = backend.asarray(fs.X_train, c), backend.asarray(fs.y_train, c)
+        with backend.context() if plan.native else _nullcontext():
+            conv = backend.asarray if plan.native else (lambda a: a)
+            Xtr, ytr = conv(fs.X_train), conv(fs.y_train)
             t = time.perf_counter()
             est.fit(Xtr, ytr)
             fit_s = time.perf_counter() - t
             t = time.perf_counter()
-            pred = backend.tonumpy(est.predict(backend.asarray(fs.X_test, c)))
+            pred = np.asarray(backend.tonumpy(est.predict(conv(fs.X_test))))
             pred_s = time.perf_counter() - t
-    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as e:
+    except Exception as e:  # noqa: BLE001 - the best candidate failing on all rows is the user's problem
         raise PipelineError(f"{c} with {params} failed when refitted on all of {fs.name} "
-                            f"({type(e).__name__}: {str(e)[:200]})") from None
+                            f"({type(e).__name__}: {str(e).strip()[:200]})") from None
     y = np.asarray(fs.y_test)
+    ran_on, device = executed_on(est)
     labels = np.arange(len(fs.classes))
     prec, rec_, _, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     return {
@@ -418,13 +462,14 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
         "tune_rows": len(plan.tune_idx), "candidates": len(plan.candidates),
         "test_accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro")),
         "fit_seconds": round(fit_s, 3), "predict_seconds": round(pred_s, 3), "search_seconds": round(search_s, 2),
-        "backend": backend.runs(c), "n_train": len(fs.y_train), "n_test": len(y),
+        "backend": ran_on, "device": device,
+        "n_train": len(fs.y_train), "n_test": len(y),
         "labels_sha256": fs.labels_sha256,
         "per_class": {name: {"precision": float(p), "recall": float(r), "support": int(s)}
                       for name, p, r, s in zip(fs.classes, prec, rec_, support)},
         "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
         "classes": fs.classes,
-    }
+    }, est
 
 
 def _dask_client(address: str):
@@ -482,7 +527,7 @@ def pending(out: Path, fs: FeatureSet, classifiers, grid: str | dict, cv: int) -
 
 CSV_COLUMNS = ["feature_set", "classifier", "test_accuracy", "macro_f1", "cv_mean", "cv_std", "cv_folds",
                "tune_rows", "candidates", "best_params", "fit_seconds", "predict_seconds", "search_seconds",
-               "backend", "n_train", "n_test"]
+               "backend", "device", "failed_fits", "n_train", "n_test"]
 
 
 def results_csv(records: list[dict]) -> str:
@@ -493,7 +538,7 @@ def results_csv(records: list[dict]) -> str:
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
     for r in records:
-        w.writerow([json.dumps(r[k], sort_keys=True) if k == "best_params" else r[k] for k in CSV_COLUMNS])
+        w.writerow([json.dumps(r[k], sort_keys=True) if k == "best_params" else r.get(k, "") for k in CSV_COLUMNS])
     return buf.getvalue()
 
 

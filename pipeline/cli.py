@@ -62,7 +62,8 @@ def main():
 @click.option("--engine", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
               help="auto: OpenVINO on CPU for bf16/fp16, torch otherwise.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch engine).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", default="auto", show_default=True,
+              help="Images per forward pass; auto: 64 on the CPU, 128-512 on CUDA by the device's memory.")
 @click.option("--limit", type=int, default=None, help="Only the first N images of each split.")
 @click.option("--out", type=click.Path(path_type=str), default=None,
               help="Store folder [default: features/<dataset>/<backbone>].")
@@ -147,7 +148,7 @@ def project(features, methods, dataset, data_dir, limit, device, n_jobs, out):
     backend = make_backend(device)
     sets = _feature_sets(features, dataset, data_dir, limit)
     out = Path(out) if out else Path("reports") / dataset / "maps"
-    stage.project(sets, _names(methods), out, backend.device, n_jobs)
+    stage.project(sets, _names(methods), out, backend, n_jobs)
     click.echo(f"maps in {out}/: <set>_<method>.npy coordinates (+ .json scores), <method>.png figures", err=True)
 
 

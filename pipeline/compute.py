@@ -1,56 +1,170 @@
-"""Where classical ML runs, chosen once from `--device` and passed down: sklearn on the CPU, cuML on a
-CUDA machine where it is installed, or scikit-learn's Array API dispatch on torch tensors for the estimators
-that support it (the rest stay on the CPU). Knows nothing of the estimators' details.
+"""Where classical ML runs, chosen once from `--device` and passed down. Knows nothing of the estimators.
+
+A backend is a small class behind one name (`BACKENDS`), built by `make_backend(device)`:
+
+- `sklearn-cpu`: scikit-learn on numpy arrays.
+- `sklearn-array-api-<device>`: scikit-learn's Array API dispatch on torch tensors (CUDA, or CPU tensors in
+  tests), for the classifiers that have an array-API formulation (the classifier spec says which); the rest
+  stay on numpy.
+- `cuml`: cuML's `cuml.accel`, installed before scikit-learn is imported, so that every scikit-learn
+  estimator that cuML covers runs on the GPU, and the rest (or unsupported parameters) fall back to the CPU.
+
+What a record calls its backend is never the backend's name: `executed_on(fitted_estimator)` reads it from
+the fitted object (torch tensors in its fitted attributes, a cuml.accel proxy that did or did not fit on
+the GPU, or plain numpy).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+import sys
 
 from pipeline.errors import PipelineError
 
-# Estimators (final pipeline step) that scikit-learn's Array API dispatch runs on torch tensors, with the
-# parameters that must hold for it (checked with scikit-learn 1.9.1; LDA lsqr/eigen, LinearSVC, random forest
-# raise, QDA silently converts to numpy).
-ARRAY_API_OK = {"lda": {"solver": "svd"}, "logreg": {"solver": "lbfgs"}}
+CPU = "sklearn-cpu"
 
 
-@dataclass
-class Backend:
-    name: str  # "sklearn-cpu", "cuml" or "sklearn-array-api-<device>"
-    device: str = "cpu"  # where arrays live for array-API estimators ("cpu" or "cuda")
+def resolve_device(device: str = "auto"):
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device: the one parser every stage uses."""
+    import torch
 
-    def runs(self, classifier: str) -> str:
-        """The backend that actually runs this classifier (array-API covers only some)."""
-        if self.name.startswith("sklearn-array-api") and classifier not in ARRAY_API_OK:
-            return "sklearn-cpu"
-        return self.name
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise PipelineError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PipelineError(f"--device {device}: no CUDA device is visible to torch here; use --device cpu "
+                                f"or auto")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise PipelineError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are "
+                                f"visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return torch.device(device)
 
-    def context(self, classifier: str):
-        """Context for fitting/predicting this classifier on this backend."""
-        if self.runs(classifier).startswith("sklearn-array-api"):
-            import sklearn
 
-            return sklearn.config_context(array_api_dispatch=True)
+class SklearnCPU:
+    """scikit-learn on numpy arrays, fits in parallel processes."""
+    name = CPU
+    array_api = False  # whether classifiers with an array-API formulation should use it
+    cuml = False  # whether cuML's own t-SNE / UMAP may draw the maps
+    device = "cpu"
+
+    def context(self):
         return contextlib.nullcontext()
 
-    def asarray(self, X, classifier: str):
-        """Put X where this classifier's backend wants it (a torch tensor for array-API)."""
-        if self.runs(classifier).startswith("sklearn-array-api"):
-            import numpy as np
-            import torch
-
-            if isinstance(X, torch.Tensor):  # already converted (once per classifier, not per fit)
-                return X
-            X = np.asarray(X)
-            return torch.as_tensor(X if X.flags.writeable else X.copy(), device=self.device)
+    def asarray(self, X):
         return X
 
-    def tonumpy(self, y):
+    @staticmethod
+    def tonumpy(y):
         if hasattr(y, "detach"):
             return y.detach().cpu().numpy()
+        if hasattr(y, "get"):  # cupy
+            return y.get()
         return y
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device}
+
+
+class ArrayAPI(SklearnCPU):
+    """scikit-learn's Array API dispatch on torch tensors on `device` (cuda, or cpu as the tests use it)."""
+    array_api = True
+
+    def __init__(self, device: str = "cuda"):
+        _need_scipy_array_api()
+        self.device = device
+        self.name = f"sklearn-array-api-{device.split(':')[0]}"
+
+    def context(self):
+        import sklearn
+
+        return sklearn.config_context(array_api_dispatch=True)
+
+    def asarray(self, X):
+        import numpy as np
+        import torch
+
+        if isinstance(X, torch.Tensor):  # already converted (once per classifier, not per fit)
+            return X
+        X = np.asarray(X)
+        return torch.as_tensor(X if X.flags.writeable else X.copy(), device=self.device)
+
+
+class CumlAccel(SklearnCPU):
+    """cuML's zero-code-change accelerator: scikit-learn estimators become proxies that fit on the GPU where
+    cuML supports them (estimator and parameters) and on the CPU otherwise. Must be installed before
+    scikit-learn is imported, which is why the CLI builds the backend first."""
+    name = "cuml"
+    cuml = True
+
+    def __init__(self, device: str = "cuda"):
+        import cuml.accel
+
+        if "sklearn" in sys.modules and not _accel_active():
+            raise PipelineError("cuML is installed but scikit-learn was imported before cuml.accel could "
+                                "hook it; build the backend first (as the CLI does) or run under "
+                                "`python -m cuml.accel`")
+        if not _accel_active():
+            cuml.accel.install()
+        self.device = device
+
+
+def _accel_active() -> bool:
+    """Whether cuml.accel's proxies replaced scikit-learn's estimators (checked on LogisticRegression)."""
+    if "sklearn" not in sys.modules:
+        return False
+    from sklearn.linear_model import LogisticRegression
+
+    return hasattr(LogisticRegression, "_gpu_class")
+
+
+BACKENDS = {"sklearn-cpu": SklearnCPU, "sklearn-array-api": ArrayAPI, "cuml": CumlAccel}
+Backend = SklearnCPU  # the type every backend satisfies
+
+
+def make_backend(device: str = "auto", array_api: bool | None = None, cuml: bool | None = None):
+    """auto: CUDA if torch sees one (cuML if installed, else array-API), else scikit-learn on the CPU.
+
+    `array_api=True` forces array-API dispatch even on the CPU (torch CPU tensors), as the tests do;
+    `cuml=False` skips cuML where it is installed.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        if cuml is not False and _importable("cuml"):
+            return CumlAccel(str(dev))
+        return ArrayAPI(str(dev))
+    if array_api:
+        return ArrayAPI("cpu")
+    return SklearnCPU()
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def executed_on(estimator) -> tuple[str, str]:
+    """(backend, device) a fitted estimator (or a Pipeline's final step) actually ran on, read from the
+    fitted object: a cuml.accel proxy knows whether it fitted on the GPU, array-API estimators hold their
+    fitted arrays where they computed them, anything else is scikit-learn on numpy."""
+    est = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    if hasattr(type(est), "_gpu_class"):  # a cuml.accel proxy: `_gpu` is set only after a GPU fit
+        return ("cuml", "cuda") if vars(est).get("_gpu") is not None else (f"{CPU} (cuml.accel fallback)", "cpu")
+    for name, value in vars(est).items():
+        if not name.endswith("_") or name.startswith("_"):
+            continue
+        kind = type(value).__module__.split(".")[0]
+        if kind == "torch":
+            return f"sklearn-array-api-{value.device.type}", str(value.device)
+        if kind == "cupy":
+            return "sklearn-array-api-cuda", f"cuda:{value.device.id}"
+    return CPU, "cpu"
 
 
 def cpu_name() -> str:
@@ -65,42 +179,8 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def make_backend(device: str = "auto", array_api: bool | None = None) -> Backend:
-    """auto: CUDA if torch sees one (cuML if installed, else array-API), else sklearn on the CPU.
-
-    `array_api=True` forces array-API dispatch even on the CPU (torch CPU tensors), as the tests do.
-    """
-    if device not in ("auto", "cpu", "cuda"):
-        raise PipelineError(f"--device {device!r}: use auto, cpu or cuda")
-    cuda = False
-    if device in ("auto", "cuda"):
-        try:
-            import torch
-
-            cuda = torch.cuda.is_available()
-        except ImportError:
-            cuda = False
-        if device == "cuda" and not cuda:
-            raise PipelineError("--device cuda: no CUDA device is visible here; use --device cpu or auto")
-    if cuda:
-        try:
-            import cuml  # noqa: F401
-
-            return Backend("cuml", "cuda")
-        except ImportError:
-            pass
-        _need_scipy_array_api()
-        return Backend("sklearn-array-api-cuda", "cuda")
-    if array_api:
-        _need_scipy_array_api()
-        return Backend("sklearn-array-api-cpu", "cpu")
-    return Backend("sklearn-cpu", "cpu")
-
-
 def _need_scipy_array_api():
     if os.environ.get("SCIPY_ARRAY_API") != "1":
-        import sys
-
         if "scipy" in sys.modules:
             raise PipelineError("array-API dispatch needs SCIPY_ARRAY_API=1 set before scipy is imported; "
                                 "export SCIPY_ARRAY_API=1 and run again")

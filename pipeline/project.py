@@ -95,13 +95,15 @@ class UMAPMap:
 
 
 class CumlTSNEMap(TSNEMap):
-    """cuML's t-SNE on a CUDA GPU (`--device cuda` with cuML installed)."""
+    """cuML's t-SNE on a CUDA GPU (`--device cuda` with cuML installed): Barnes-Hut, not openTSNE's FFT."""
+    params = {"pca": 50, "perplexity": 30, "method": "barnes_hut"}
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         from cuml.manifold import TSNE
 
         Z = _pca(X, self.params["pca"], standardize=False)
-        return np.asarray(TSNE(perplexity=self.params["perplexity"], random_state=SEED).fit_transform(Z),
+        p = self.params
+        return np.asarray(TSNE(perplexity=p["perplexity"], method=p["method"], random_state=SEED).fit_transform(Z),
                           dtype=np.float32)
 
 
@@ -121,17 +123,12 @@ METHODS = {m.name: m for m in (PCAMap, TSNEMap, UMAPMap)}
 GPU_METHODS = {"tsne": CumlTSNEMap, "umap": CumlUMAPMap}
 
 
-def make_method(name: str, device: str = "cpu", n_jobs: int | None = None):
-    """Name -> map method; on CUDA with cuML installed, cuML's t-SNE / UMAP."""
+def make_method(name: str, backend=None, n_jobs: int | None = None):
+    """Name -> map method; cuML's t-SNE / UMAP where the backend is cuML (chosen once, in make_backend)."""
     if name not in METHODS:
         raise PipelineError(f"unknown map method {name!r}; choose from {','.join(METHODS)}")
-    cls = METHODS[name]
-    if device.startswith("cuda") and name in GPU_METHODS:
-        try:
-            import cuml  # noqa: F401
-            cls = GPU_METHODS[name]
-        except ImportError:
-            pass
+    cuml = getattr(backend, "cuml", False)
+    cls = GPU_METHODS[name] if cuml and name in GPU_METHODS else METHODS[name]
     return cls(n_jobs=n_jobs or os.cpu_count() or 1)
 
 
@@ -170,16 +167,20 @@ def load_map(out: Path, set_name: str, method: str) -> tuple[np.ndarray, dict] |
     return np.load(npy), json.loads(js.read_text())
 
 
-def is_cached(out: Path, fs: FeatureSet, method: str) -> bool:
-    js = _paths(Path(out), fs.name, method)[1]
+def is_cached(out: Path, fs: FeatureSet, method, backend=None) -> bool:
+    """Whether out holds this map of these features, made by the implementation this backend would run
+    (a CPU map is not reused for a cuML run, nor the other way round) with its current parameters."""
+    impl = make_method(method, backend) if isinstance(method, str) else method
+    js = _paths(Path(out), fs.name, impl.name)[1]
     if not (js.exists() and js.with_suffix(".npy").exists()):
         return False
     meta = json.loads(js.read_text())
-    return meta.get("fingerprint") == fs.fingerprint and meta.get("params") == METHODS[method].params
+    return (meta.get("fingerprint") == fs.fingerprint and meta.get("params") == impl.params
+            and meta.get("implementation") == type(impl).__name__)
 
 
 def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path = Path("reports/maps"),
-            device: str = "cpu", n_jobs: int | None = None,
+            backend=None, n_jobs: int | None = None,
             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
     """Map every feature set with every method (train and test rows together), score each map, cache the
     coordinates as out/<set>_<method>.npy with a .json beside it, and draw one figure per method with the
@@ -196,12 +197,12 @@ def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path =
     out.mkdir(parents=True, exist_ok=True)
     done: dict[str, list[dict]] = {}
     for m in methods:
-        method = make_method(m, device, n_jobs)
+        method = make_method(m, backend, n_jobs)
         panels = []
         for fs in sets:
             X = np.concatenate([fs.X_train, fs.X_test]).astype(np.float32, copy=False)
             y = np.concatenate([fs.y_train, fs.y_test]).astype(np.int64)
-            if is_cached(out, fs, m):
+            if is_cached(out, fs, method):
                 coords, meta = load_map(out, fs.name, m)
                 log(f"{fs.name:>20} {m:<5} cached  5-NN {meta['knn_accuracy']:.4f}  trust {meta['trustworthiness']:.4f}")
             else:

@@ -80,8 +80,8 @@ def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18
         return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(classifiers)} (features, classifier) fits"
 
     def do_project():
-        n = sum(not proj.is_cached(out / "maps", fs, m) for fs in sets for m in methods)
-        proj.project(sets, methods, out / "maps", backend.device, n_jobs, log=log)
+        n = sum(not proj.is_cached(out / "maps", fs, m, backend) for fs in sets for m in methods)
+        proj.project(sets, methods, out / "maps", backend, n_jobs, log=log)
         return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(methods)} maps computed"
 
     stage("extract", do_extract)

@@ -134,17 +134,14 @@ def test_unknown_classifier_empty_grid_and_cv(tmp_path, runner, store, monkeypat
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_backend(store):
+def test_cuda_backend_without_cuml(store):
+    """The path a CUDA user without cuML gets: array-API on CUDA tensors where it exists, labelled per record."""
     fs = load_feature_set(str(store), "fashion-mnist")
-    backend = make_backend("cuda")
-    recs = classify([fs], ["lda", "logreg", "rf"], "quick", 3, backend=backend, progress=False)
-    assert {r["backend"] for r in recs} >= {"sklearn-cpu"} | ({"cuml"} if backend.name == "cuml"
-                                                             else {"sklearn-array-api-cuda"})
-    assert all(r["test_accuracy"] > 0.5 for r in recs)
-
-
-def test_cuml_backend_where_installed(store):
-    pytest.importorskip("cuml")
-    if not torch.cuda.is_available():
-        pytest.skip("cuML needs a CUDA device")
-    assert make_backend("cuda").name == "cuml"
+    models = {}
+    recs = {r["classifier"]: r for r in classify([fs], ["lda", "logreg", "rf"], "default", 3,
+                                                 backend=make_backend("cuda", cuml=False), progress=False,
+                                                 models=models)}
+    assert recs["lda"]["backend"] == recs["logreg"]["backend"] == "sklearn-array-api-cuda"
+    assert models[(fs.name, "logreg")][-1].coef_.device.type == "cuda"  # the fitted object, not the label
+    assert recs["rf"]["backend"] == "sklearn-cpu" and recs["rf"]["device"] == "cpu"
+    assert all(r["test_accuracy"] > 0.5 and r["failed_fits"] == 0 for r in recs.values())

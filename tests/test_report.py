@@ -203,11 +203,17 @@ def test_cuml_maps_on_cuda(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     pytest.importorskip("cuml", reason="cuML is not installed")
-    from pipeline.project import CumlTSNEMap, make_method
+    from pipeline.compute import make_backend
+    from pipeline.project import CumlTSNEMap, is_cached, make_method
 
-    assert isinstance(make_method("tsne", "cuda"), CumlTSNEMap)
-    done = project(feature_sets(), ["tsne", "umap"], tmp_path, device="cuda")
+    backend = make_backend("cuda")
+    assert isinstance(make_method("tsne", backend), CumlTSNEMap)
+    sets = feature_sets()
+    project(sets, ["tsne"], tmp_path)  # openTSNE on the CPU first: its map must not count for the cuML run
+    assert is_cached(tmp_path, sets[0], "tsne") and not is_cached(tmp_path, sets[0], "tsne", backend)
+    done = project(sets, ["tsne", "umap"], tmp_path, backend=backend)
     assert all(m["implementation"].startswith("Cuml") and m["knn_accuracy"] > 0.5 for ms in done.values() for m in ms)
+    assert "ints_in_interval" not in done["tsne"][0]["params"]  # records the parameters cuML's t-SNE used
 
 
 def _chromium():

@@ -1,0 +1,164 @@
+"""The whole study on one device, stage by stage: extract (ResNet-18 with random weights, EfficientNet-Lite0
+with its real ImageNet weights), classify raw pixels and both embeddings, draw the maps; one table of stage,
+device, seconds, img/s and the backend each classifier actually ran on.
+
+    python benchmarks/bench_gpu.py --data-dir DIR [--device auto|cuda|cpu] [--grid default] \
+                                   [--methods pca,tsne,umap] [--limit N] [--json FILE]
+    python benchmarks/bench_gpu.py --smoke       # tiny synthetic data on whatever device is here (CI runs it)
+
+On a GPU machine: extract's figure "loop img/s" is the engine alone on uint8 batches already in memory
+(upload, resize and normalise on the device, bf16 forward, copy-back), after two warm-up batches;
+"extract img/s" is the whole `pipeline extract` (reading, store writes), as its meta records it; "seconds"
+include model build and, for the first call, CUDA start-up. The backend is built before anything imports
+scikit-learn, so cuML's accelerator (where installed) hooks it as the CLI does. ResNet-18 runs with random
+weights (speed does not depend on their values; ImageNet's cannot be downloaded offline).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.compute import make_backend  # noqa: E402  (first: cuml.accel must precede scikit-learn)
+
+
+def hardware(device) -> str:
+    import torch
+
+    from pipeline.compute import cpu_name
+
+    cpu = f"{cpu_name()} ({os.cpu_count()} cores)"
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, torch {torch.__version__}; {cpu}"
+    return f"{cpu}, torch {torch.__version__}"
+
+
+def synthetic_idx(root: Path, n_train: int, n_test: int) -> Path:
+    """A tiny Fashion-MNIST-shaped IDX dataset whose images depend on the label (for --smoke)."""
+    import numpy as np
+
+    from pipeline.datasets import write_idx
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = np.arange(n) % 10
+        x = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+        for i, c in enumerate(y):
+            x[i, 2 + 2 * c:5 + 2 * c] = 220
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", x)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", y.astype(np.uint8))
+    return root
+
+
+def loop_rate(backbone, dataset, device: str, precision: str, max_images: int) -> tuple[float, int, dict]:
+    """Engine-only img/s over uint8 batches in memory (two warm-up batches not counted)."""
+    import torch
+
+    from pipeline.engines import make_engine
+
+    eng = make_engine(backbone, device, precision)
+    bs = eng.default_batch_size()
+    images = dataset.splits["train"].images[:max_images]
+    batches = [images[a:a + bs] for a in range(0, len(images), bs)]
+    for _ in eng.map(batches[:2]):
+        pass
+    if eng.device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    n = sum(len(f) for f in eng.map(batches))
+    if eng.device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t), bs, eng.describe()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=None, help="Fashion-MNIST's IDX files (default: as `pipeline extract`)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--grid", default="default")
+    ap.add_argument("--classifiers", default="lda,qda,logreg,linsvc,rf,svc,knn")
+    ap.add_argument("--methods", default="pca,tsne,umap")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--loop-images", type=int, default=60000, help="images for the engine-only loop")
+    ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--smoke", action="store_true", help="tiny synthetic data, quick grid, 64-px images, PCA maps")
+    args = ap.parse_args()
+
+    backend = make_backend(args.device)  # before scikit-learn is imported
+    import torch
+
+    from pipeline.backbones import build_backbone
+    from pipeline.classify import classify, load_feature_set
+    from pipeline.compute import resolve_device
+    from pipeline.datasets import load_dataset
+    from pipeline.extract import extract
+    from pipeline.project import project
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_gpu-"))
+    if args.smoke:
+        args.data_dir = str(synthetic_idx(tmp / "data", 120, 40))
+        args.grid, args.methods, args.loop_images, args.image_size = "quick", "pca", 256, 64
+    device = resolve_device(args.device)
+    print(f"# {hardware(device)}; classical ML backend: {backend.name}", flush=True)
+    rows = []
+
+    def row(stage, what, seconds, dev, rate=None, backend_label=""):
+        rows.append({"stage": stage, "what": what, "device": dev,
+                     "seconds": round(seconds, 2) if seconds is not None else None,
+                     "img_per_s": round(rate, 1) if rate else None, "backend": backend_label})
+        secs = f"{seconds:9.2f} s" if seconds is not None else f"{'–':>11}"
+        print(f"{stage:<9} {what:<52} {dev[:28]:<28} {secs}  {f'{rate:,.0f} img/s' if rate else '':>14}"
+              f"  {backend_label}", flush=True)
+
+    t = time.perf_counter()
+    dataset = load_dataset("fashion-mnist", args.data_dir, args.limit)
+    row("load", f"fashion-mnist ({sum(map(len, dataset.splits.values())):,} images)", time.perf_counter() - t, "cpu")
+
+    stores = {}
+    for name, weights in (("resnet18", "none"), ("efficientnet_lite0", "imagenet")):
+        bb = build_backbone(name, weights, image_size=args.image_size)
+        rate, bs, desc = loop_rate(bb, dataset, args.device, args.precision, args.loop_images)
+        row("extract", f"{name} loop (batch {bs}, {desc['precision']}, {desc['engine']})", None,
+            desc["device_name"], rate)
+        t = time.perf_counter()
+        res = extract(dataset, bb, device=args.device, precision=args.precision, out=tmp / "features" / name,
+                      progress=False, log=lambda m: None)
+        row("extract", f"{name} all {res.images:,} images into a store", time.perf_counter() - t,
+            desc["device_name"], res.img_per_s)
+        stores[name] = res.path
+
+    sets = [load_feature_set("raw", "fashion-mnist", args.data_dir, args.limit)] + \
+        [load_feature_set(str(p), "fashion-mnist") for p in stores.values()]
+    for fs in sets:
+        t = time.perf_counter()
+        recs = classify([fs], args.classifiers.split(","), args.grid, 3, backend=backend, progress=False,
+                        log=lambda m: None)
+        for r in recs:
+            row("classify", f"{fs.name} {r['classifier']} (test {r['test_accuracy']:.4f})",
+                r["search_seconds"] + r["fit_seconds"] + r["predict_seconds"], r["device"], None, r["backend"])
+        row("classify", f"{fs.name} all {len(recs)} classifiers", time.perf_counter() - t, backend.device)
+
+    for m in args.methods.split(","):
+        done = project(sets, [m], tmp / "maps", backend, log=lambda m: None)[m]
+        for meta in done:
+            row("maps", f"{meta['feature_set']} {m} (5-NN {meta['knn_accuracy']:.3f})", meta["seconds"],
+                "cuda" if meta["implementation"].startswith("Cuml") else "cpu", None, meta["implementation"])
+
+    total = sum(r["seconds"] for r in rows if r["stage"] in ("load", "maps") or " all " in r["what"])
+    print(f"# whole study (load + extract both + classify all + maps): {total:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"hardware": hardware(device), "backend": backend.name,
+                                               "smoke": args.smoke, "rows": rows, "total_seconds": total}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
