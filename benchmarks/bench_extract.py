@@ -90,8 +90,9 @@ def model_only(name, weights, n_images):
 def whole_command(name, weights, data_dir, limit):
     """`pipeline extract` as a user runs it (its own process): in-loop img/s, wall img/s, peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["/usr/bin/time", "-f", "peak_rss_kb=%M", sys.executable, "-m", "pipeline.cli", "extract", "--data-dir", data_dir, "--backbone", name,
-               "--weights", weights, "--limit", str(limit), "--out", f"{tmp}/store", "--batch-size", str(BATCH)]
+        cmd = ["/usr/bin/time", "-f", "peak_rss_kb=%M", sys.executable, "-m", "pipeline.cli", "extract",
+               "--data-dir", data_dir, "--backbone", name, "--weights", weights, "--limit", str(limit),
+               "--out", f"{tmp}/store", "--batch-size", str(BATCH)]
         t = time.perf_counter()
         p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - t

@@ -35,7 +35,8 @@ def hardware(device) -> str:
     cpu = f"{cpu_name()} ({os.cpu_count()} cores)"
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, torch {torch.__version__}; {cpu}"
+        return (f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, torch {torch.__version__}; "
+                f"{cpu}")
     return f"{cpu}, torch {torch.__version__}"
 
 
@@ -94,7 +95,6 @@ def main():
     args = ap.parse_args()
 
     backend = make_backend(args.device)  # before scikit-learn is imported
-    import torch
 
     from pipeline.backbones import build_backbone
     from pipeline.classify import classify, load_feature_set

@@ -38,7 +38,7 @@ class Backbone:
     layer: str
     weights: dict = field(default_factory=dict)  # id, sha256, file
 
-    def preprocess(self) -> "Preprocess":
+    def preprocess(self) -> Preprocess:
         return Preprocess(self.image_size, self.mean, self.std)
 
     def describe_preprocessing(self) -> dict:
@@ -136,11 +136,11 @@ def load_state_dict(path: Path, official_names: dict[str, str] | None = None) ->
     return sd, digest
 
 
-def _load_into(model: nn.Module, sd: dict, path: Path, name: str) -> None:
+def _load_into(model: nn.Module, sd: dict, path: Path, name: str, unused=()) -> None:
     missing, unexpected = [], []
     try:
         res = model.load_state_dict(sd, strict=False)
-        missing, unexpected = res.missing_keys, res.unexpected_keys
+        missing, unexpected = [k for k in res.missing_keys if k not in unused], res.unexpected_keys
     except RuntimeError as e:  # shape mismatch
         msg = str(e).replace("\n", " ").replace("\t", "")
         raise PipelineError(f"{path}: weights do not fit {name} ({msg[:200]})") from None
@@ -225,7 +225,27 @@ def _efficientnet_lite0(weights: str, image_size: int) -> tuple[nn.Module, dict]
     return model, {"id": wid, "sha256": digest, "file": str(path)}
 
 
-def _torchvision(name: str, weights: str) -> tuple[nn.Module, dict, tuple, tuple]:
+def _drop_other_head(model: nn.Module, sd: dict) -> list[str]:
+    """Features come from the input of the final Linear, which is replaced by Identity: a checkpoint
+    fine-tuned with another head (say a 10-class `fc`) fits everything that is used. Drops that head's
+    tensors from `sd` where their shapes differ from the model's; returns the keys dropped."""
+    last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+    if not last:
+        return []
+    own = model.state_dict()
+    dropped = [k for k in (f"{last[0]}.weight", f"{last[0]}.bias")
+               if k in sd and k in own and sd[k].shape != own[k].shape]
+    for k in dropped:
+        del sd[k]
+    for k in dropped:  # the replaced head's other tensor (e.g. its bias) goes too: it is never used
+        other = f"{last[0]}.{'bias' if k.endswith('weight') else 'weight'}"
+        if other in sd and other not in dropped:
+            del sd[other]
+            dropped.append(other)
+    return dropped
+
+
+def _torchvision(name: str, weights: str, layer: str | None = None) -> tuple[nn.Module, dict, tuple, tuple]:
     import torchvision
 
     try:
@@ -242,9 +262,13 @@ def _torchvision(name: str, weights: str) -> tuple[nn.Module, dict, tuple, tuple
         return model, {"id": f"none (random init, seed {RANDOM_INIT_SEED})", "sha256": None, "file": None}, mean, std
     path = _imagenet_weights_file(name, default) if weights == "imagenet" else Path(weights)
     sd, digest = load_state_dict(path, _official_names([w.url for w in enum]))
-    _load_into(model, sd, path, name)
+    dropped = _drop_other_head(model, sd) if layer is None else []
+    _load_into(model, sd, path, name, unused=dropped)
     wid = str(default) if weights == "imagenet" else f"file:{path.name}"
-    return model, {"id": wid, "sha256": digest, "file": str(path)}, mean, std
+    wmeta = {"id": wid, "sha256": digest, "file": str(path)}
+    if dropped:
+        wmeta["unused_head"] = f"{', '.join(dropped)} (another classifier head; features are taken before it)"
+    return model, wmeta, mean, std
 
 
 def build_backbone(name: str = "resnet18", weights: str = "imagenet", layer: str | None = None,
@@ -265,7 +289,7 @@ def _build(name, weights, layer, image_size) -> Backbone:
         # TF-Lite's EfficientNet-Lite preprocessing: (x - 127) / 128
         mean, std = (127 / 255,) * 3, (128 / 255,) * 3
     else:
-        model, wmeta, mean, std = _torchvision(name, weights)
+        model, wmeta, mean, std = _torchvision(name, weights, layer)
     model.eval()
     model, layer_desc = _with_layer(model, layer, name)
     with torch.inference_mode():

@@ -13,15 +13,17 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from pipeline import markdown
 from pipeline.compute import Backend, executed_on, make_backend
 from pipeline.errors import PipelineError
-from pipeline.store import atomic_write
+from pipeline.faults import fault_point
+from pipeline.store import atomic_write, folder_lock
 
 # The original study (Fashion-MNIST): test accuracy with ResNet-18 features and with raw pixels.
 STUDY = {"lda": (0.7708, 0.8151), "qda": (0.7661, 0.5680), "logreg": (0.7771, 0.8016),
@@ -352,18 +354,27 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
              out: Path | None = None, progress: bool | None = None,
              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
              models: dict | None = None) -> list[dict]:
-    """Tune, refit and test every classifier on every feature set; write results under `out`.
+    """Tune, refit and test every classifier on every feature set; write results under `out` (locked for
+    the whole call, its results file checked before the first fit).
 
     `models`, if given, receives each refitted estimator under (feature set, classifier)."""
-    from joblib import Parallel, delayed, parallel_config
-    from tqdm.auto import tqdm
-
     unknown = [c for c in classifiers if c not in CLASSIFIERS]
     if unknown or not classifiers:
         raise PipelineError(f"unknown classifier {', '.join(unknown) or '(none given)'}; choose from "
                             f"{','.join(CLASSIFIERS)}")
     check_comparable(sets)
-    backend = backend or make_backend("cpu")
+    args = (sets, classifiers, grid, cv, backend or make_backend("cpu"), n_jobs, dask, out, progress, log, models)
+    if out is None:
+        return _classify(*args)
+    with folder_lock(out, "pipeline classify"):
+        _check_results_file(out, sets[0])
+        return _classify(*args)
+
+
+def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress, log, models) -> list[dict]:
+    from joblib import Parallel, delayed, parallel_config
+    from tqdm.auto import tqdm
+
     preset = grid if isinstance(grid, str) else "custom"
     rows = TUNE_ROWS.get(preset) if isinstance(grid, str) else None
     plans = {(fs.name, c): plan_search(c, grid, fs.y_train, cv, rows, fs.classes, fs.X_train.shape[1], backend)
@@ -486,40 +497,87 @@ def _dask_client(address: str):
 # --- outputs -----------------------------------------------------------------------------------------
 
 def write_results(out: Path, new: list[dict], fs: FeatureSet | None = None) -> list[dict]:
-    """Merge records into out/results.json (replacing same feature set + classifier), then rewrite the CSV,
-    the Markdown table and the confusion matrices. Refuses to mix records made from different labels."""
+    """Merge records into out/results.json (replacing same feature set + classifier), then rewrite what is
+    derived from it: the CSV, the Markdown table, and any missing confusion matrix (.npy and .png).
+    Refuses to mix records made from different labels. `new=[]` just brings the derived files up to date."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    records = json.loads(path.read_text()) if path.exists() else []
+    records = read_results(out)
     for r in new:
-        clash = [o for o in records if o["labels_sha256"] != r["labels_sha256"]]
-        if clash:
-            raise PipelineError(f"{path} holds results for other data ({clash[0]['feature_set']}, "
-                                f"{clash[0]['n_train']:,}/{clash[0]['n_test']:,} rows); use another --out")
+        _refuse_other_data(records, r["labels_sha256"], path)
         records = [o for o in records if (o["feature_set"], o["classifier"]) != (r["feature_set"], r["classifier"])]
         records.append(r)
-        cm_dir = out / "confusion"
-        cm_dir.mkdir(exist_ok=True)
-        stem = f"{r['feature_set']}_{r['classifier']}"
-        np.save(cm_dir / f"{stem}.npy", np.asarray(r["confusion_matrix"]))
-        from pipeline.figures import confusion_figure
-
-        confusion_figure(np.asarray(r["confusion_matrix"]), r["classes"],
-                         f"{r['label']} on {r['feature_set']}: test accuracy {r['test_accuracy']:.4f}",
-                         cm_dir / f"{stem}.png")
     order = {c: i for i, c in enumerate(CLASSIFIERS)}
     records.sort(key=lambda r: (r["feature_set"] != "raw", r["feature_set"], order.get(r["classifier"], 99)))
-    atomic_write(path, json.dumps(records, indent=1))
+    if new:
+        atomic_write(path, json.dumps(records, indent=1))  # the record first: figures cannot lose a fit
+        fault_point("classify:record")
     atomic_write(out / "results.csv", results_csv(records))
     atomic_write(out / "results.md", results_markdown(records))
+    renew = {(r["feature_set"], r["classifier"]) for r in new}
+    for r in records:
+        stem = f"{r['feature_set']}_{r['classifier']}"
+        cm_dir = out / "confusion"
+        if (r["feature_set"], r["classifier"]) in renew or not (cm_dir / f"{stem}.png").exists():
+            _confusion_files(r, cm_dir, stem)
     return records
+
+
+def _confusion_files(r: dict, cm_dir: Path, stem: str) -> None:
+    from pipeline.figures import confusion_figure
+
+    cm_dir.mkdir(exist_ok=True)
+    cm = np.asarray(r["confusion_matrix"])
+    tmp = cm_dir / f".{stem}.tmp.npy"
+    np.save(tmp, cm)
+    os.replace(tmp, cm_dir / f"{stem}.npy")
+    confusion_figure(cm, r["classes"], f"{r['label']} on {r['feature_set']}: test accuracy {r['test_accuracy']:.4f}",
+                     cm_dir / f"{stem}.png")
+
+
+RECORD_KEYS = {"feature_set": str, "classifier": str, "label": str, "test_accuracy": float,
+               "labels_sha256": str, "n_train": int, "n_test": int, "confusion_matrix": list, "classes": list}
+
+
+def read_results(out: Path) -> list[dict]:
+    """The records in out/results.json ([] if there is none); a damaged or foreign file is one line, found
+    before any work, and never overwritten."""
+    path = Path(out) / "results.json"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read it ({e.strerror})") from None
+    try:
+        records = json.loads(text)
+    except ValueError as e:
+        raise PipelineError(f"{path} is damaged (not valid JSON: {e}); pipeline will not overwrite it: move it "
+                            f"away or choose another --out, then run again") from None
+    ok = isinstance(records, list) and all(
+        isinstance(r, dict) and all(isinstance(r.get(k), t) or (t is float and isinstance(r.get(k), int))
+                                    for k, t in RECORD_KEYS.items()) for r in records)
+    if not ok:
+        raise PipelineError(f"{path} is not a pipeline results file (expected a list of records with "
+                            f"{', '.join(RECORD_KEYS)}); move it away or choose another --out")
+    return records
+
+
+def _refuse_other_data(records: list[dict], labels_sha256: str, path: Path) -> None:
+    clash = [o for o in records if o["labels_sha256"] != labels_sha256]
+    if clash:
+        raise PipelineError(f"{path} holds results for other data ({clash[0]['feature_set']}, "
+                            f"{clash[0]['n_train']:,}/{clash[0]['n_test']:,} rows); use another --out")
+
+
+def _check_results_file(out: Path, fs: FeatureSet) -> None:
+    _refuse_other_data(read_results(out), fs.labels_sha256, Path(out) / "results.json")
 
 
 def pending(out: Path, fs: FeatureSet, classifiers, grid: str | dict, cv: int) -> list[str]:
     """The classifiers with no record in out/results.json made from these features, grid and folds."""
-    path = Path(out) / "results.json"
-    records = json.loads(path.read_text()) if path.exists() else []
+    records = read_results(out)
     done = {r["classifier"] for r in records if r["feature_set"] == fs.name and r.get("cv_folds") == cv
             and r.get("features_fingerprint") == fs.fingerprint and r.get("grid") == grid_id(grid)}
     return [c for c in classifiers if c not in done]
@@ -548,7 +606,7 @@ def results_markdown(records: list[dict]) -> str:
     by = {(r["feature_set"], r["classifier"]): r for r in records}
     clfs = [c for c in CLASSIFIERS if any((s, c) in by for s in sets)]
     head = ["classifier"] + [f"{s} (ours)" for s in sets] + ["raw (study)", "ResNet-18 (study)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for c in clfs:
         cells = [CLASSIFIERS[c].label]
         for s in sets:
@@ -556,11 +614,12 @@ def results_markdown(records: list[dict]) -> str:
             cells.append(f"{r['test_accuracy']:.4f}" if r else "–")
         study = STUDY.get(c)
         cells += [f"{study[1]:.4f}", f"{study[0]:.4f}"] if study else ["–", "–"]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = [markdown.table(head, rows)]
     any_r = records[0] if records else None
     if any_r:
         lines.append("")
-        lines.append(f"Test accuracy on {any_r['n_test']:,} test images after tuning on {any_r['tune_rows']:,} "
-                     f"of {any_r['n_train']:,} training images ({any_r['cv_folds']}-fold CV) and refitting on all "
+        lines.append(f"Test accuracy on {any_r['n_test']:,} test images after tuning on {any_r.get('tune_rows', 0):,} "
+                     f"of {any_r['n_train']:,} training images ({any_r.get('cv_folds')}-fold CV) and refitting on all "
                      f"of them. Study: the original paper's Fashion-MNIST numbers (ResNet-18 features vs raw).")
     return "\n".join(lines) + "\n"

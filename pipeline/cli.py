@@ -171,6 +171,8 @@ def report(out):
               help="efficientnet_lite0 (ImageNet weights offline) or a torchvision model.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a state dict.")
 @click.option("--limit", type=int, default=None, help="Only the first N images of each split (a quick run).")
+@click.option("--image-size", type=int, default=224, show_default=True,
+              help="Backbone input size (the ablation; not 224: its own store and report folders).")
 @click.option("--grid", default="default", show_default=True, help="quick | default | full")
 @click.option("--cv", type=int, default=3, show_default=True)
 @click.option("--classifiers", default="lda,qda,logreg,linsvc,rf,svc,knn", show_default=True)
@@ -179,13 +181,13 @@ def report(out):
 @click.option("--n-jobs", type=int, default=None, help="Parallel fits / threads [default: all cores].")
 @click.option("--out", type=click.Path(path_type=str), default=None,
               help="[default: reports/<dataset>, or reports/<dataset>-first<N> with --limit]")
-def run(dataset, data_dir, backbone, weights, limit, grid, cv, classifiers, methods, device, n_jobs, out):
+def run(dataset, data_dir, backbone, weights, limit, image_size, grid, cv, classifiers, methods, device, n_jobs, out):
     """extract -> classify (raw and embeddings) -> project -> report; skips what is done, resumes the rest."""
     from pipeline.run import run as run_all
 
     info = run_all(dataset, data_dir, backbone, weights, limit, grid, cv,
                    _names(classifiers), _names(methods), device, n_jobs, out,
-                   command=_command_line(click.get_current_context()))
+                   command=_command_line(click.get_current_context()), image_size=image_size)
     for s in info["stages"]:
         click.echo(f"{s['stage']:>9}  {s['state']:<8} {s['seconds']:8.1f} s  {s['detail']}", err=True)
     click.echo(f"report: {info['out']}/report.html and report.md", err=True)

@@ -132,7 +132,7 @@ def make_backend(device: str = "auto", array_api: bool | None = None, cuml: bool
     """
     dev = resolve_device(device)
     if dev.type == "cuda":
-        if cuml is not False and _importable("cuml"):
+        if cuml is not False and importable("cuml"):
             return CumlAccel(str(dev))
         return ArrayAPI(str(dev))
     if array_api:
@@ -140,7 +140,7 @@ def make_backend(device: str = "auto", array_api: bool | None = None, cuml: bool
     return SklearnCPU()
 
 
-def _importable(module: str) -> bool:
+def importable(module: str) -> bool:
     import importlib.util
 
     try:
@@ -169,9 +169,10 @@ def executed_on(estimator) -> tuple[str, str]:
 
 def cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     import platform

@@ -243,7 +243,9 @@ class _CifarUnpickler(pickle.Unpickler):
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+               # pickle protocol 5 stores arrays as a buffer plus dtype and shape: plain data as well
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -263,6 +265,24 @@ def _read_cifar_batch(path: Path) -> dict:
     if not isinstance(d, dict):
         raise PipelineError(f"{path}: not a CIFAR-10 python batch (holds {type(d).__name__}, not a dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _cifar_labels(lab, path: Path) -> np.ndarray:
+    """'labels' as a flat int64 array, checked before any conversion: nested lists (which a small pickle
+    can share to describe an enormous array) or other types are refused without materialising them."""
+    if isinstance(lab, np.ndarray):
+        if lab.ndim != 1 or lab.dtype.kind not in "iu":
+            raise PipelineError(f"{path}: 'labels' must be a flat list of integers (got a {lab.dtype} array "
+                                f"of shape {lab.shape})")
+        return lab.astype(np.int64)
+    if not isinstance(lab, (list, tuple)) or not all(type(v) is int for v in lab):
+        kind = type(lab).__name__ if not isinstance(lab, (list, tuple)) else \
+            f"a list holding {type(next(v for v in lab if type(v) is not int)).__name__}"
+        raise PipelineError(f"{path}: 'labels' must be a flat list of integers, not {kind}")
+    try:
+        return np.fromiter(lab, dtype=np.int64, count=len(lab))
+    except OverflowError:
+        raise PipelineError(f"{path}: 'labels' holds integers out of range") from None
 
 
 def _load_cifar10(data_dir: Path | None) -> Dataset:
@@ -285,7 +305,7 @@ def _load_cifar10(data_dir: Path | None) -> Dataset:
             if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
                     or data.shape[1] != 3072 or lab is None:
                 raise PipelineError(f"{d / fname}: expected 'data' as N x 3072 uint8 and 'labels'")
-            lab = np.asarray(lab, dtype=np.int64)
+            lab = _cifar_labels(lab, d / fname)
             if len(lab) != len(data):
                 raise PipelineError(f"{d / fname} has {len(data):,} images but {len(lab):,} labels")
             if lab.size and (lab.min() < 0 or lab.max() >= len(classes)):

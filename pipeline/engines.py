@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,11 +25,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "torch", "openvino")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 REQUEST_IMAGES = 32
+REQUEST_TIMEOUT_S = 600.0  # one OpenVINO request of 32 images takes well under a second; this means "hung"
 
 
 def cpu_has_bf16() -> bool:
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
@@ -54,7 +56,7 @@ def _openvino_available() -> bool:
 
 
 def make_engine(backbone: Backbone, device: str = "auto", precision: str = "auto", engine: str = "auto",
-                compile: bool = False, channels: int = 3) -> "TorchEngine | OpenVINOEngine":
+                compile: bool = False, channels: int = 3) -> TorchEngine | OpenVINOEngine:
     """Pick device, precision and engine once; return an engine ready to `map` batches (of `channels`)."""
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -67,7 +69,8 @@ def make_engine(backbone: Backbone, device: str = "auto", precision: str = "auto
         if dev.type != "cpu":
             raise PipelineError("--engine openvino runs on the CPU only; use --engine torch with --device cuda")
         if not _openvino_available():
-            raise PipelineError("--engine openvino needs `pip install openvino`")
+            raise PipelineError("--engine openvino needs `pip install openvino` (or pipeline's extra: "
+                                "`pip install 'pipeline[openvino]'`)")
         return OpenVINOEngine(backbone, prec, channels)
     return TorchEngine(backbone, dev, prec, compile=compile)
 
@@ -207,15 +210,44 @@ class OpenVINOEngine:
             chunks[i] = len(parts)
             for j, part in enumerate(parts):
                 inputs[(i, j)] = part
-                queues[c].start_async({0: part}, (i, j), share_inputs=True)  # blocks while all are busy
+                _wait_idle(queues[c])  # start_async would block without a bound while all are busy
+                queues[c].start_async({0: part}, (i, j), share_inputs=True)
             while ready(nxt):
                 yield take(nxt)
                 nxt += 1
         for q in queues.values():
-            q.wait_all()
+            _wait_all(q)
         while nxt in chunks:
             yield take(nxt)
             nxt += 1
+
+def _hung() -> PipelineError:
+    return PipelineError(f"the OpenVINO engine did not finish a request within {REQUEST_TIMEOUT_S:.0f} s (hung); "
+                         f"rerun with --engine torch (the store resumes where it stopped)")
+
+
+def _wait_idle(queue) -> None:
+    """Until one of the queue's requests is free, at most REQUEST_TIMEOUT_S."""
+    import time
+
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
+    while not queue.is_ready():
+        if time.monotonic() > deadline:
+            raise _hung()
+        time.sleep(0.0005)
+
+
+def _wait_all(queue) -> None:
+    """Until every request of the queue has finished, at most REQUEST_TIMEOUT_S (OpenVINO's own wait_all
+    has no bound: it runs in a helper thread that is abandoned if it never returns)."""
+    import threading
+
+    t = threading.Thread(target=queue.wait_all, daemon=True)
+    t.start()
+    t.join(REQUEST_TIMEOUT_S)
+    if t.is_alive():
+        raise _hung()
+
 
 def _to_tensor(batch, device: torch.device, preprocess) -> torch.Tensor:
     """uint8 batch (array, or list of differently sized images) -> preprocessed float on `device`."""

@@ -6,10 +6,10 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -102,6 +102,8 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
     labels = {k: s.labels for k, s in dataset.splits.items()}
     total = sum(map(len, labels.values()))
     with StoreWriter(out, config, labels, backbone.dim, overwrite=overwrite) as store:
+        if store.note:
+            log(store.note)
         if store.state == "complete":
             log(f"{out}: already extracted with these settings ({total:,} images); nothing to do")
             return ExtractResult(out, "complete", 0, 0.0)
@@ -122,7 +124,7 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
         seconds = time.perf_counter() - t0
         computed = total - done
         meta = {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join(["pipeline"] + sys.argv[1:]) if Path(sys.argv[0]).name == "pipeline" else None,
             "dataset": {**dataset.describe(), "image_shape": _image_shape(dataset) or "varied (image folder)"},
             "backbone": {"name": backbone.name, "weights": backbone.weights, "layer": backbone.layer,

@@ -10,6 +10,7 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # class names are data: "$5_$" is text, not mathtext
     import matplotlib.pyplot as plt
 
     return plt
@@ -34,9 +35,7 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str, path: Path)
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 # The original study's colour per Fashion-MNIST class (its Figures 4 and 5); other datasets use tab10/tab20.

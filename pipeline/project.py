@@ -10,14 +10,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from pipeline.classify import FeatureSet
 from pipeline.errors import PipelineError
-from pipeline.store import atomic_write
+from pipeline.faults import fault_point
+from pipeline.store import atomic_write, folder_lock, read_json
 
 SEED = 0
 TRUST_ROWS = 5000  # trustworthiness is O(n^2): measured on a seeded subsample of this many rows
@@ -30,7 +31,8 @@ def _need(module: str, package: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise PipelineError(f"this map needs `pip install {package}`") from None
+        raise PipelineError(f"this map needs `pip install {package}` (or pipeline's extra: "
+                            f"`pip install 'pipeline[maps]'`)") from None
 
 
 def _pca(X: np.ndarray, n: int, standardize: bool) -> np.ndarray:
@@ -59,6 +61,7 @@ class TSNEMap:
     71 s instead of 117 s on 2 cores, 5-NN accuracy in 2-D 0.837 instead of 0.840."""
     name, label, params = "tsne", "t-SNE", {"pca": 50, "perplexity": 30, "initialization": "pca",
                                             "negative_gradient_method": "fft", "ints_in_interval": 2}
+    requires = ("openTSNE", "openTSNE")
 
     def __init__(self, n_jobs: int = 1):
         self.n_jobs = n_jobs
@@ -77,6 +80,7 @@ class TSNEMap:
 class UMAPMap:
     """umap-learn on the first 50 principal components (seeded, so reruns draw the same map)."""
     name, label, params = "umap", "UMAP", {"pca": 50, "n_neighbors": 15, "min_dist": 0.1}
+    requires = ("umap", "umap-learn")
 
     def __init__(self, n_jobs: int = 1):
         self.n_jobs = n_jobs
@@ -97,6 +101,7 @@ class UMAPMap:
 class CumlTSNEMap(TSNEMap):
     """cuML's t-SNE on a CUDA GPU (`--device cuda` with cuML installed): Barnes-Hut, not openTSNE's FFT."""
     params = {"pca": 50, "perplexity": 30, "method": "barnes_hut"}
+    requires = ("cuml", "cuml-cu12")
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         from cuml.manifold import TSNE
@@ -109,6 +114,7 @@ class CumlTSNEMap(TSNEMap):
 
 class CumlUMAPMap(UMAPMap):
     """cuML's UMAP on a CUDA GPU."""
+    requires = ("cuml", "cuml-cu12")
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         from cuml.manifold import UMAP
@@ -130,6 +136,22 @@ def make_method(name: str, backend=None, n_jobs: int | None = None):
     cuml = getattr(backend, "cuml", False)
     cls = GPU_METHODS[name] if cuml and name in GPU_METHODS else METHODS[name]
     return cls(n_jobs=n_jobs or os.cpu_count() or 1)
+
+
+def check_methods(methods, backend=None) -> None:
+    """Before any work: every method is known and its library installed (one line naming the install)."""
+    from pipeline.compute import importable
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise PipelineError(f"unknown map method {', '.join(unknown) or '(none given)'}; choose from "
+                            f"{','.join(METHODS)}")
+    for m in methods:
+        method = make_method(m, backend)
+        module, package = getattr(method, "requires", (None, None))
+        if module and not importable(module):
+            raise PipelineError(f"the {method.label} map needs `pip install {package}` (or pipeline's extra: "
+                                f"`pip install 'pipeline[maps]'`); or leave it out, e.g. --methods pca")
 
 
 # --- scores ------------------------------------------------------------------------------------------
@@ -162,9 +184,13 @@ def _paths(out: Path, set_name: str, method: str) -> tuple[Path, Path]:
 
 def load_map(out: Path, set_name: str, method: str) -> tuple[np.ndarray, dict] | None:
     npy, js = _paths(Path(out), set_name, method)
-    if not (npy.exists() and js.exists()):
+    meta = read_json(js)
+    if meta is None or not npy.exists():
         return None
-    return np.load(npy), json.loads(js.read_text())
+    try:
+        return np.load(npy, allow_pickle=False), meta
+    except (OSError, ValueError):
+        return None
 
 
 def is_cached(out: Path, fs: FeatureSet, method, backend=None) -> bool:
@@ -172,9 +198,9 @@ def is_cached(out: Path, fs: FeatureSet, method, backend=None) -> bool:
     (a CPU map is not reused for a cuML run, nor the other way round) with its current parameters."""
     impl = make_method(method, backend) if isinstance(method, str) else method
     js = _paths(Path(out), fs.name, impl.name)[1]
-    if not (js.exists() and js.with_suffix(".npy").exists()):
+    meta = read_json(js)  # damaged or foreign: not a cache hit, the map is made again
+    if meta is None or not js.with_suffix(".npy").exists():
         return False
-    meta = json.loads(js.read_text())
     return (meta.get("fingerprint") == fs.fingerprint and meta.get("params") == impl.params
             and meta.get("implementation") == type(impl).__name__)
 
@@ -186,15 +212,17 @@ def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path =
     coordinates as out/<set>_<method>.npy with a .json beside it, and draw one figure per method with the
     feature sets side by side. Returns {method: [meta per feature set]}."""
     from pipeline.classify import check_comparable
-    from pipeline.figures import map_figure
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise PipelineError(f"unknown map method {', '.join(unknown) or '(none given)'}; choose from "
-                            f"{','.join(METHODS)}")
+    check_methods(methods, backend)
     check_comparable(sets)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "pipeline project"):
+        return _project(sets, methods, out, backend, n_jobs, log)
+
+
+def _project(sets, methods, out: Path, backend, n_jobs, log) -> dict:
+    from pipeline.figures import map_figure
+
     done: dict[str, list[dict]] = {}
     for m in methods:
         method = make_method(m, backend, n_jobs)
@@ -202,9 +230,11 @@ def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path =
         for fs in sets:
             X = np.concatenate([fs.X_train, fs.X_test]).astype(np.float32, copy=False)
             y = np.concatenate([fs.y_train, fs.y_test]).astype(np.int64)
-            if is_cached(out, fs, method):
-                coords, meta = load_map(out, fs.name, m)
-                log(f"{fs.name:>20} {m:<5} cached  5-NN {meta['knn_accuracy']:.4f}  trust {meta['trustworthiness']:.4f}")
+            cached = load_map(out, fs.name, m) if is_cached(out, fs, method) else None
+            if cached is not None:
+                coords, meta = cached
+                log(f"{fs.name:>20} {m:<5} cached  5-NN {meta['knn_accuracy']:.4f}  "
+                    f"trust {meta['trustworthiness']:.4f}")
             else:
                 log(f"{fs.name:>20} {m:<5} mapping {len(X):,} points ...")
                 t = time.perf_counter()
@@ -223,6 +253,7 @@ def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path =
                 np.save(tmp, coords)
                 os.replace(tmp, npy)
                 atomic_write(js, json.dumps(meta, indent=1))
+                fault_point("project:map")
                 log(f"{fs.name:>20} {m:<5} {seconds:6.1f} s  5-NN {meta['knn_accuracy']:.4f}  "
                     f"trust {meta['trustworthiness']:.4f}")
             panels.append((fs.name, coords, y, meta))

@@ -9,15 +9,18 @@ import html
 import json
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import quote
 
-from pipeline.classify import CLASSIFIERS, STUDY
+from pipeline import markdown
+from pipeline.classify import CLASSIFIERS, STUDY, read_results
 from pipeline.compute import cpu_name
 from pipeline.errors import PipelineError
+from pipeline.faults import fault_point
 from pipeline.figures import accuracy_figure, feature_title
-from pipeline.store import atomic_write
+from pipeline.store import atomic_write, folder_lock
 
 # Zalando's scikit-learn baselines on raw Fashion-MNIST pixels: best test accuracy per classifier, each the
 # mean of 5 runs (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747, Table 3). LDA and QDA were not run there.
@@ -36,12 +39,24 @@ def _read_json(path: Path, default=None):
         raise PipelineError(f"{path} is not valid JSON ({e}); rerun the stage that writes it") from None
 
 
+MAP_KEYS = {"feature_set": str, "method": str, "label": str, "knn_accuracy": float, "trustworthiness": float,
+            "rows": int}
+
+
+def _map_meta(path: Path) -> dict:
+    m = _read_json(path)
+    if not isinstance(m, dict) or not all(isinstance(m.get(k), t) for k, t in MAP_KEYS.items()):
+        raise PipelineError(f"{path} is not a map's record (expected {', '.join(MAP_KEYS)}); move it out of "
+                            f"{path.parent}, or rerun `pipeline project` to write it again")
+    return m
+
+
 def gather(out: Path) -> dict:
     """Everything the report shows, as plain data."""
     out = Path(out)
-    records = _read_json(out / "results.json", [])
+    records = read_results(out)
     order = ["pca", "tsne", "umap"]
-    maps = sorted((_read_json(p) for p in (out / "maps").glob("*.json")),  # by method, raw pixels first
+    maps = sorted((_map_meta(p) for p in (out / "maps").glob("*.json")),  # by method, raw pixels first
                   key=lambda m: (order.index(m["method"]) if m["method"] in order else 9, m["feature_set"] != "raw",
                                  m["feature_set"]))
     if not records and not maps:
@@ -60,7 +75,7 @@ def gather(out: Path) -> dict:
         except metadata.PackageNotFoundError:
             pass
     return {"out": out, "records": records, "maps": maps, "run": run, "stores": stores, "versions": versions,
-            "hardware": _hardware(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "hardware": _hardware(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def _hardware() -> dict:
@@ -171,12 +186,6 @@ def _figures(d: dict) -> dict:
     return figs
 
 
-def _md_table(head, rows) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _html_table(head, rows) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -193,7 +202,7 @@ def _caption(records: list[dict]) -> str:
     if not records:
         return "No classification results yet."
     r = records[0]
-    return (f"Test accuracy on {r['n_test']:,} test images; grid `{r.get('grid', '?')}` searched with "
+    return (f"Test accuracy on {r['n_test']:,} test images; grid {r.get('grid', '?')!r} searched with "
             f"{r['cv_folds']}-fold CV on {r['tune_rows']:,} of {r['n_train']:,} training images, the best refitted "
             f"on all of them. Study: the original paper's ResNet-18 vs raw pixels. Benchmark: Zalando's "
             f"scikit-learn baselines on raw pixels (best per classifier, mean of 5 runs; arXiv:1708.07747).")
@@ -201,6 +210,14 @@ def _caption(records: list[dict]) -> str:
 
 def write_report(out: Path) -> tuple[Path, Path]:
     """Write out/report.html (self-contained) and out/report.md; returns both paths."""
+    if not Path(out).is_dir():
+        raise PipelineError(f"nothing to report in {out}: run `pipeline classify` or `pipeline project` "
+                            f"(or `pipeline run`) with --out {out} first")
+    with folder_lock(out, "pipeline report"):
+        return _write_report(out)
+
+
+def _write_report(out: Path) -> tuple[Path, Path]:
     d = gather(out)
     out = d["out"]
     figs = _figures(d)
@@ -227,13 +244,13 @@ def write_report(out: Path) -> tuple[Path, Path]:
             "<nav>" + " · ".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS) + "</nav>"]
     for key, heading in SECTIONS:
         text, tables = sections[key]
-        md += [f"## {heading}", "", text, ""]
+        md += [f"## {heading}", "", markdown.escape(text), ""]
         body += [f'<section id="{key}"><h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>']
         for t in tables:
-            md += [_md_table(*t), ""]
+            md += [markdown.table(*t), ""]
             body.append(_html_table(*t))
         for alt, rel in images.get(key, []):
-            md += [f"![{alt}]({rel})", ""]
+            md += [f"![{markdown.escape(alt)}]({quote(rel)})", ""]
             body.append(_img(out, rel, alt))
         if not tables and not images.get(key):
             md += ["(nothing yet)", ""]
@@ -248,4 +265,5 @@ def write_report(out: Path) -> tuple[Path, Path]:
     paths = out / "report.html", out / "report.md"
     for path, text in zip(paths, (page, "\n".join(md))):
         atomic_write(path, text)
+        fault_point("report:write")
     return paths

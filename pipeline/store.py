@@ -12,11 +12,15 @@ folder named `<out>` is always complete. The same extraction run again resumes f
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +28,37 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.faults import fault_point
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
 COMMIT_SECONDS = 0.5  # at most this much finished work is redone after a crash
+MARKER = ".pipeline-partial"  # in <out>.partial: this folder is pipeline's own unfinished work
+STORE_FILES = {f"{k}.npy" for k in ("X_train", "y_train", "X_test", "y_test")} | {"meta.json", "progress.json",
+                                                                                   MARKER}
+
+
+def io_error(e: OSError, what: str) -> PipelineError:
+    """An OSError as one line: what failed, why, and (disk full) what to do."""
+    why = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PipelineError(f"{what}: {why} (disk full); free some space, then run the same command again "
+                             f"to resume")
+    return PipelineError(f"{what}: {why}")
+
+
+def read_json(path: Path, kind: type = dict):
+    """A JSON file's content if it parses and is a `kind`; None if it is missing, unreadable or damaged."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, kind) else None
+
+
+def _only_store_files(folder: Path) -> bool:
+    """Whether a folder holds nothing but what a store (finished or not) is made of."""
+    return all(p.name in STORE_FILES for p in folder.iterdir())
 
 
 @dataclass
@@ -50,16 +81,70 @@ def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
         hint = (f"; an unfinished extraction is in {partial}: rerun the same `pipeline extract` to finish it"
                 if partial.exists() else "; run `pipeline extract` first")
         raise PipelineError(f"{path} is not a finished feature store (no meta.json){hint}")
+    meta = read_json(path / "meta.json")
+    if meta is None or not isinstance(meta.get("rows"), dict):
+        raise PipelineError(f"{path}: damaged feature store (meta.json is not valid store metadata); "
+                            f"re-extract it with --overwrite")
     try:
-        meta = json.loads((path / "meta.json").read_text())
         arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
                   for k in ("X_train", "y_train", "X_test", "y_test")}
     except (OSError, ValueError) as e:
         raise PipelineError(f"{path}: damaged feature store ({e})") from None
     for s in SPLITS:
-        if len(arrays[f"X_{s}"]) != len(arrays[f"y_{s}"]) or len(arrays[f"y_{s}"]) != meta["rows"][s]:
+        if len(arrays[f"X_{s}"]) != len(arrays[f"y_{s}"]) or len(arrays[f"y_{s}"]) != meta["rows"].get(s):
             raise PipelineError(f"{path}: damaged feature store ({s} rows do not match meta.json)")
     return Features(meta=meta, **arrays)
+
+
+_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.npy|\.png)?$")  # what atomic_write's mkstemp names look like
+_HELD: dict[str, list] = {}  # folder -> [lock file, depth]: a process may nest its own locks (run -> classify)
+LOCK_NAME = ".pipeline.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str):
+    """Hold an exclusive lock on an output folder (`<folder>/.pipeline.lock`) while writing into it: a second
+    `pipeline` process writing the same folder is refused in one line. Released by the OS even on kill -9."""
+    folder = Path(folder)
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / LOCK_NAME, "a+")
+    except OSError as e:
+        raise io_error(e, f"locking {folder}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        who = f.read().strip() or "another process"
+        f.close()
+        raise PipelineError(f"{folder} is being written by {who}; wait for it to finish or choose another "
+                            f"--out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{what} (pid {os.getpid()})")
+    f.flush()
+    _remove_stale_tmp(folder)
+    _HELD[key] = [f, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        f.close()
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Temporary files of writers killed mid-write (call only under the folder's lock: none is live)."""
+    for stale in folder.iterdir():
+        if _TMP.match(stale.name) and stale.is_file():
+            stale.unlink(missing_ok=True)
 
 
 def config_hash(config: dict) -> str:
@@ -69,13 +154,27 @@ def config_hash(config: dict) -> str:
 def atomic_write(path: str | os.PathLike, text: str, fsync: bool = False) -> None:
     """Write `text` through a temp file and a rename: readers see the old file or the new one, never half."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique per writer
+    except OSError as e:
+        raise io_error(e, f"writing {path}") from None
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        fault_point("atomic_write")
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise io_error(e, f"writing {path}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _write_json(path: Path, obj) -> None:
@@ -96,53 +195,104 @@ class StoreWriter:
         self._lock = None
         self._last_commit = 0.0
         self.state = "new"
+        self.note = ""  # something open() did that the user should hear about
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self):
         self.open()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:  # keep what is synced; never let a second error hide the first
+            with contextlib.suppress(OSError, PipelineError):
+                self.close()
+            self._release()
+            return
         self.close()
 
     def open(self) -> str:
         if self.out.exists() and not self.out.is_dir():
             raise PipelineError(f"--out {self.out} exists and is not a folder; choose another --out")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise io_error(e, f"creating {self.out.parent}") from None
         self._acquire_lock()
+        try:
+            return self._open()
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self) -> str:
         if (self.out / "meta.json").is_file():
-            old = json.loads((self.out / "meta.json").read_text())
-            if old.get("config_hash") == self.hash:
+            old = read_json(self.out / "meta.json")
+            if old is not None and old.get("config_hash") == self.hash:
                 self.state = "complete"
                 return self.state
+            if old is None and not self.overwrite:
+                raise PipelineError(f"{self.out}/meta.json is damaged; pass --overwrite to extract into "
+                                    f"{self.out} again, or choose another --out")
             if not self.overwrite:
                 raise PipelineError(f"{self.out} already holds features made differently ({_diff(old, self.config)}); "
                                     f"pass --overwrite to replace them, or choose another --out")
+            if not _only_store_files(self.out):
+                raise PipelineError(f"--out {self.out} holds files a feature store does not; pipeline will not "
+                                    f"replace it, choose another --out")
         elif self.out.is_dir() and any(self.out.iterdir()):
             raise PipelineError(f"--out {self.out} is a non-empty folder that is not a feature store; "
                                 f"choose another --out")
-        progress = self.partial / "progress.json"
-        if progress.is_file() and json.loads(progress.read_text()).get("config_hash") == self.hash:
-            self.done = json.loads(progress.read_text())["done"]
+        if self.partial.exists() and not self._partial_is_ours():
+            raise PipelineError(f"{self.partial} exists and was not made by pipeline; move it away (pipeline "
+                                f"keeps its unfinished work there) or choose another --out")
+        progress = read_json(self.partial / "progress.json") if self.partial.is_dir() else None
+        if progress is not None and not (isinstance(progress.get("config_hash"), str)
+                                         and isinstance(progress.get("done"), dict)):
+            progress = None  # JSON, but not a progress record: as damaged as garbage
+        if progress is not None and progress["config_hash"] == self.hash and self._valid(progress["done"]):
+            self.done = progress["done"]
             self.state = "resume"
+            _remove_stale_tmp(self.partial)
         else:
-            if self.partial.exists():  # unfinished work of a different extraction: cannot be reused
+            if self.partial.exists():  # our own unfinished work, of other settings or unreadable: start over
+                self.note = (f"{self.partial}/progress.json was damaged; starting this extraction over"
+                             if progress is None else f"discarding {self.partial} (an unfinished extraction "
+                                                      f"with other settings)")
                 shutil.rmtree(self.partial)
-            self.partial.mkdir()
-            for s, y in self.labels.items():
-                np.save(self.partial / f"y_{s}.npy", y.astype(np.int64))
-                with open(self.partial / f"X_{s}.npy", "wb") as f:  # header, then a sparse body
-                    np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
-                                                             "shape": (len(y), self.dim)})
-                    f.truncate(f.tell() + 4 * len(y) * self.dim)
-            self._save_progress()
-        for s in self.labels:  # rows are written with pwrite: no mapped pages, so memory stays flat
-            fd = os.open(self.partial / f"X_{s}.npy", os.O_RDWR)
-            with open(self.partial / f"X_{s}.npy", "rb") as f:
-                np.lib.format.read_magic(f)
-                np.lib.format.read_array_header_1_0(f)
-                self.files[s] = (fd, f.tell())
+            try:
+                self._create_partial()
+            except OSError as e:
+                shutil.rmtree(self.partial, ignore_errors=True)  # ours, just made, holds nothing finished
+                raise io_error(e, f"creating {self.partial}") from None
+        try:
+            for s in self.labels:  # rows are written with pwrite: no mapped pages, so memory stays flat
+                fd = os.open(self.partial / f"X_{s}.npy", os.O_RDWR)
+                with open(self.partial / f"X_{s}.npy", "rb") as f:
+                    np.lib.format.read_magic(f)
+                    np.lib.format.read_array_header_1_0(f)
+                    self.files[s] = (fd, f.tell())
+        except (OSError, ValueError) as e:
+            raise PipelineError(f"{self.partial} is damaged ({e}); delete it to start over") from None
         return self.state
+
+    def _partial_is_ours(self) -> bool:
+        return self.partial.is_dir() and ((self.partial / MARKER).is_file() or (
+            (self.partial / "progress.json").is_file() and _only_store_files(self.partial)))
+
+    def _valid(self, done) -> bool:
+        return isinstance(done, dict) and set(done) == set(self.labels) and all(
+            isinstance(done[s], int) and 0 <= done[s] <= len(y) for s, y in self.labels.items())
+
+    def _create_partial(self):
+        self.partial.mkdir()
+        (self.partial / MARKER).write_text("unfinished feature store written by pipeline extract\n")
+        for s, y in self.labels.items():
+            np.save(self.partial / f"y_{s}.npy", y.astype(np.int64))
+            with open(self.partial / f"X_{s}.npy", "wb") as f:  # header, then a sparse body
+                np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                         "shape": (len(y), self.dim)})
+                f.truncate(f.tell() + 4 * len(y) * self.dim)
+        self._save_progress()
 
     def _acquire_lock(self):
         lock_path = self.out.with_name(f".{self.out.name}.lock")
@@ -161,15 +311,21 @@ class StoreWriter:
         self._lock.write(f"pipeline extract (pid {os.getpid()})")
         self._lock.flush()
 
-    def close(self):
-        if self.files and self.state != "complete":
-            self.commit()
+    def _release(self):
         for fd, _ in self.files.values():
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self.files = {}
         if self._lock is not None:
             self._lock.close()  # releases the flock; the file stays (removing it would race)
             self._lock = None
+
+    def close(self):
+        try:
+            if self.files and self.state != "complete":
+                self.commit()
+        finally:
+            self._release()
 
     # -- writing -----------------------------------------------------------------------------------
     def write(self, split: str, start: int, rows: np.ndarray) -> None:
@@ -178,18 +334,30 @@ class StoreWriter:
             raise PipelineError(f"non-finite features in {split} rows {start}..{start + len(rows)} "
                                 f"(reduced-precision overflow?); rerun with --precision fp32")
         fd, offset = self.files[split]
-        data = np.ascontiguousarray(rows, dtype="<f4").tobytes()
-        os.pwrite(fd, data, offset + start * self.dim * 4)
+        data = memoryview(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+        pos = offset + start * self.dim * 4
+        try:
+            while data:  # pwrite may write less than asked (a full disk, a signal): write the rest or fail
+                n = os.pwrite(fd, data, pos)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                data, pos = data[n:], pos + n
+        except OSError as e:
+            raise io_error(e, f"writing {self.partial / f'X_{split}.npy'}") from None
         self.done[split] = start + len(rows)
         if time.monotonic() - self._last_commit >= COMMIT_SECONDS:
             self.commit()
 
     def commit(self) -> None:
         """Sync the rows, then record them in progress.json: what it claims is on disk."""
-        for fd, _ in self.files.values():
-            os.fdatasync(fd)
+        try:
+            for fd, _ in self.files.values():
+                os.fdatasync(fd)
+        except OSError as e:
+            raise io_error(e, f"syncing {self.partial}") from None
         self._save_progress()
         self._last_commit = time.monotonic()
+        fault_point("extract:commit")
 
     def _save_progress(self):
         _write_json(self.partial / "progress.json", {"config_hash": self.hash, "done": self.done})
@@ -198,20 +366,22 @@ class StoreWriter:
         for s, y in self.labels.items():
             if self.done[s] != len(y):
                 raise AssertionError(f"finalize with {s} at {self.done[s]}/{len(y)}")
-        for fd, _ in self.files.values():
-            os.fsync(fd)
-            os.close(fd)
+        try:
+            for fd, _ in self.files.values():
+                os.fsync(fd)
+                os.close(fd)
+        except OSError as e:
+            raise io_error(e, f"syncing {self.partial}") from None
         self.files = {}
         meta = {**meta, "format_version": FORMAT_VERSION, "config": self.config, "config_hash": self.hash,
                 "rows": {s: len(y) for s, y in self.labels.items()}, "dim": self.dim}
-        (self.partial / "progress.json").unlink()
         _write_json(self.partial / "meta.json", meta)
+        (self.partial / "progress.json").unlink()
+        (self.partial / MARKER).unlink(missing_ok=True)
         old = None
         if self.out.exists():  # an empty folder, or a store the user asked to --overwrite
-            old = self.out.with_name(self.out.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(self.out, old)
+            old = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.replaced-"))
+            os.rename(self.out, old)  # onto the fresh empty folder: a name nobody else uses
         os.rename(self.partial, self.out)
         if old is not None:
             shutil.rmtree(old)

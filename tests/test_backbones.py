@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-
 from conftest import assert_one_line_error, run_cli
+
 from pipeline.backbones import build_backbone, sha256_file
 from pipeline.engines import make_engine
 from pipeline.errors import PipelineError

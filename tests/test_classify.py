@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli, write_store
+
 from pipeline.classify import CLASSIFIERS, STUDY, classify, load_feature_set
 from pipeline.compute import make_backend
 

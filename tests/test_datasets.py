@@ -7,8 +7,8 @@ import struct
 
 import numpy as np
 import pytest
-
 from conftest import N_TEST, N_TRAIN, assert_one_line_error, make_idx_dir, run_cli
+
 from pipeline.datasets import FASHION_MNIST_CLASSES, load_dataset, read_idx, write_idx
 from pipeline.errors import PipelineError
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import N_TEST, N_TRAIN, assert_one_line_error, make_idx_dir, run_cli
+
 from pipeline import load_features
-from pipeline.extract import extract
 from pipeline.errors import PipelineError
+from pipeline.extract import extract
 from pipeline.store import StoreWriter
 
 FAST = dict(weights="none", image_size=64, precision="fp32", progress=False)
@@ -89,7 +89,7 @@ def _run_cli_process(args, **kw):
 
 
 def test_kill_9_then_rerun_resumes_to_identical_features(tmp_path):
-    data = make_idx_dir(tmp_path / "data", n_train=800, n_test=160)
+    data = make_idx_dir(tmp_path / "data", n_train=400, n_test=80)
     args = ["extract", "--data-dir", data, "--weights", "none", "--image-size", 96, "--precision", "fp32",
             "--batch-size", 8]
     ref = tmp_path / "ref"
@@ -101,20 +101,20 @@ def test_kill_9_then_rerun_resumes_to_identical_features(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            if json.loads(progress.read_text())["done"]["train"] >= 80:
+            if json.loads(progress.read_text())["done"]["train"] >= 40:
                 break
         except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.05)
     os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    p.communicate()
     done = json.loads(progress.read_text())["done"]
-    assert 0 < done["train"] < 800, done  # really interrupted mid-run
+    assert 0 < done["train"] < 400, done  # really interrupted mid-run
     assert not out.exists()  # nothing finished-looking left behind
     p = _run_cli_process(args + ["--out", out])
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
-    assert f"resuming at {done['train'] + done['test']:,}/960" in err
+    assert f"resuming at {done['train'] + done['test']:,}/480" in err
     a, b = load_features(ref), load_features(out)
     np.testing.assert_array_equal(a.X_train, b.X_train)
     np.testing.assert_array_equal(a.X_test, b.X_test)

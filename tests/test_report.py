@@ -6,9 +6,9 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli
 from PIL import Image
 
-from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli
 from pipeline.classify import CLASSIFIERS, FeatureSet, classify
 from pipeline.datasets import FASHION_MNIST_CLASSES
 from pipeline.errors import PipelineError

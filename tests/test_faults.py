@@ -1,0 +1,85 @@
+"""Fault injection: `pipeline run` killed (SIGKILL, as by a power cut or the OOM killer) at points inside
+every stage, then run again, must finish, say what it resumed or skipped, and end with the same outputs as
+a run that was never interrupted: features bit-identical, the same records, the same maps, a full report.
+
+`PIPELINE_KILL_AT=<point>[:<n>]` (pipeline/faults.py) makes the process kill itself the n-th time it passes
+that point: after a store commit, after a classifier's record, after a map, between the report's two files,
+and inside `atomic_write` between its temporary file and the rename.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_idx_dir
+
+from pipeline import load_features
+
+TIMING = {"fit_seconds", "predict_seconds", "search_seconds"}
+
+
+def run(tmp, data, weights, kill_at=None):
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_KILL_AT"}
+    if kill_at:
+        env["PIPELINE_KILL_AT"] = kill_at
+    args = ["run", "--data-dir", data, "--backbone", "resnet18", "--weights", weights, "--image-size", 48,
+            "--limit", 60, "--grid", "quick", "--classifiers", "lda,logreg", "--methods", "pca", "--n-jobs", 1]
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def outputs(tmp: Path) -> dict:
+    out = tmp / "reports" / "fashion-mnist-first60-48px"
+    store = load_features(tmp / "features" / "fashion-mnist" / "resnet18-first60-48px")
+    records = sorted(({k: v for k, v in r.items() if k not in TIMING}
+                      for r in json.loads((out / "results.json").read_text())),
+                     key=lambda r: (r["feature_set"], r["classifier"]))
+    maps = {p.name: np.load(p) for p in sorted((out / "maps").glob("*.npy"))}
+    return {"out": out, "X": (np.asarray(store.X_train), np.asarray(store.X_test)), "records": records,
+            "maps": maps, "csv": (out / "results.csv").read_text().splitlines()[0]}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, resnet18_file):
+    tmp = tmp_path_factory.mktemp("reference")
+    data = make_idx_dir(tmp / "data", n_train=70, n_test=30)
+    r = run(tmp, data, resnet18_file)
+    assert r.returncode == 0, r.stderr
+    return data, outputs(tmp)
+
+
+@pytest.mark.parametrize("point, says", [
+    ("extract:commit:1", "resuming at 60/90"),  # mid-extraction: the train split committed
+    ("classify:record:1", "3 of 4"),  # after the first of four records (raw lda): 3 left to fit
+    ("project:map:1", "1 of 2 maps computed"),  # after raw pixels' PCA map
+    ("report:write:1", "report"),              # report.html written, report.md not yet
+    ("atomic_write:3", ""),  # the finished store's meta.json in a temporary file, never renamed
+    ("atomic_write:12", ""),  # results.md in a temporary file (results.json already written)
+])
+def test_killed_anywhere_then_rerun_gives_the_same_outputs(tmp_path, reference, resnet18_file, point, says):
+    data, ref = reference
+    killed = run(tmp_path, data, resnet18_file, kill_at=point)
+    assert killed.returncode == -signal.SIGKILL, (point, killed.returncode, killed.stderr[-2000:])
+    again = run(tmp_path, data, resnet18_file)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert says in again.stderr, again.stderr[-3000:]
+    got = outputs(tmp_path)
+    for a, b in zip(got["X"], ref["X"]):
+        np.testing.assert_array_equal(a, b)  # bit-identical features
+    assert got["records"] == ref["records"]
+    assert got["maps"].keys() == ref["maps"].keys()
+    for name in ref["maps"]:
+        np.testing.assert_allclose(got["maps"][name], ref["maps"][name], rtol=1e-5, atol=1e-5)
+    assert got["csv"] == ref["csv"] and (got["out"] / "results.md").exists()
+    for name in ("report.html", "report.md"):
+        assert (got["out"] / name).stat().st_size > 1000
+    leftovers = [p.name for d in (got["out"], tmp_path / "features") for p in d.rglob("*") if ".tmp" in p.name]
+    assert leftovers == [], leftovers
+    stages = json.loads((got["out"] / "run.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["extract", "classify", "project", "report"]

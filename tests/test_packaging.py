@@ -1,0 +1,42 @@
+"""Optional extras: a feature whose library is not installed says which install it needs, before any work."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from conftest import assert_one_line_error, make_idx_dir, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_missing_map_library_is_one_line_before_any_work(tmp_path, runner, monkeypatch):
+    from pipeline import compute
+
+    real = compute.importable
+    monkeypatch.setattr(compute, "importable", lambda m: m != "umap" and real(m))
+    monkeypatch.chdir(tmp_path)
+    data = make_idx_dir(tmp_path / "fm", n_train=30, n_test=10)
+    r = run_cli(runner, "run", "--data-dir", data, "--weights", "none", "--limit", 20, "--grid", "quick")
+    assert_one_line_error(r, "the UMAP map needs `pip install umap-learn`", "pipeline[maps]", "--methods pca")
+    assert not (tmp_path / "features").exists() and not (tmp_path / "reports").exists()
+
+
+def test_without_openvino_auto_uses_torch_and_asking_for_it_is_one_line(tmp_path, runner, monkeypatch):
+    from pipeline import engines
+    from pipeline.backbones import build_backbone
+
+    monkeypatch.setattr(engines, "_openvino_available", lambda: False)
+    bb = build_backbone("resnet18", "none", image_size=32)
+    assert engines.make_engine(bb, "cpu", "bf16").describe()["engine"] == "torch"
+    data = make_idx_dir(tmp_path / "fm", n_train=10, n_test=5)
+    r = run_cli(runner, "extract", "--data-dir", data, "--weights", "none", "--engine", "openvino",
+                "--precision", "bf16", "--out", tmp_path / "s")
+    assert_one_line_error(r, "--engine openvino needs `pip install openvino`", "pipeline[openvino]")
+
+
+def test_declared_python_matches_what_the_dependencies_need():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert meta["requires-python"].startswith(">=3.11")  # scikit-learn >= 1.9 requires Python >= 3.11
+    assert any(d.startswith("scikit-learn>=1.9") for d in meta["dependencies"])
+    lock = (ROOT / "uv.lock").read_text()
+    assert 'requires-python = ">=3.11"' in lock  # the committed lock was made from this pyproject
