@@ -6,6 +6,7 @@ it knows nothing of models.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -54,7 +55,7 @@ class Split:
             h.update(np.ascontiguousarray(self.images).data)
         else:
             for p in self.files:
-                h.update(p.name.encode())
+                h.update(os.fsencode(p.name))  # bytes as on disk: names need not be valid UTF-8
                 h.update(p.read_bytes())
         h.update(self.labels.astype("<i8").tobytes())
         return h.hexdigest()
@@ -328,15 +329,16 @@ def _load_folder(data_dir: Path | None) -> Dataset:
         raise PipelineError("folder needs --data-dir: a folder of class sub-folders of images")
     roots = {s: data_dir / s for s in ("train", "test") if (data_dir / s).is_dir()} or {"test": data_dir}
     first = next(iter(roots.values()))
-    classes = sorted(p.name for p in first.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in _visible(first) if p.is_dir())
     if not classes:
         raise PipelineError(f"{first}: no class sub-folders; expected {first}/<class>/<image files>")
     splits = {}
     for split, root in roots.items():
-        extra = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in classes)
+        extra = sorted(p.name for p in _visible(root) if p.is_dir() and p.name not in classes)
         if extra:
             raise PipelineError(f"{root}: class folder(s) {', '.join(extra)} are not in {first}")
-        per_class = [sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        per_class = [sorted(p for p in _visible(root / c) if p.suffix.lower() in IMAGE_EXTENSIONS
+                            and p.is_file())  # regular files only: a FIFO or a socket would block or fail
                      if (root / c).is_dir() else [] for c in classes]
         files, labels = [], []
         for i in range(max(map(len, per_class))):
@@ -353,27 +355,62 @@ def _load_folder(data_dir: Path | None) -> Dataset:
     return Dataset("folder", classes, splits, str(data_dir))
 
 
-def _verify(path: Path) -> None:
+def _visible(folder: Path) -> list[Path]:
+    """A folder's entries less hidden ones (.git, .ipynb_checkpoints, .DS_Store, macOS `._x.jpg`)."""
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+
+
+MAX_PIXELS = 64_000_000  # 8000 x 8000: far beyond any photo a CNN sees at 224 px; more is a decompression bomb
+
+
+@contextlib.contextmanager
+def _guarded(path: Path):
+    """Open an image with a bound on its pixels (PIL's bomb warning is an error here); any failure is one
+    line naming the file."""
+    import warnings
+
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(path) as im:
-            im.verify()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                yield im
+    except PipelineError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise PipelineError(f"{_show(path)}: image too large (more than {MAX_PIXELS:,} pixels, a possible "
+                            f"decompression bomb); downscale it or remove it") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-        raise PipelineError(f"{path}: unreadable image ({type(e).__name__}: {e}); "
+        raise PipelineError(f"{_show(path)}: unreadable image ({type(e).__name__}: {e}); "
                             f"remove or replace it") from None
+
+
+def _show(path: Path) -> str:
+    """A path fit for a one-line message even when its name is not valid UTF-8."""
+    return os.fsdecode(os.fsencode(path)).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _verify(path: Path) -> None:
+    """Up front, cheaply: the header parses, the size is sane, and the file is complete (PNG chunks and
+    CRCs; a JPEG ends with its end-of-image marker), so a bad file fails before any work is done."""
+    with _guarded(path) as im:
+        fmt = im.format
+        im.verify()
+    if fmt == "JPEG":
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 1024))
+            if b"\xff\xd9" not in f.read():
+                raise PipelineError(f"{_show(path)}: truncated JPEG (no end-of-image marker); remove or "
+                                    f"replace it")
 
 
 def _decode(path: Path) -> np.ndarray:
     """One image file -> uint8 (C, H, W) with C = 1 (grayscale) or 3 (anything else, alpha dropped)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if im.mode in ("L", "I", "I;16", "1", "F") else "RGB")
-            arr = np.array(im, dtype=np.uint8)  # a writable copy
-    except Exception as e:  # noqa: BLE001
-        raise PipelineError(f"{path}: unreadable image ({type(e).__name__}: {e}); remove or replace it") from None
+    with _guarded(path) as im:
+        im = im.convert("L" if im.mode in ("L", "I", "I;16", "1", "F") else "RGB")
+        arr = np.array(im, dtype=np.uint8)  # a writable copy
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

@@ -85,12 +85,20 @@ def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
     if meta is None or not isinstance(meta.get("rows"), dict):
         raise PipelineError(f"{path}: damaged feature store (meta.json is not valid store metadata); "
                             f"re-extract it with --overwrite")
+    arrays = {}
     try:
-        arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
-                  for k in ("X_train", "y_train", "X_test", "y_test")}
+        for s in SPLITS:
+            if s not in meta["rows"]:  # e.g. a class-folder root: a test split only, and no training rows
+                arrays[f"X_{s}"] = np.empty((0, int(meta.get("dim", 0))), np.float32)
+                arrays[f"y_{s}"] = np.empty(0, np.int64)
+                continue
+            for k in (f"X_{s}", f"y_{s}"):
+                arrays[k] = np.load(path / f"{k}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise PipelineError(f"{path}: damaged feature store ({e})") from None
     for s in SPLITS:
+        if s not in meta["rows"]:
+            continue
         if len(arrays[f"X_{s}"]) != len(arrays[f"y_{s}"]) or len(arrays[f"y_{s}"]) != meta["rows"].get(s):
             raise PipelineError(f"{path}: damaged feature store ({s} rows do not match meta.json)")
     return Features(meta=meta, **arrays)

@@ -320,3 +320,63 @@ def test_data_strings_are_escaped_in_markdown(tmp_path):
         cells = {line.replace("\\|", "").count("|") for line in rows}
         assert len(rows) >= 2 and len(cells) <= 2, (name, cells)  # escaped pipes never add a column
         assert "toy\\|net\\*" in md and "toy|net*" not in md
+
+
+# --- hostile image folders ----------------------------------------------------------------------------------
+
+def _extract_folder(runner, root, out):
+    return run_cli(runner, *EXTRACT, "--dataset", "folder", "--data-dir", root, "--out", out)
+
+
+def test_hidden_entries_fifos_and_non_utf8_names(folder_dir, tmp_path, runner):
+    import os
+
+    from pipeline.datasets import load_dataset
+
+    before = {s: len(v) for s, v in load_dataset("folder", folder_dir).splits.items()}
+    for split in ("train", "test"):
+        (folder_dir / split / ".ipynb_checkpoints").mkdir()
+        (folder_dir / split / ".git").mkdir()
+        (folder_dir / split / "shirt" / ".DS_Store").write_bytes(b"\x00\x01bud1")
+        (folder_dir / split / "shirt" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    os.mkfifo(folder_dir / "train" / "boot" / "pipe.png")  # reading it would block forever
+    odd = os.fsdecode(b"caf\xe9-latin1.png")  # not valid UTF-8 (surrogate-escaped by Python)
+    (folder_dir / "train" / "boot" / "1.png").rename(folder_dir / "train" / "boot" / odd)
+    ds = load_dataset("folder", folder_dir)
+    assert {s: len(v) for s, v in ds.splits.items()} == before
+    assert ds.classes == ["boot", "shirt", "trouser"] and ds.content_hash
+    r = _extract_folder(runner, folder_dir, tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    assert load_features(tmp_path / "s").X_train.shape[0] == before["train"]
+
+
+def test_decompression_bomb_and_truncated_jpeg_fail_up_front(folder_dir, tmp_path, runner):
+    from PIL import Image
+
+    bomb = folder_dir / "test" / "shirt" / "huge.png"
+    Image.new("L", (10000, 10000)).save(bomb)  # ~100 KB on disk, 100 megapixels decoded
+    assert bomb.stat().st_size < 200_000
+    r = _extract_folder(runner, folder_dir, tmp_path / "s")
+    assert_one_line_error(r, "huge.png: image too large", "decompression bomb")
+    bomb.unlink()
+
+    good = folder_dir / "train" / "boot" / "0.jpg"
+    cut = folder_dir / "train" / "boot" / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+    r = _extract_folder(runner, folder_dir, tmp_path / "s")
+    assert_one_line_error(r, "cut.jpg: truncated JPEG")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()  # before any work
+
+
+def test_store_of_a_test_only_folder_loads(folder_dir, tmp_path, runner):
+    r = _extract_folder(runner, folder_dir / "test", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    f = load_features(tmp_path / "s")
+    assert f.X_train.shape == (0, 512) and f.y_train.shape == (0,) and f.X_test.shape == (9, 512)
+
+
+def test_class_names_that_look_like_mathtext_draw(tmp_path):
+    from pipeline.figures import confusion_figure
+
+    path = confusion_figure(np.eye(3, dtype=int) * 5, ["$5_$", "a^b", r"\frac"], "t", tmp_path / "cm.png")
+    assert path.stat().st_size > 5000
