@@ -228,13 +228,16 @@ def _efficientnet_lite0(weights: str, image_size: int) -> tuple[nn.Module, dict]
 def _drop_other_head(model: nn.Module, sd: dict) -> list[str]:
     """Features come from the input of the final Linear, which is replaced by Identity: a checkpoint
     fine-tuned with another head (say a 10-class `fc`) fits everything that is used. Drops that head's
-    tensors from `sd` where their shapes differ from the model's; returns the keys dropped."""
+    tensors from `sd` where their shapes differ from the model's; returns the head's keys not loaded (all of
+    them for a headless checkpoint)."""
     last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
     if not last:
         return []
     own = model.state_dict()
-    dropped = [k for k in (f"{last[0]}.weight", f"{last[0]}.bias")
-               if k in sd and k in own and sd[k].shape != own[k].shape]
+    head = [k for k in (f"{last[0]}.weight", f"{last[0]}.bias") if k in own]
+    if not any(k in sd for k in head):
+        return head  # a headless checkpoint (num_classes=0 export, self-supervised trunk): nothing to drop
+    dropped = [k for k in head if k in sd and sd[k].shape != own[k].shape]
     for k in dropped:
         del sd[k]
     for k in dropped:  # the replaced head's other tensor (e.g. its bias) goes too: it is never used
@@ -267,7 +270,7 @@ def _torchvision(name: str, weights: str, layer: str | None = None) -> tuple[nn.
     wid = str(default) if weights == "imagenet" else f"file:{path.name}"
     wmeta = {"id": wid, "sha256": digest, "file": str(path)}
     if dropped:
-        wmeta["unused_head"] = f"{', '.join(dropped)} (another classifier head; features are taken before it)"
+        wmeta["unused_head"] = f"{', '.join(dropped)} not loaded (a classifier head; features are taken before it)"
     return model, wmeta, mean, std
 
 

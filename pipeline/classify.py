@@ -45,8 +45,12 @@ class ClassifierSpec:
     grids: dict  # preset -> param grid (dict of lists)
     array_api_grids: dict | None = None  # preset -> grid for make(True); None: no array-API formulation
 
-    def native(self, backend: Backend) -> bool:
-        """Whether this classifier runs in the backend's array-API formulation."""
+    def native(self, backend: Backend, custom: bool = False) -> bool:
+        """Whether this classifier runs in the backend's array-API formulation. A custom grid (--grid FILE)
+        was written for the scikit-learn formulation: it gets the array-API one only where that is the same
+        estimator with the same grids (logistic regression), never a different one (SVD LDA)."""
+        if custom and self.array_api_grids is not self.grids:
+            return False
         return backend.array_api and self.array_api_grids is not None
 
     def grid(self, preset: str, backend: Backend) -> dict:
@@ -346,7 +350,8 @@ def plan_search(classifier: str, grid, y: np.ndarray, cv: int, preset_rows: int 
     folds = [(tune_idx[a], tune_idx[b]) for a, b in skf.split(tune_idx, y[tune_idx])]
     cap = min(cap, min(len(tr) for tr, _ in folds))  # PCA keeps at most as many components as rows
     candidates = _clamp_pca(list(ParameterGrid(g)) or [{}], classifier, cap)
-    return SearchPlan(classifier, candidates, folds, tune_idx, CLASSIFIERS[classifier].native(backend))
+    return SearchPlan(classifier, candidates, folds, tune_idx,
+                      CLASSIFIERS[classifier].native(backend, custom=not isinstance(grid, str)))
 
 
 def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str | dict = "default", cv: int = 3,
@@ -511,7 +516,7 @@ def write_results(out: Path, new: list[dict], fs: FeatureSet | None = None) -> l
     order = {c: i for i, c in enumerate(CLASSIFIERS)}
     records.sort(key=lambda r: (r["feature_set"] != "raw", r["feature_set"], order.get(r["classifier"], 99)))
     if new:
-        atomic_write(path, json.dumps(records, indent=1))  # the record first: figures cannot lose a fit
+        atomic_write(path, json.dumps(records, indent=1), fsync=True)  # the record first: figures cannot lose a fit
         fault_point("classify:record")
     atomic_write(out / "results.csv", results_csv(records))
     atomic_write(out / "results.md", results_markdown(records))
@@ -536,7 +541,10 @@ def _confusion_files(r: dict, cm_dir: Path, stem: str) -> None:
                      cm_dir / f"{stem}.png")
 
 
-RECORD_KEYS = {"feature_set": str, "classifier": str, "label": str, "test_accuracy": float,
+RECORD_KEYS = {"feature_set": str, "classifier": str, "label": str, "test_accuracy": float, "macro_f1": float,
+               "cv_mean": float, "cv_std": float, "cv_folds": int, "tune_rows": int, "best_params": dict,
+               "backend": str,
+               "fit_seconds": float, "predict_seconds": float, "search_seconds": float,
                "labels_sha256": str, "n_train": int, "n_test": int, "confusion_matrix": list, "classes": list}
 
 

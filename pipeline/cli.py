@@ -18,6 +18,10 @@ class _Group(click.Group):
         except PipelineError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(1)
+        except OSError as e:  # a backstop: file-system failures the stages did not word themselves
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted; run the same command again to resume", err=True)
             ctx.exit(130)
@@ -107,10 +111,13 @@ def classify(features, dataset, data_dir, classifiers, grid, cv, limit, device, 
 
     if grid not in stage.PRESETS:
         try:
-            grid = json.loads(Path(grid).read_text())
+            grid_file, grid = grid, json.loads(Path(grid).read_text())
         except (OSError, ValueError) as e:
             raise PipelineError(f"--grid {grid}: not a preset ({', '.join(stage.PRESETS)}) nor a readable "
                                 f"JSON file of grids ({e})") from None
+        if not isinstance(grid, dict):
+            raise PipelineError(f"--grid {grid_file}: expected a JSON object {{classifier: {{param: [values]}}}}, "
+                                f"not a {type(grid).__name__}")
     sets = _feature_sets(features, dataset, data_dir, limit)
     out = Path(out) if out else Path("reports") / dataset
     stage.classify(sets, _names(classifiers), grid, cv, backend, n_jobs, dask, out)

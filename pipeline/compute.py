@@ -132,8 +132,15 @@ def make_backend(device: str = "auto", array_api: bool | None = None, cuml: bool
     """
     dev = resolve_device(device)
     if dev.type == "cuda":
-        if cuml is not False and importable("cuml"):
-            return CumlAccel(str(dev))
+        # cuml.accel works on the current device; on another card than the first, the array-API path runs
+        if cuml is not False and importable("cuml") and (dev.index or 0) == 0:
+            try:
+                return CumlAccel(str(dev))
+            except PipelineError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a broken cuML install (driver, rmm) must not stop the run
+                print(f"cuML is installed but could not start ({type(e).__name__}: {str(e)[:120]}); "
+                      f"using scikit-learn's Array API on the GPU instead", file=sys.stderr)
         return ArrayAPI(str(dev))
     if array_api:
         return ArrayAPI("cpu")

@@ -276,12 +276,15 @@ def _cifar_labels(lab, path: Path) -> np.ndarray:
             raise PipelineError(f"{path}: 'labels' must be a flat list of integers (got a {lab.dtype} array "
                                 f"of shape {lab.shape})")
         return lab.astype(np.int64)
-    if not isinstance(lab, (list, tuple)) or not all(type(v) is int for v in lab):
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not isinstance(lab, (list, tuple)) or not all(is_int(v) for v in lab):
         kind = type(lab).__name__ if not isinstance(lab, (list, tuple)) else \
-            f"a list holding {type(next(v for v in lab if type(v) is not int)).__name__}"
+            f"a list holding {type(next(v for v in lab if not is_int(v))).__name__}"
         raise PipelineError(f"{path}: 'labels' must be a flat list of integers, not {kind}")
     try:
-        return np.fromiter(lab, dtype=np.int64, count=len(lab))
+        return np.fromiter((int(v) for v in lab), dtype=np.int64, count=len(lab))
     except OverflowError:
         raise PipelineError(f"{path}: 'labels' holds integers out of range") from None
 

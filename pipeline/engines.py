@@ -83,6 +83,7 @@ class TorchEngine:
         if device.type == "cpu" and precision == "fp16":
             warnings.warn("fp16 on the CPU is slow and inexact; bf16 or fp32 are better there", stacklevel=2)
         self.preprocess = backbone.preprocess().to(device)
+        self.image_size = backbone.image_size
         self.channels_last = precision != "fp32" or device.type == "cuda"
         model = backbone.model.to(device)
         if self.channels_last:
@@ -95,8 +96,9 @@ class TorchEngine:
         """64 on the CPU (measured: larger gains nothing there); on CUDA, by the device's memory."""
         if self.device.type != "cuda":
             return 64
-        gib = torch.cuda.get_device_properties(self.device).total_memory / 2**30
-        return 512 if gib >= 40 else 256 if gib >= 16 else 128
+        free, _ = torch.cuda.mem_get_info(self.device)  # what is free now, not what the card has
+        gib = free / 2**30 * (224 / self.image_size) ** 2  # activations grow with the image's area
+        return 512 if gib >= 40 else 256 if gib >= 16 else 128 if gib >= 6 else 32
 
     def describe(self) -> dict:
         return {"engine": "torch", "precision": self.precision, "channels_last": self.channels_last,
@@ -223,7 +225,8 @@ class OpenVINOEngine:
 
 def _hung() -> PipelineError:
     return PipelineError(f"the OpenVINO engine did not finish a request within {REQUEST_TIMEOUT_S:.0f} s (hung); "
-                         f"rerun with --engine torch (the store resumes where it stopped)")
+                         f"run the same command again to resume, or use --engine torch (which starts the "
+                         f"extraction over: the engine is part of the store's settings)")
 
 
 def _wait_idle(queue) -> None:

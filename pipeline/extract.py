@@ -79,6 +79,7 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
             out=None, overwrite: bool = False, progress: bool | None = None,
             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> ExtractResult:
     """Embed every image of every split into a store; resumes an interrupted run of the same settings."""
+    import torch
     from tqdm.auto import tqdm
 
     if batch_size != "auto" and not (str(batch_size).isdigit() and int(batch_size) >= 1):
@@ -118,9 +119,13 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
             for name, split in dataset.splits.items():
                 starts = list(range(store.done[name], len(split), batch_size))
                 batches = prefetch(split.batch(a, min(a + batch_size, len(split))) for a in starts)
-                for a, feats in zip(starts, eng.map(batches)):
-                    store.write(name, a, feats)
-                    bar.update(len(feats))
+                try:
+                    for a, feats in zip(starts, eng.map(batches)):
+                        store.write(name, a, feats)
+                        bar.update(len(feats))
+                except (MemoryError, torch.OutOfMemoryError) as e:
+                    raise PipelineError(f"out of memory at batch size {batch_size} ({str(e).splitlines()[0][:80]}); "
+                                        f"run again with a smaller --batch-size: the store resumes") from None
         seconds = time.perf_counter() - t0
         computed = total - done
         meta = {

@@ -249,6 +249,7 @@ def _project(sets, methods, out: Path, backend, n_jobs, log) -> dict:
                         "trustworthiness": trust(X, coords), "trust_rows": min(len(X), TRUST_ROWS),
                         "classes": fs.classes}
                 npy, js = _paths(out, fs.name, m)
+                js.unlink(missing_ok=True)  # no record may describe coordinates it did not make
                 tmp = npy.with_name(npy.name + ".tmp.npy")
                 np.save(tmp, coords)
                 os.replace(tmp, npy)

@@ -40,7 +40,7 @@ def _read_json(path: Path, default=None):
 
 
 MAP_KEYS = {"feature_set": str, "method": str, "label": str, "knn_accuracy": float, "trustworthiness": float,
-            "rows": int}
+            "rows": int, "knn": int, "trust_rows": int, "seconds": (int, float), "implementation": str}
 
 
 def _map_meta(path: Path) -> dict:
@@ -63,6 +63,8 @@ def gather(out: Path) -> dict:
         raise PipelineError(f"nothing to report in {out}: run `pipeline classify` or `pipeline project` "
                             f"(or `pipeline run`) with --out {out} first")
     run = _read_json(out / "run.json", {})
+    if not isinstance(run, dict):
+        raise PipelineError(f"{out / 'run.json'} is not a run record; move it away (`pipeline run` writes it)")
     stores = {}
     for path in run.get("stores", []):
         meta = _read_json(Path(path) / "meta.json")

@@ -42,7 +42,8 @@ def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18
     classifiers = list(classifiers or cls.DEFAULT_CLASSIFIERS)
     d_store, d_out = default_paths(dataset, backbone, limit, image_size)
     store, out = Path(store or d_store), Path(out or d_out)
-    with folder_lock(out, "pipeline run"):  # one writer per report folder, held through every stage
+    # one writer per report folder and its maps, held through every stage (not taken hours later)
+    with folder_lock(out, "pipeline run"), folder_lock(out / "maps", "pipeline run"):
         cls.read_results(out)  # a damaged or foreign results file stops the run before any work
         info = {"command": command,
                 "started": datetime.now(UTC).isoformat(timespec="seconds"), "stores": [str(store)],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -36,6 +37,10 @@ COMMIT_SECONDS = 0.5  # at most this much finished work is redone after a crash
 MARKER = ".pipeline-partial"  # in <out>.partial: this folder is pipeline's own unfinished work
 STORE_FILES = {f"{k}.npy" for k in ("X_train", "y_train", "X_test", "y_test")} | {"meta.json", "progress.json",
                                                                                    MARKER}
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def io_error(e: OSError, what: str) -> PipelineError:
@@ -104,7 +109,8 @@ def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
     return Features(meta=meta, **arrays)
 
 
-_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.npy|\.png)?$")  # what atomic_write's mkstemp names look like
+TMP_TAG = ".pipeline-tmp-"  # in every temporary file pipeline writes, and in nothing else
+_TMP = re.compile(r"^\..*" + re.escape(TMP_TAG) + r"[a-z0-9_]{8}\.tmp$")
 _HELD: dict[str, list] = {}  # folder -> [lock file, depth]: a process may nest its own locks (run -> classify)
 LOCK_NAME = ".pipeline.lock"
 
@@ -155,6 +161,15 @@ def _remove_stale_tmp(folder: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a power cut must not undo it)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
@@ -163,7 +178,7 @@ def atomic_write(path: str | os.PathLike, text: str, fsync: bool = False) -> Non
     """Write `text` through a temp file and a rename: readers see the old file or the new one, never half."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique per writer
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_TAG}", suffix=".tmp")  # unique
     except OSError as e:
         raise io_error(e, f"writing {path}") from None
     try:
@@ -172,7 +187,7 @@ def atomic_write(path: str | os.PathLike, text: str, fsync: bool = False) -> Non
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600: give it what open() would have
         fault_point("atomic_write")
         os.replace(tmp, path)
     except OSError as e:
@@ -233,9 +248,16 @@ class StoreWriter:
             raise
 
     def _open(self) -> str:
+        finished = read_json(self.partial / "meta.json") if self._partial_is_ours() else None
+        if finished is not None and finished.get("config_hash") == self.hash:  # killed while moving into place
+            self._move_into_place()
+            self.note = f"{self.out}: finished the move into place that an interrupted run had begun"
+            self.state = "complete"
+            return self.state
         if (self.out / "meta.json").is_file():
             old = read_json(self.out / "meta.json")
             if old is not None and old.get("config_hash") == self.hash:
+                self._tidy_finished()
                 self.state = "complete"
                 return self.state
             if old is None and not self.overwrite:
@@ -284,6 +306,8 @@ class StoreWriter:
         return self.state
 
     def _partial_is_ours(self) -> bool:
+        if self.partial.is_dir() and not any(self.partial.iterdir()):
+            return True  # empty: killed between making it and writing the marker
         return self.partial.is_dir() and ((self.partial / MARKER).is_file() or (
             (self.partial / "progress.json").is_file() and _only_store_files(self.partial)))
 
@@ -383,17 +407,31 @@ class StoreWriter:
         self.files = {}
         meta = {**meta, "format_version": FORMAT_VERSION, "config": self.config, "config_hash": self.hash,
                 "rows": {s: len(y) for s, y in self.labels.items()}, "dim": self.dim}
-        _write_json(self.partial / "meta.json", meta)
-        (self.partial / "progress.json").unlink()
-        (self.partial / MARKER).unlink(missing_ok=True)
-        old = None
+        try:
+            _write_json(self.partial / "meta.json", meta)  # from here on, the partial is a finished store
+            fault_point("extract:finalize")
+            self._move_into_place()
+        except OSError as e:
+            raise io_error(e, f"finishing {self.out}") from None
+        return self.out
+
+    def _move_into_place(self) -> None:
+        """`<out>.partial` (holding its meta.json) becomes `<out>`; a kill anywhere in here is finished by the
+        next run of the same command (see `_open`)."""
         if self.out.exists():  # an empty folder, or a store the user asked to --overwrite
             old = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.replaced-"))
             os.rename(self.out, old)  # onto the fresh empty folder: a name nobody else uses
+            fault_point("extract:replace")
         os.rename(self.partial, self.out)
-        if old is not None:
-            shutil.rmtree(old)
-        return self.out
+        _fsync_dir(self.out.parent)
+        self._tidy_finished()
+
+    def _tidy_finished(self) -> None:
+        """Remove what only unfinished work needs (progress, marker) and stores this one replaced."""
+        for name in ("progress.json", MARKER):
+            (self.out / name).unlink(missing_ok=True)
+        for old in self.out.parent.glob(f".{glob.escape(self.out.name)}.replaced-*"):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _diff(old: dict, new_config: dict) -> str:

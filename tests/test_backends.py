@@ -81,19 +81,32 @@ def test_every_classifier_and_preset_on_every_backend(backend_name, preset):
         assert {r["classifier"] for r in recs if r["backend"] != "sklearn-cpu"} == {"lda", "logreg"}
 
 
-def test_a_grid_invalid_for_the_backend_is_counted_then_one_line(tmp_path):
-    """The bug a CUDA user without cuML hit: shrinkage in an SVD (array-API) LDA raised NotImplementedError
-    out of the search. Now each failed fit is scored NaN and counted; all failing is one line."""
+def test_failed_fits_are_counted_and_all_failing_is_one_line(tmp_path):
+    """A fit that raises (here: an invalid C, on the array-API formulation) is scored NaN and counted; the
+    search goes on; only every candidate failing is an error."""
     fs = tiny_set()
     backend = make_backend("cpu", array_api=True)
     logs = []
-    rec, = classify([fs], ["lda"], {"lda": {"clf__tol": [1e-4], "clf__shrinkage": [None, 0.1]}}, 3,
-                    backend=backend, progress=False, log=logs.append)
-    assert rec["failed_fits"] == 3 and "NotImplementedError" in rec["fit_errors"][0]
-    assert rec["best_params"] == {"shrinkage": None, "tol": 1e-4} and np.isfinite(rec["cv_mean"])
+    rec, = classify([fs], ["logreg"], {"logreg": {"clf__C": [-1.0, 1.0]}}, 3, backend=backend, progress=False,
+                    log=logs.append)
+    assert rec["failed_fits"] == 3 and "InvalidParameterError" in rec["fit_errors"][0]
+    assert rec["best_params"] == {"C": 1.0} and np.isfinite(rec["cv_mean"])
+    assert rec["backend"] == "sklearn-array-api-cpu"
     assert any("3 of 6 fits failed and were scored NaN" in m for m in logs), logs
-    with pytest.raises(PipelineError, match="lda failed on every candidate .*NotImplementedError"):
-        classify([fs], ["lda"], {"lda": {"clf__shrinkage": [0.1]}}, 3, backend=backend, progress=False)
+    with pytest.raises(PipelineError, match="logreg failed on every candidate .*InvalidParameterError"):
+        classify([fs], ["logreg"], {"logreg": {"clf__C": [-1.0]}}, 3, backend=backend, progress=False)
+
+
+def test_a_custom_grid_keeps_the_formulation_it_was_written_for():
+    """The bug a CUDA user without cuML hit: shrinkage in an SVD (array-API) LDA raised NotImplementedError.
+    Presets have a grid per formulation; a custom grid (written for scikit-learn's LDA) runs that LDA."""
+    fs = tiny_set()
+    backend = make_backend("cpu", array_api=True)
+    rec, = classify([fs], ["lda"], {"lda": {"clf__shrinkage": ["auto", 0.1]}}, 3, backend=backend,
+                    progress=False)
+    assert rec["failed_fits"] == 0 and rec["backend"] == "sklearn-cpu"
+    rec, = classify([fs], ["lda"], "default", 3, backend=backend, progress=False)
+    assert rec["failed_fits"] == 0 and rec["backend"] == "sklearn-array-api-cpu" and "tol" in rec["best_params"]
 
 
 def test_all_candidates_failing_is_one_line_from_the_cli(tmp_path, runner, monkeypatch):
@@ -106,6 +119,9 @@ def test_all_candidates_failing_is_one_line_from_the_cli(tmp_path, runner, monke
                 "--out", tmp_path / "o")
     assert_one_line_error(r, "linsvc failed on every candidate", "InvalidParameterError")
     assert not (tmp_path / "o" / "results.json").exists()
+    grid.write_text("[1, 2]")
+    r = run_cli(runner, "classify", "--features", store, "--grid", grid, "--out", tmp_path / "o")
+    assert_one_line_error(r, "expected a JSON object", "not a list")
 
 
 def test_one_device_parser():

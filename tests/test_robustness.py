@@ -380,3 +380,70 @@ def test_class_names_that_look_like_mathtext_draw(tmp_path):
 
     path = confusion_figure(np.eye(3, dtype=int) * 5, ["$5_$", "a^b", r"\frac"], "t", tmp_path / "cm.png")
     assert path.stat().st_size > 5000
+
+
+# --- found in review -----------------------------------------------------------------------------------------
+
+def _cli(args, env=None):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("point", ["extract:finalize", "extract:replace"])
+def test_killed_while_moving_the_store_into_place(data, tmp_path, reference, point):
+    """Killed after the finished store's meta.json is written (and, with --overwrite, after the old store
+    was moved aside): the same command finishes the move; nothing is extracted again, nothing is lost."""
+    out = tmp_path / "s"
+    args = [*EXTRACT, "--data-dir", data, "--out", out]
+    if point == "extract:replace":
+        assert _cli([*EXTRACT[:-4], "--image-size", 32, "--data-dir", data, "--out", out]).returncode == 0
+        args.append("--overwrite")
+    r = _cli(args, {"PIPELINE_KILL_AT": point})
+    assert r.returncode == -9, r.stderr[-1500:]
+    r = _cli(args)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "finished the move into place" in r.stderr
+    same_features(load_features(out), reference)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".s", "s"))) == [".s.lock", "s"]
+    assert sorted(p.name for p in out.iterdir()) == ["X_test.npy", "X_train.npy", "meta.json", "y_test.npy",
+                                                     "y_train.npy"]
+
+
+def test_users_hidden_tmp_files_in_out_are_not_swept(tmp_path, runner, store):
+    out = tmp_path / "o"
+    out.mkdir()
+    mine = [out / ".notes.20240101.tmp", out / ".cache.download.tmp"]
+    for p in mine:
+        p.write_text("mine")
+    r = run_cli(runner, "classify", "--features", store, "--classifiers", "lda", "--grid", "quick", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert all(p.read_text() == "mine" for p in mine)
+
+
+def test_cifar_labels_as_numpy_integers_load(cifar_dir):
+    from pipeline.datasets import load_dataset
+
+    batch = cifar_dir / "cifar-10-batches-py" / "data_batch_3"
+    with open(batch, "rb") as f:
+        d = pickle.load(f)
+    d[b"labels"] = list(np.asarray(d[b"labels"], dtype=np.int64))  # numpy scalars, as list(array) gives
+    with open(batch, "wb") as f:
+        pickle.dump(d, f)
+    assert len(load_dataset("cifar10", cifar_dir).splits["train"]) == 30
+
+
+def test_headless_checkpoint_extracts(data, tmp_path, reference):
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    sd = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+    path = tmp_path / "trunk-only.pth"
+    torch.save(sd, path)
+    res = extract("fashion-mnist", "resnet18", data_dir=data, out=tmp_path / "s", batch_size=8,
+                  **{**FAST, "weights": str(path)})
+    f = load_features(res.path)
+    same_features(f, reference)  # the same trunk as --weights none (seed 0)
+    assert "not loaded" in f.meta["backbone"]["weights"]["unused_head"]
