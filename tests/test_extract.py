@@ -192,3 +192,17 @@ def test_openvino_on_mixed_grayscale_and_colour_folder(folder_dir, tmp_path):
     for x, y in ((a.X_train, b.X_train), (a.X_test, b.X_test)):
         cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
         assert cos.min() >= 0.999
+
+
+def test_cpu_engine_choice_and_honest_precision():
+    """auto on the CPU: OpenVINO (bf16 where the CPU has it, f32 elsewhere); an explicit fp32 is the exact
+    torch path; the recorded precision is what OpenVINO runs, not what was asked."""
+    pytest.importorskip("openvino")
+    from pipeline.backbones import build_backbone
+    from pipeline.engines import cpu_has_bf16, make_engine
+
+    bb = build_backbone("resnet18", "none", image_size=32)
+    assert make_engine(bb, "cpu", "auto").describe()["engine"] == "openvino"
+    assert make_engine(bb, "cpu", "fp32").describe()["engine"] == "torch"
+    asked_bf16 = make_engine(bb, "cpu", "bf16", "openvino").describe()
+    assert asked_bf16["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
