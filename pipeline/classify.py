@@ -8,6 +8,7 @@ training split. The test split is used once, by the refitted model. Knows nothin
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import markdown
-from pipeline.compute import Backend, executed_on, make_backend
+from pipeline.compute import Backend, SklearnCPU, executed_on
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
-from pipeline.store import atomic_write, folder_lock
+from pipeline.store import atomic_save, atomic_write, folder_lock, has_fields
 
 # The original study (Fashion-MNIST): test accuracy with ResNet-18 features and with raw pixels.
 STUDY = {"lda": (0.7708, 0.8151), "qda": (0.7661, 0.5680), "logreg": (0.7771, 0.8016),
@@ -258,7 +259,7 @@ def resolve_grid(classifier: str, grid: str | dict, backend: Backend | None = No
     if isinstance(grid, str):
         if grid not in PRESETS:
             raise PipelineError(f"--grid {grid!r}: use {', '.join(PRESETS)} or a JSON file of grids")
-        return CLASSIFIERS[classifier].grid(grid, backend or make_backend("cpu"))
+        return CLASSIFIERS[classifier].grid(grid, backend or SklearnCPU())
     g = grid.get(classifier, {})
     if not isinstance(g, dict) or any(not isinstance(v, list) or not v for v in g.values()):
         raise PipelineError(f"grid for {classifier} leaves nothing to search (each parameter needs a "
@@ -287,21 +288,25 @@ def _fit_score(backend, classifier, native, params, X, y, train, test, blas_thre
     a failed fit is scored like scikit-learn's error_score=nan and counted, never fatal on its own."""
     from threadpoolctl import threadpool_limits
 
+    context, conv = _on(backend, native)
     try:
-        with threadpool_limits(blas_threads), backend.context() if native else _nullcontext():
+        with threadpool_limits(blas_threads), context:
             est = _estimator(classifier, native, params)
-            Xb, yb = (backend.asarray(X), backend.asarray(y)) if native else (X, y)
+            Xb, yb = conv(X), conv(y)
             est.fit(Xb[train], yb[train])
             pred = backend.tonumpy(est.predict(Xb[test]))
     except Exception as e:  # noqa: BLE001 - any failure inside one fit is that candidate's NaN
-        return float("nan"), f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        first = (str(e).strip().splitlines() or [""])[0]
+        return float("nan"), f"{type(e).__name__}: {first[:200]}"
     return float((np.asarray(pred) == np.asarray(y)[test]).mean()), None
 
 
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
+def _on(backend: Backend, native: bool):
+    """(context, convert) to fit in the backend's array-API formulation (dispatch on, arrays uploaded, once:
+    an uploaded array passes through), or on numpy as they are."""
+    if native:
+        return backend.context(), backend.asarray
+    return contextlib.nullcontext(), lambda a: a
 
 
 def _clamp_pca(candidates: list[dict], classifier: str, cap: int) -> list[dict]:
@@ -332,7 +337,7 @@ def plan_search(classifier: str, grid, y: np.ndarray, cv: int, preset_rows: int 
                 n_features: int, backend: Backend | None = None) -> SearchPlan:
     from sklearn.model_selection import ParameterGrid, StratifiedKFold
 
-    backend = backend or make_backend("cpu")
+    backend = backend or SklearnCPU()
     g = resolve_grid(classifier, grid, backend)
     tune_idx = stratified_subsample(y, preset_rows)
     counts = np.bincount(y[tune_idx], minlength=len(classes))
@@ -368,7 +373,7 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
         raise PipelineError(f"unknown classifier {', '.join(unknown) or '(none given)'}; choose from "
                             f"{','.join(CLASSIFIERS)}")
     check_comparable(sets)
-    args = (sets, classifiers, grid, cv, backend or make_backend("cpu"), n_jobs, dask, out, progress, log, models)
+    args = (sets, classifiers, grid, cv, backend or SklearnCPU(), n_jobs, dask, out, progress, log, models)
     if out is None:
         return _classify(*args)
     with folder_lock(out, "pipeline classify"):
@@ -401,7 +406,7 @@ def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress,
                     jobs = 1 if in_process else n_jobs
                     blas = max(1, (os.cpu_count() or 1) // jobs)
                     tasks = [(ci, tr, te) for ci in range(len(plan.candidates)) for tr, te in plan.folds]
-                    X = backend.asarray(fs.X_train) if plan.native else fs.X_train  # one upload for all fits
+                    X = _on(backend, plan.native)[1](fs.X_train)  # array-API: one upload for all fits
                     t0 = time.perf_counter()
                     scores = [[] for _ in plan.candidates]
                     errors = []
@@ -454,9 +459,9 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
     est = _estimator(c, plan.native, params)
     if est.get_params().get("clf__n_jobs") == 1:  # pinned to 1 while folds ran in parallel
         est.set_params(clf__n_jobs=-1)
+    context, conv = _on(backend, plan.native)
     try:
-        with backend.context() if plan.native else _nullcontext():
-            conv = backend.asarray if plan.native else (lambda a: a)
+        with context:
             Xtr, ytr = conv(fs.X_train), conv(fs.y_train)
             t = time.perf_counter()
             est.fit(Xtr, ytr)
@@ -534,17 +539,15 @@ def _confusion_files(r: dict, cm_dir: Path, stem: str) -> None:
 
     cm_dir.mkdir(exist_ok=True)
     cm = np.asarray(r["confusion_matrix"])
-    tmp = cm_dir / f".{stem}.tmp.npy"
-    np.save(tmp, cm)
-    os.replace(tmp, cm_dir / f"{stem}.npy")
+    atomic_save(cm_dir / f"{stem}.npy", cm)
     confusion_figure(cm, r["classes"], f"{r['label']} on {r['feature_set']}: test accuracy {r['test_accuracy']:.4f}",
                      cm_dir / f"{stem}.png")
 
 
-RECORD_KEYS = {"feature_set": str, "classifier": str, "label": str, "test_accuracy": float, "macro_f1": float,
-               "cv_mean": float, "cv_std": float, "cv_folds": int, "tune_rows": int, "best_params": dict,
-               "backend": str,
-               "fit_seconds": float, "predict_seconds": float, "search_seconds": float,
+_NUM = (int, float)  # JSON writes 1.0 back as 1.0, but a hand-edited 1 is still a number
+RECORD_KEYS = {"feature_set": str, "classifier": str, "label": str, "test_accuracy": _NUM, "macro_f1": _NUM,
+               "cv_mean": _NUM, "cv_std": _NUM, "cv_folds": int, "tune_rows": int, "best_params": dict,
+               "backend": str, "fit_seconds": _NUM, "predict_seconds": _NUM, "search_seconds": _NUM,
                "labels_sha256": str, "n_train": int, "n_test": int, "confusion_matrix": list, "classes": list}
 
 
@@ -563,10 +566,7 @@ def read_results(out: Path) -> list[dict]:
     except ValueError as e:
         raise PipelineError(f"{path} is damaged (not valid JSON: {e}); pipeline will not overwrite it: move it "
                             f"away or choose another --out, then run again") from None
-    ok = isinstance(records, list) and all(
-        isinstance(r, dict) and all(isinstance(r.get(k), t) or (t is float and isinstance(r.get(k), int))
-                                    for k, t in RECORD_KEYS.items()) for r in records)
-    if not ok:
+    if not (isinstance(records, list) and all(has_fields(r, RECORD_KEYS) for r in records)):
         raise PipelineError(f"{path} is not a pipeline results file (expected a list of records with "
                             f"{', '.join(RECORD_KEYS)}); move it away or choose another --out")
     return records

@@ -120,10 +120,13 @@ def accuracy_figure(records: list[dict], path: Path, study: dict | None = None) 
 
 
 def _save(fig, path: Path) -> Path:
+    from pipeline.store import replacing
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp)
-    _plt().close(fig)
-    tmp.replace(path)
+    try:
+        with replacing(path) as f:
+            fig.savefig(f, format=path.suffix.lstrip(".") or "png")
+    finally:
+        _plt().close(fig)
     return path

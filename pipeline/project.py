@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.classify import FeatureSet
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
-from pipeline.store import atomic_write, folder_lock, read_json
+from pipeline.store import atomic_save, atomic_write, folder_lock, read_json
 
 SEED = 0
 TRUST_ROWS = 5000  # trustworthiness is O(n^2): measured on a seeded subsample of this many rows
@@ -250,9 +250,7 @@ def _project(sets, methods, out: Path, backend, n_jobs, log) -> dict:
                         "classes": fs.classes}
                 npy, js = _paths(out, fs.name, m)
                 js.unlink(missing_ok=True)  # no record may describe coordinates it did not make
-                tmp = npy.with_name(npy.name + ".tmp.npy")
-                np.save(tmp, coords)
-                os.replace(tmp, npy)
+                atomic_save(npy, coords)
                 atomic_write(js, json.dumps(meta, indent=1))
                 fault_point("project:map")
                 log(f"{fs.name:>20} {m:<5} {seconds:6.1f} s  5-NN {meta['knn_accuracy']:.4f}  "

@@ -20,7 +20,7 @@ from pipeline.compute import cpu_name
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.figures import accuracy_figure, feature_title
-from pipeline.store import atomic_write, folder_lock
+from pipeline.store import atomic_write, folder_lock, has_fields
 
 # Zalando's scikit-learn baselines on raw Fashion-MNIST pixels: best test accuracy per classifier, each the
 # mean of 5 runs (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747, Table 3). LDA and QDA were not run there.
@@ -45,7 +45,7 @@ MAP_KEYS = {"feature_set": str, "method": str, "label": str, "knn_accuracy": flo
 
 def _map_meta(path: Path) -> dict:
     m = _read_json(path)
-    if not isinstance(m, dict) or not all(isinstance(m.get(k), t) for k, t in MAP_KEYS.items()):
+    if not has_fields(m, MAP_KEYS):
         raise PipelineError(f"{path} is not a map's record (expected {', '.join(MAP_KEYS)}); move it out of "
                             f"{path.parent}, or rerun `pipeline project` to write it again")
     return m

@@ -130,21 +130,9 @@ def folder_lock(folder: str | os.PathLike, what: str):
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder / LOCK_NAME, "a+")
     except OSError as e:
         raise io_error(e, f"locking {folder}") from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        who = f.read().strip() or "another process"
-        f.close()
-        raise PipelineError(f"{folder} is being written by {who}; wait for it to finish or choose another "
-                            f"--out") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{what} (pid {os.getpid()})")
-    f.flush()
+    f = _flock(folder / LOCK_NAME, folder, what)
     _remove_stale_tmp(folder)
     _HELD[key] = [f, 1]
     try:
@@ -152,6 +140,28 @@ def folder_lock(folder: str | os.PathLike, what: str):
     finally:
         del _HELD[key]
         f.close()
+
+
+def _flock(lock_path: Path, target: Path, what: str):
+    """Take `lock_path` exclusively (flock: released by the OS even on kill -9) for writing `target`, and
+    write `what (pid N)` into it; a second writer is refused in one line naming the first."""
+    try:
+        f = open(lock_path, "a+")
+    except OSError as e:
+        raise io_error(e, f"locking {target}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        who = f.read().strip() or "another process"
+        f.close()
+        raise PipelineError(f"{target} is being written by {who}; wait for it to finish or choose another "
+                            f"--out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{what} (pid {os.getpid()})")
+    f.flush()
+    return f
 
 
 def _remove_stale_tmp(folder: Path) -> None:
@@ -174,19 +184,19 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def atomic_write(path: str | os.PathLike, text: str, fsync: bool = False) -> None:
-    """Write `text` through a temp file and a rename: readers see the old file or the new one, never half."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike):
+    """Yield an open binary file beside `path` under a unique temporary name (tagged, so a sweep finds it if
+    the writer dies); when the block ends it replaces `path` in one rename, so readers see the old file or
+    the new one, never half. On failure it vanishes; an OSError becomes one line."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_TAG}", suffix=".tmp")  # unique
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_TAG}", suffix=".tmp")
     except OSError as e:
         raise io_error(e, f"writing {path}") from None
     try:
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+        with open(fd, "wb") as f:
+            yield f
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600: give it what open() would have
         fault_point("atomic_write")
         os.replace(tmp, path)
@@ -198,6 +208,26 @@ def atomic_write(path: str | os.PathLike, text: str, fsync: bool = False) -> Non
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: str | os.PathLike, text: str, fsync: bool = False) -> None:
+    """Write `text` (UTF-8) atomically (see `replacing`); `fsync` makes it durable before the rename."""
+    with replacing(path) as f:
+        f.write(text.encode("utf-8"))
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_save(path: str | os.PathLike, array: np.ndarray) -> None:
+    """np.save, atomically (see `replacing`)."""
+    with replacing(path) as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def has_fields(obj, fields: dict) -> bool:
+    """Whether `obj` is a dict whose every field holds a value of the type (or tuple of types) given."""
+    return isinstance(obj, dict) and all(isinstance(obj.get(k), t) for k, t in fields.items())
 
 
 def _write_json(path: Path, obj) -> None:
@@ -327,21 +357,7 @@ class StoreWriter:
         self._save_progress()
 
     def _acquire_lock(self):
-        lock_path = self.out.with_name(f".{self.out.name}.lock")
-        self._lock = open(lock_path, "a+")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.seek(0)
-            who = self._lock.read().strip() or "another process"
-            self._lock.close()
-            self._lock = None
-            raise PipelineError(f"{self.out} is being written by {who}; wait for it to finish "
-                                f"or choose another --out") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(f"pipeline extract (pid {os.getpid()})")
-        self._lock.flush()
+        self._lock = _flock(self.out.with_name(f".{self.out.name}.lock"), self.out, "pipeline extract")
 
     def _release(self):
         for fd, _ in self.files.values():
