@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.classify import DEFAULT_CLASSIFIERS, classify, load_feature_set  # noqa: E402
+from pipeline.classify import DEFAULT_CLASSIFIERS, classify  # noqa: E402
 from pipeline.engines import cpu_name  # noqa: E402
+from pipeline.featuresets import load_feature_set  # noqa: E402
 
 
 def main():

@@ -97,10 +97,11 @@ def main():
     backend = make_backend(args.device)  # before scikit-learn is imported
 
     from pipeline.backbones import build_backbone
-    from pipeline.classify import classify, load_feature_set
+    from pipeline.classify import classify
     from pipeline.compute import resolve_device
     from pipeline.datasets import load_dataset
     from pipeline.extract import extract
+    from pipeline.featuresets import load_feature_set
     from pipeline.project import project
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_gpu-"))

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.classify import load_feature_set  # noqa: E402
 from pipeline.engines import cpu_name  # noqa: E402
+from pipeline.featuresets import load_feature_set  # noqa: E402
 from pipeline.project import SEED, TSNEMap, UMAPMap, _pca, knn_accuracy  # noqa: E402
 
 

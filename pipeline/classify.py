@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +24,11 @@ from pipeline import markdown
 from pipeline.compute import Backend, SklearnCPU, executed_on
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
+from pipeline.featuresets import FeatureSet, check_comparable
+from pipeline.references import DATASET as STUDY_DATASET
+from pipeline.references import STUDY
 from pipeline.store import atomic_save, atomic_write, folder_lock, has_fields
 
-# The original study (Fashion-MNIST): test accuracy with ResNet-18 features and with raw pixels.
-STUDY = {"lda": (0.7708, 0.8151), "qda": (0.7661, 0.5680), "logreg": (0.7771, 0.8016),
-         "linsvc": (0.7702, 0.7687), "rf": (0.6263, 0.8763)}
 PRESETS = ("quick", "default", "full")
 TUNE_ROWS = {"quick": 2000, "default": 10000, "full": None}  # rows the grid search sees (None: all)
 DEFAULT_CLASSIFIERS = ("lda", "qda", "logreg", "linsvc", "rf", "svc", "knn")
@@ -158,97 +158,11 @@ CLASSIFIERS = {s.name: s for s in [
 ]}
 
 
-# --- feature sets ------------------------------------------------------------------------------------
-
-@dataclass
-class FeatureSet:
-    name: str
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
-    classes: list[str]
-    dataset: str
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def labels_sha256(self) -> str:
-        h = hashlib.sha256()
-        for y in (self.y_train, self.y_test):
-            h.update(np.asarray(y, dtype="<i8").tobytes())
-        return h.hexdigest()
-
-    @property
-    def fingerprint(self) -> str:
-        """What results and maps were computed from: the store's config (or the raw dataset's content), the
-        rows and the labels. Equal fingerprints mean a cached output can be reused."""
-        src = self.meta.get("config_hash") or self.meta.get("dataset", {}).get("content_sha256")
-        key = json.dumps([self.name, src, len(self.y_train), len(self.y_test), self.labels_sha256])
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
 def grid_id(grid: str | dict) -> str:
     """A preset's name, or 'custom-<hash>' for a dict of grids."""
     if isinstance(grid, str):
         return grid
     return "custom-" + hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:12]
-
-
-ALIASES = {"resnet": "resnet18"}
-
-
-def load_feature_set(spec: str, dataset: str = "fashion-mnist", data_dir=None, limit: int | None = None,
-                     features_root: Path = Path("features")) -> FeatureSet:
-    """'raw' (pixels / 255 from the dataset), a backbone name (its store under features/), or a store path."""
-    from pipeline.store import load_features
-
-    if spec == "raw":
-        from pipeline.datasets import load_dataset
-
-        ds = load_dataset(dataset, data_dir, limit)
-        parts = {}
-        for s in ("train", "test"):
-            split = ds.splits.get(s)
-            if split is None or split.images is None:
-                raise PipelineError(f"--features raw needs a dataset with train and test arrays; {dataset} "
-                                    f"has {', '.join(ds.splits)}")
-            parts[s] = (split.images.reshape(len(split), -1).astype(np.float32) / 255, split.labels)
-        return FeatureSet("raw", *parts["train"], *parts["test"], ds.classes, dataset,
-                          {"dataset": ds.describe()})
-    path = Path(spec)
-    name = ALIASES.get(spec, spec)
-    if not path.exists():
-        path = features_root / dataset / name
-        if not path.exists():
-            raise PipelineError(f"no feature store for {spec!r} at {path}; run `pipeline extract --dataset "
-                                f"{dataset} --backbone {name}` first, or pass a store path")
-    f = load_features(path)
-    made_from = f.meta.get("dataset", {}).get("name")
-    if made_from != dataset:
-        raise PipelineError(f"{path} holds {made_from} features, not {dataset}; pass --dataset {made_from} "
-                            f"or another store")
-    sl = slice(None, limit)
-    fs = FeatureSet(f.meta.get("backbone", {}).get("name", path.name), np.asarray(f.X_train[sl]),
-                    np.asarray(f.y_train[sl]), np.asarray(f.X_test[sl]), np.asarray(f.y_test[sl]),
-                    f.meta["dataset"]["classes"], dataset, f.meta)
-    for split, X in (("X_train", fs.X_train), ("X_test", fs.X_test)):
-        bad = ~np.isfinite(X).all(axis=1)
-        if bad.any():
-            raise PipelineError(f"{path}/{split}.npy has non-finite values (row {int(np.argmax(bad))} and "
-                                f"{int(bad.sum()) - 1} more); re-extract it, e.g. with --precision fp32")
-    return fs
-
-
-def check_comparable(sets: list[FeatureSet]) -> None:
-    """Feature sets compared in one table must describe the same images: same dataset, rows and labels."""
-    ref = sets[0]
-    for fs in sets[1:]:
-        if (fs.dataset, len(fs.y_train), len(fs.y_test)) != (ref.dataset, len(ref.y_train), len(ref.y_test)) \
-                or fs.labels_sha256 != ref.labels_sha256:
-            raise PipelineError(
-                f"{fs.name} ({fs.dataset}, {len(fs.y_train):,}/{len(fs.y_test):,} rows) does not match "
-                f"{ref.name} ({ref.dataset}, {len(ref.y_train):,}/{len(ref.y_test):,} rows) or its labels "
-                f"differ: they were made from different data; re-extract with the same --dataset and --limit")
 
 
 # --- search ------------------------------------------------------------------------------------------
@@ -440,11 +354,27 @@ def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress,
                         f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({search_s + rec['fit_seconds']:.0f} s, "
                         f"{rec['backend']})")
                     if out is not None:
+                        _save(out, fs, rec, est, backend if plan.native else None, log)
                         write_results(out, [rec], fs)
     finally:
         if client is not None:
             client.close()
     return records
+
+
+def _save(out: Path, fs: FeatureSet, rec: dict, est, array_api: Backend | None, log) -> None:
+    """The refitted model beside the results (before its record: a record with a model never lacks it). A
+    model that cannot be serialised costs its file, not the fit: the record says why."""
+    from pipeline.models import save_model
+
+    try:
+        rec["model"] = save_model(out, fs, rec, est, (lambda a: np.asarray(array_api.tonumpy(a)))
+                                  if array_api is not None else None)
+    except OSError as e:
+        raise PipelineError(f"{out}/models: cannot save the model ({e.strerror or e})") from None
+    except Exception as e:  # noqa: BLE001 - an estimator skops cannot write (e.g. a GPU proxy)
+        rec["model"], rec["model_error"] = None, f"{type(e).__name__}: {str(e)[:200]}"
+        log(f"{fs.name} {rec['classifier']}: model not saved ({rec['model_error']})")
 
 
 def _scored(ci, fn, *args):
@@ -506,7 +436,8 @@ def _dask_client(address: str):
 
 # --- outputs -----------------------------------------------------------------------------------------
 
-def write_results(out: Path, new: list[dict], fs: FeatureSet | None = None) -> list[dict]:
+def write_results(out: Path, new: list[dict], fs: FeatureSet | None = None,
+                  refresh_confusion: bool = True) -> list[dict]:
     """Merge records into out/results.json (replacing same feature set + classifier), then rewrite what is
     derived from it: the CSV, the Markdown table, and any missing confusion matrix (.npy and .png).
     Refuses to mix records made from different labels. `new=[]` just brings the derived files up to date."""
@@ -525,7 +456,7 @@ def write_results(out: Path, new: list[dict], fs: FeatureSet | None = None) -> l
         fault_point("classify:record")
     atomic_write(out / "results.csv", results_csv(records))
     atomic_write(out / "results.md", results_markdown(records))
-    renew = {(r["feature_set"], r["classifier"]) for r in new}
+    renew = {(r["feature_set"], r["classifier"]) for r in new} if refresh_confusion else set()
     for r in records:
         stem = f"{r['feature_set']}_{r['classifier']}"
         cm_dir = out / "confusion"
@@ -584,10 +515,14 @@ def _check_results_file(out: Path, fs: FeatureSet) -> None:
 
 
 def pending(out: Path, fs: FeatureSet, classifiers, grid: str | dict, cv: int) -> list[str]:
-    """The classifiers with no record in out/results.json made from these features, grid and folds."""
+    """The classifiers with no record in out/results.json made from these features, grid and folds, or whose
+    saved model is missing."""
+    from pipeline.models import has_model
+
     records = read_results(out)
     done = {r["classifier"] for r in records if r["feature_set"] == fs.name and r.get("cv_folds") == cv
-            and r.get("features_fingerprint") == fs.fingerprint and r.get("grid") == grid_id(grid)}
+            and r.get("features_fingerprint") == fs.fingerprint and r.get("grid") == grid_id(grid)
+            and (has_model(out, fs.name, r["classifier"]) or r.get("model_error"))}
     return [c for c in classifiers if c not in done]
 
 
@@ -609,11 +544,13 @@ def results_csv(records: list[dict]) -> str:
 
 
 def results_markdown(records: list[dict]) -> str:
-    """Test accuracy per classifier: ours (raw, each embedding) beside the original study's numbers."""
+    """Test accuracy per classifier: ours (raw, each embedding), beside the original study's numbers on a
+    Fashion-MNIST study."""
     sets = list(dict.fromkeys(r["feature_set"] for r in records))
     by = {(r["feature_set"], r["classifier"]): r for r in records}
     clfs = [c for c in CLASSIFIERS if any((s, c) in by for s in sets)]
-    head = ["classifier"] + [f"{s} (ours)" for s in sets] + ["raw (study)", "ResNet-18 (study)"]
+    vs_study = bool(records) and all(r.get("dataset") == STUDY_DATASET for r in records)
+    head = ["classifier"] + [f"{s} (ours)" for s in sets] + (["raw (study)", "ResNet-18 (study)"] if vs_study else [])
     rows = []
     for c in clfs:
         cells = [CLASSIFIERS[c].label]
@@ -621,7 +558,8 @@ def results_markdown(records: list[dict]) -> str:
             r = by.get((s, c))
             cells.append(f"{r['test_accuracy']:.4f}" if r else "–")
         study = STUDY.get(c)
-        cells += [f"{study[1]:.4f}", f"{study[0]:.4f}"] if study else ["–", "–"]
+        if vs_study:
+            cells += [f"{study[1]:.4f}", f"{study[0]:.4f}"] if study else ["–", "–"]
         rows.append(cells)
     lines = [markdown.table(head, rows)]
     any_r = records[0] if records else None
@@ -629,5 +567,6 @@ def results_markdown(records: list[dict]) -> str:
         lines.append("")
         lines.append(f"Test accuracy on {any_r['n_test']:,} test images after tuning on {any_r.get('tune_rows', 0):,} "
                      f"of {any_r['n_train']:,} training images ({any_r.get('cv_folds')}-fold CV) and refitting on all "
-                     f"of them. Study: the original paper's Fashion-MNIST numbers (ResNet-18 features vs raw).")
+                     f"of them." + (" Study: the original paper's Fashion-MNIST numbers (ResNet-18 features vs raw)."
+                                    if vs_study else ""))
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from pipeline.datasets import dataset_slug
 from pipeline.errors import PipelineError
 
 
@@ -30,15 +31,40 @@ class _Group(click.Group):
 _DATASETS = click.Choice(["fashion-mnist", "mnist", "cifar10", "folder"])
 
 
+def dataset_options(raw: bool = True):
+    """--dataset, --data-dir, --limit, --test-fraction (and --raw-size where raw pixels are made): the same
+    options, help and defaults in every command that reads a dataset."""
+    opts = [
+        click.option("--dataset", type=_DATASETS, default="fashion-mnist", show_default=True,
+                     help="folder: --data-dir DIR/{train,test}/<class>/<images>, or DIR/<class>/<images> (split)."),
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+                     help="Dataset folder. Fashion-MNIST default: $PIPELINE_DATA_DIR, then "
+                          "/usr/share/datasets/fashion-mnist, then torchvision's download."),
+        click.option("--limit", type=int, default=None, help="Only the first N images of each split."),
+        click.option("--test-fraction", type=float, default=0.2, show_default=True,
+                     help="An image folder without test/: this share of each class held out (seeded)."),
+    ]
+    if raw:
+        opts.append(click.option("--raw-size", type=int, default=32, show_default=True,
+                                 help="An image folder's raw pixels: each image resized to this square."))
+
+    def wrap(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+    return wrap
+
+
 def _names(csv: str) -> list[str]:
     """'a, b,,c' -> ['a', 'b', 'c']"""
     return [n.strip() for n in csv.split(",") if n.strip()]
 
 
-def _feature_sets(features: str, dataset: str, data_dir, limit) -> list:
-    from pipeline.classify import load_feature_set
+def _feature_sets(features: str, dataset: str, data_dir, limit, raw_size: int, test_fraction: float) -> list:
+    from pipeline.featuresets import load_feature_set
 
-    sets = [load_feature_set(f, dataset, data_dir, limit) for f in _names(features)]
+    sets = [load_feature_set(f, dataset, data_dir, limit, raw_size=raw_size, test_fraction=test_fraction)
+            for f in _names(features)]
     if not sets:
         raise PipelineError("--features names no feature set; e.g. --features raw,efficientnet_lite0")
     return sets
@@ -51,10 +77,7 @@ def main():
 
 
 @main.command()
-@click.option("--dataset", type=_DATASETS, default="fashion-mnist", show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Dataset folder. Fashion-MNIST default: $PIPELINE_DATA_DIR, then "
-                   "/usr/share/datasets/fashion-mnist, then torchvision's download.")
+@dataset_options(raw=False)
 @click.option("--backbone", default="resnet18", show_default=True,
               help="efficientnet_lite0 or any torchvision classification model (resnet18, vgg16, ...).")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a state dict.")
@@ -68,16 +91,16 @@ def main():
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch engine).")
 @click.option("--batch-size", default="auto", show_default=True,
               help="Images per forward pass; auto: 64 on the CPU, 128-512 on CUDA by the device's memory.")
-@click.option("--limit", type=int, default=None, help="Only the first N images of each split.")
 @click.option("--out", type=click.Path(path_type=str), default=None,
-              help="Store folder [default: features/<dataset>/<backbone>].")
+              help="Store folder [default: features/<dataset>/<backbone>; a folder: features/folder-<name>/...].")
 @click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings.")
-def extract(dataset, data_dir, backbone, weights, layer, image_size, device, precision, engine, compile_,
-            batch_size, limit, out, overwrite):
+def extract(dataset, data_dir, limit, test_fraction, backbone, weights, layer, image_size, device, precision, engine,
+            compile_, batch_size, out, overwrite):
     """Turn an image dataset into pretrained-CNN embeddings on disk (resumable)."""
     from pipeline.extract import extract as run_extract
 
-    run_extract(dataset, backbone, data_dir=data_dir, limit=limit, weights=weights, layer=layer,
+    run_extract(dataset, backbone, data_dir=data_dir, limit=limit, test_fraction=test_fraction, weights=weights,
+                layer=layer,
                 image_size=image_size, device=device, precision=precision, engine=engine, compile=compile_,
                 batch_size=batch_size, out=out, overwrite=overwrite)
 
@@ -86,20 +109,18 @@ def extract(dataset, data_dir, backbone, weights, layer, image_size, device, pre
 @click.option("--features", default="raw,efficientnet_lite0", show_default=True,
               help="Comma-separated: raw | a backbone name (its store under features/<dataset>/; resnet = "
                    "resnet18) | a store PATH.")
-@click.option("--dataset", type=_DATASETS, default="fashion-mnist", show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Dataset folder, for --features raw (same defaults as extract).")
+@dataset_options()
 @click.option("--classifiers", default="lda,qda,logreg,linsvc,rf,svc,knn", show_default=True)
 @click.option("--grid", default="default", show_default=True,
               help="quick (tests, demos) | default (the README's numbers) | full (exhaustive) | a JSON file "
                    "{classifier: {param: [values]}}.")
 @click.option("--cv", type=int, default=3, show_default=True, help="Cross-validation folds.")
-@click.option("--limit", type=int, default=None, help="Only the first N rows of each split.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--n-jobs", type=int, default=None, help="Parallel fits [default: all cores].")
 @click.option("--dask", default=None, help="Run the grid search on this Dask scheduler (tcp://host:8786).")
 @click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>]")
-def classify(features, dataset, data_dir, classifiers, grid, cv, limit, device, n_jobs, dask, out):
+def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classifiers, grid, cv, device, n_jobs, dask,
+             out):
     """Grid-searched classifiers on embeddings vs raw pixels; results.json/.csv/.md and confusion matrices."""
     import json
     from pathlib import Path
@@ -118,11 +139,12 @@ def classify(features, dataset, data_dir, classifiers, grid, cv, limit, device, 
         if not isinstance(grid, dict):
             raise PipelineError(f"--grid {grid_file}: expected a JSON object {{classifier: {{param: [values]}}}}, "
                                 f"not a {type(grid).__name__}")
-    sets = _feature_sets(features, dataset, data_dir, limit)
-    out = Path(out) if out else Path("reports") / dataset
+    sets = _feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
+    out = Path(out) if out else Path("reports") / dataset_slug(dataset, data_dir)
     stage.classify(sets, _names(classifiers), grid, cv, backend, n_jobs, dask, out)
     click.echo((out / "results.md").read_text())
-    click.echo(f"results in {out}/results.json, .csv, .md; confusion matrices in {out}/confusion/", err=True)
+    click.echo(f"results in {out}/results.json, .csv, .md; confusion matrices in {out}/confusion/; models in "
+               f"{out}/models/", err=True)
 
 
 def _command_line(ctx) -> str:
@@ -138,14 +160,11 @@ def _command_line(ctx) -> str:
 @click.option("--features", default="raw,efficientnet_lite0", show_default=True,
               help="Comma-separated: raw | a backbone name (its store under features/<dataset>/) | a store PATH.")
 @click.option("--methods", default="pca,tsne,umap", show_default=True, help="Comma-separated: pca, tsne, umap.")
-@click.option("--dataset", type=_DATASETS, default="fashion-mnist", show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Dataset folder, for --features raw (same defaults as extract).")
-@click.option("--limit", type=int, default=None, help="Only the first N rows of each split.")
+@dataset_options()
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda (cuML's t-SNE/UMAP if installed)")
 @click.option("--n-jobs", type=int, default=None, help="Threads for t-SNE [default: all cores].")
 @click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>/maps]")
-def project(features, methods, dataset, data_dir, limit, device, n_jobs, out):
+def project(features, methods, dataset, data_dir, limit, test_fraction, raw_size, device, n_jobs, out):
     """2-D maps (PCA, t-SNE, UMAP) of each feature set side by side, with 5-NN accuracy and trustworthiness."""
     from pathlib import Path
 
@@ -153,8 +172,8 @@ def project(features, methods, dataset, data_dir, limit, device, n_jobs, out):
     from pipeline.compute import make_backend
 
     backend = make_backend(device)
-    sets = _feature_sets(features, dataset, data_dir, limit)
-    out = Path(out) if out else Path("reports") / dataset / "maps"
+    sets = _feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
+    out = Path(out) if out else Path("reports") / dataset_slug(dataset, data_dir) / "maps"
     stage.project(sets, _names(methods), out, backend, n_jobs)
     click.echo(f"maps in {out}/: <set>_<method>.npy coordinates (+ .json scores), <method>.png figures", err=True)
 
@@ -171,33 +190,82 @@ def report(out):
 
 
 @main.command()
-@click.option("--dataset", type=_DATASETS, default="fashion-mnist", show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Dataset folder (same defaults as extract).")
+@dataset_options()
 @click.option("--backbone", default="resnet18", show_default=True,
               help="efficientnet_lite0 (ImageNet weights offline) or a torchvision model.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a state dict.")
-@click.option("--limit", type=int, default=None, help="Only the first N images of each split (a quick run).")
 @click.option("--image-size", type=int, default=224, show_default=True,
               help="Backbone input size (the ablation; not 224: its own store and report folders).")
 @click.option("--grid", default="default", show_default=True, help="quick | default | full")
 @click.option("--cv", type=int, default=3, show_default=True)
 @click.option("--classifiers", default="lda,qda,logreg,linsvc,rf,svc,knn", show_default=True)
 @click.option("--methods", default="pca,tsne,umap", show_default=True, help="Map methods.")
+@click.option("--wild", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="A folder of <class>/<images> to score every saved model on, as a last stage (in the wild).")
+@click.option("--match-domain", is_flag=True, help="With --wild: also score the photos mapped toward the training "
+                                                   "images' look (Fashion-MNIST: grayscale, object bright on dark, "
+                                                   "centred, padded square).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--n-jobs", type=int, default=None, help="Parallel fits / threads [default: all cores].")
 @click.option("--out", type=click.Path(path_type=str), default=None,
               help="[default: reports/<dataset>, or reports/<dataset>-first<N> with --limit]")
-def run(dataset, data_dir, backbone, weights, limit, image_size, grid, cv, classifiers, methods, device, n_jobs, out):
-    """extract -> classify (raw and embeddings) -> project -> report; skips what is done, resumes the rest."""
+def run(dataset, data_dir, limit, test_fraction, raw_size, backbone, weights, image_size, grid, cv, classifiers,
+        methods, wild, match_domain, device, n_jobs, out):
+    """extract -> classify (raw and embeddings, models saved) -> project -> [evaluate --wild] -> report;
+    skips what is done, resumes the rest."""
+    from pipeline.run import RunConfig
     from pipeline.run import run as run_all
 
-    info = run_all(dataset, data_dir, backbone, weights, limit, grid, cv,
-                   _names(classifiers), _names(methods), device, n_jobs, out,
-                   command=_command_line(click.get_current_context()), image_size=image_size)
+    cfg = RunConfig(dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, limit=limit,
+                    image_size=image_size, raw_size=raw_size, test_fraction=test_fraction, grid=grid, cv=cv,
+                    classifiers=_names(classifiers), methods=tuple(_names(methods)), device=device, n_jobs=n_jobs,
+                    out=out, wild=wild, match_domain=match_domain)
+    info = run_all(cfg, command=_command_line(click.get_current_context()))
     for s in info["stages"]:
         click.echo(f"{s['stage']:>9}  {s['state']:<8} {s['seconds']:8.1f} s  {s['detail']}", err=True)
-    click.echo(f"report: {info['out']}/report.html and report.md", err=True)
+    click.echo(f"report: {info['out']}/report.html and report.md; models in {info['out']}/models/", err=True)
+
+
+@main.command()
+@click.option("--model", "model", required=True, type=click.Path(path_type=str),
+              help="A saved model: <out>/models/<features>_<classifier>.skops")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default="predictions.csv",
+              show_default=True)
+@click.option("--top-k", type=int, default=3, show_default=True, help="Classes (with scores) per image.")
+@click.option("--match-domain", is_flag=True, help="Map each photo toward the training images' look first.")
+@click.option("--weights", default=None, help="PATH to the backbone's weights file when it is not where the "
+                                              "store found it (checked by sha256).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+def predict(model, images, out, top_k, match_domain, weights, device):
+    """Predict IMAGES (files or folders) with a saved model: a CSV of path, predicted class, top-k scores."""
+    from collections import Counter
+
+    from pipeline.predict import predict as run_predict
+
+    rows = run_predict(model, images, out, top_k, device, weights, match_domain)
+    counts = Counter(r["predicted"] for r in rows).most_common(5)
+    click.echo(f"{len(rows):,} images -> {out} ({rows[0]['score_kind']} scores); most predicted: "
+               + ", ".join(f"{c} {n}" for c, n in counts), err=True)
+
+
+@main.command()
+@click.option("--folder", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Photos in the wild: <class>/<images>, class names as the study's (case, spaces, _ and / "
+                   "do not matter).")
+@click.option("--out", type=click.Path(path_type=str), default="reports/fashion-mnist", show_default=True,
+              help="The study whose saved models to score (its results.json gains wild_* fields).")
+@click.option("--match-domain", is_flag=True, help="Also score the photos mapped toward the training images' look.")
+@click.option("--weights", default=None, help="PATH to the backbone's weights when not where the store found it.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+def evaluate(folder, out, match_domain, weights, device):
+    """The in-the-wild test: score every saved model of a study on a folder of new photos; rewrites the report."""
+    from pipeline.predict import evaluate as run_evaluate
+    from pipeline.report import write_report
+
+    recs = run_evaluate(out, folder, match_domain, device, weights)
+    html_path, _ = write_report(out)
+    click.echo(f"{len(recs)} models scored on {recs[0]['wild_n']:,} images; report: {html_path}", err=True)
 
 
 if __name__ == "__main__":

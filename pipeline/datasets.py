@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class Dataset:
     splits: dict[str, Split]
     source: str
     _hash: str | None = field(default=None, repr=False)
+    split: dict | None = None  # how a folder without test/ was split (fraction, seed), for meta
 
     @property
     def content_hash(self) -> str:
@@ -83,6 +85,11 @@ class Dataset:
             self._hash = h.hexdigest()
         return self._hash
 
+    @property
+    def slug(self) -> str:
+        """The dataset's folder name under features/ and reports/: its name, or folder-<basename>."""
+        return dataset_slug(self.name, self.source)
+
     def describe(self) -> dict:
         return {
             "name": self.name,
@@ -91,11 +98,27 @@ class Dataset:
             "content_sha256": self.content_hash,
             "rows": {k: len(s) for k, s in self.splits.items()},
             "labels_sha256": {k: s.labels_hash() for k, s in self.splits.items()},
+            **({"split": self.split} if self.split else {}),
         }
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> Dataset:
-    """Read a dataset by name: 'fashion-mnist', 'mnist', 'cifar10' or 'folder'."""
+def dataset_slug(name: str, data_dir: str | os.PathLike | None = None) -> str:
+    """'fashion-mnist', or 'folder-<basename of DIR>' (safe characters only) for an image folder, so two
+    folders never share default store or report paths."""
+    if name != "folder" or data_dir is None:
+        return name
+    base = Path(os.path.abspath(Path(data_dir).expanduser())).name
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", os.fsdecode(os.fsencode(base)).encode("ascii", "replace").decode())
+    return f"folder-{base.strip('._') or 'images'}"
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
+                 test_fraction: float | None = None) -> Dataset:
+    """Read a dataset by name: 'fashion-mnist', 'mnist', 'cifar10' or 'folder'.
+
+    `test_fraction` (folders only): a folder without a `test/` split is split into train and test, class-
+    stratified and seeded, with this share held out for testing; None keeps it as one split (a class-folder
+    root is then a test set, as `pipeline evaluate` and `predict` read it)."""
     readers = {"fashion-mnist": _load_fashion_mnist, "mnist": _load_mnist, "cifar10": _load_cifar10,
                "folder": _load_folder}
     if name not in readers:
@@ -107,7 +130,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, limit: in
         if not data_dir.is_dir():
             raise PipelineError(f"data directory {data_dir} does not exist (or is not a folder); "
                                 f"point --data-dir at the folder that holds the {name} files")
-    ds = readers[name](data_dir)
+    if test_fraction is not None and not 0 < test_fraction < 1:
+        raise PipelineError(f"--test-fraction must be between 0 and 1 (the share of a folder held out for "
+                            f"testing), not {test_fraction}")
+    ds = _load_folder(data_dir, test_fraction) if name == "folder" else readers[name](data_dir)
     if limit is not None:
         for split in ds.splits.values():
             split.labels = split.labels[:limit]
@@ -322,40 +348,84 @@ def _load_cifar10(data_dir: Path | None) -> Dataset:
 
 # --- image folders ------------------------------------------------------------------------------------
 
-def _load_folder(data_dir: Path | None) -> Dataset:
-    """ImageFolder-style: DIR/{train,test}/<class>/<image>, or DIR/<class>/<image> (a test split only).
+def _load_folder(data_dir: Path | None, test_fraction: float | None = None) -> Dataset:
+    """ImageFolder-style: DIR/{train,test}/<class>/<image>, or DIR/<class>/<image>.
 
-    Images are ordered round-robin over classes (each class sorted by file name), so `--limit N` keeps
-    every class. Every file is opened and verified up front, so a bad file fails before any work is done.
+    A folder without `test/` is split (class-stratified, seeded: `test_fraction` of each class held out) when
+    `test_fraction` is given; without it, DIR/<class>/ is a test set only. Images are ordered round-robin over
+    classes (each class sorted by file name), so `--limit N` keeps every class. Every file is opened and
+    verified up front, so a bad file fails before any work is done.
     """
     if data_dir is None:
         raise PipelineError("folder needs --data-dir: a folder of class sub-folders of images")
-    roots = {s: data_dir / s for s in ("train", "test") if (data_dir / s).is_dir()} or {"test": data_dir}
+    roots = {s: data_dir / s for s in ("train", "test") if (data_dir / s).is_dir()}
+    if not roots:
+        roots = {"train" if test_fraction is not None else "test": data_dir}
     first = next(iter(roots.values()))
     classes = sorted(p.name for p in _visible(first) if p.is_dir())
     if not classes:
         raise PipelineError(f"{first}: no class sub-folders; expected {first}/<class>/<image files>")
-    splits = {}
+    per_split = {}
     for split, root in roots.items():
         extra = sorted(p.name for p in _visible(root) if p.is_dir() and p.name not in classes)
         if extra:
             raise PipelineError(f"{root}: class folder(s) {', '.join(extra)} are not in {first}")
-        per_class = [sorted(p for p in _visible(root / c) if p.suffix.lower() in IMAGE_EXTENSIONS
-                            and p.is_file())  # regular files only: a FIFO or a socket would block or fail
-                     if (root / c).is_dir() else [] for c in classes]
-        files, labels = [], []
-        for i in range(max(map(len, per_class))):
-            for label, fs in enumerate(per_class):
-                if i < len(fs):
-                    files.append(fs[i])
-                    labels.append(label)
-        if not files:
+        per_class = [class_images(root / c) if (root / c).is_dir() else [] for c in classes]
+        if not any(per_class):
             raise PipelineError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                                 f"in its class folders")
+        per_split[split] = per_class
+    split_note = None
+    if "test" not in per_split and test_fraction is not None:
+        per_split["train"], per_split["test"] = _stratified_split(per_split["train"], classes, test_fraction,
+                                                                  first)
+        split_note = {"test_fraction": test_fraction, "seed": SPLIT_SEED, "from": "train" if
+                      roots.get("train") != data_dir else "the class folders",
+                      "method": "per class: a seeded shuffle, the first round(n * fraction) (at least 1) to test"}
+    splits = {}
+    for split in ("train", "test"):
+        if split not in per_split:
+            continue
+        files, labels = _round_robin(per_split[split])
         for p in files:
             _verify(p)
         splits[split] = Split(split, np.asarray(labels, dtype=np.int64), files=files)
-    return Dataset("folder", classes, splits, str(data_dir))
+    ds = Dataset("folder", classes, splits, str(data_dir))
+    ds.split = split_note
+    return ds
+
+
+SPLIT_SEED = 0
+
+
+def class_images(folder: Path) -> list[Path]:
+    """A class folder's image files, sorted by name: regular files only (a FIFO or a socket would block or
+    fail), hidden entries skipped."""
+    return sorted(p for p in _visible(folder) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _round_robin(per_class: list[list[Path]]) -> tuple[list[Path], list[int]]:
+    files, labels = [], []
+    for i in range(max(map(len, per_class), default=0)):
+        for label, fs in enumerate(per_class):
+            if i < len(fs):
+                files.append(fs[i])
+                labels.append(label)
+    return files, labels
+
+
+def _stratified_split(per_class, classes, fraction: float, root: Path):
+    rng = np.random.default_rng(SPLIT_SEED)
+    train, test = [], []
+    for name, fs in zip(classes, per_class):
+        if len(fs) == 1:
+            raise PipelineError(f"{_show(root / name)}: one image only, too few to split into train and test; "
+                                f"add images or give the folder a test/ split")
+        order = rng.permutation(len(fs))
+        k = min(len(fs) - 1, max(1, round(len(fs) * fraction))) if fs else 0
+        test.append(sorted(fs[i] for i in order[:k]))
+        train.append(sorted(fs[i] for i in order[k:]))
+    return train, test
 
 
 def _visible(folder: Path) -> list[Path]:

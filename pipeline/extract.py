@@ -74,6 +74,7 @@ def prefetch(it: Iterable, depth: int = 2) -> Iterator:
 
 
 def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, data_dir=None, limit=None,
+            test_fraction: float | None = 0.2,
             weights: str = "imagenet", layer: str | None = None, image_size: int = 224, device: str = "auto",
             precision: str = "auto", engine: str = "auto", compile: bool = False, batch_size: int | str = "auto",
             out=None, overwrite: bool = False, progress: bool | None = None,
@@ -85,12 +86,12 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
     if batch_size != "auto" and not (str(batch_size).isdigit() and int(batch_size) >= 1):
         raise PipelineError(f"--batch-size must be auto or a positive number of images, not {batch_size}")
     if isinstance(dataset, str):
-        dataset = load_dataset(dataset, data_dir, limit)
+        dataset = load_dataset(dataset, data_dir, limit, test_fraction if dataset == "folder" else None)
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, weights, layer, image_size)
     eng = make_engine(backbone, device, precision, engine, compile, channels=(_image_shape(dataset) or [3])[0])
     batch_size = eng.default_batch_size() if batch_size == "auto" else int(batch_size)
-    out = Path(out) if out is not None else default_out(dataset.name, backbone.name)
+    out = Path(out) if out is not None else default_out(dataset.slug, backbone.name)
     edesc = eng.describe()
     config = {
         "dataset": dataset.name, "content_sha256": dataset.content_hash,

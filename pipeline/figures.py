@@ -38,6 +38,47 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str, path: Path)
     return _save(fig, path)
 
 
+def draw_confusion_grid(records: list[dict], key: str = "confusion_matrix", accuracy_key: str = "test_accuracy"):
+    """Small multiples: one row-normalised confusion matrix per record, a row per feature set and a column
+    per classifier, on one colour scale; class names on the outer axes only. Returns the figure."""
+    plt = _plt()
+    sets = list(dict.fromkeys(r["feature_set"] for r in records))
+    clfs = list(dict.fromkeys(r["classifier"] for r in records))
+    by = {(r["feature_set"], r["classifier"]): r for r in records}
+    classes = records[0]["classes"]
+    cell = 2.1 if len(classes) <= 12 else 2.8
+    fig, axes = plt.subplots(len(sets), len(clfs), figsize=(cell * len(clfs) + 1.8, cell * len(sets) + 1.6),
+                             dpi=90, squeeze=False, layout="constrained")
+    im = None
+    for i, s in enumerate(sets):
+        for j, c in enumerate(clfs):
+            ax = axes[i][j]
+            r = by.get((s, c))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r is None or key not in r:
+                ax.axis("off")
+                continue
+            cm = np.asarray(r[key], dtype=float)
+            norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+            im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+            ax.set_title(f"{r.get('label', c)}\n{feature_title(s)}: {r[accuracy_key]:.3f}", fontsize=7)
+            if j == 0:
+                ax.set_yticks(range(len(classes)), classes, fontsize=5)
+                ax.set_ylabel("true", fontsize=7)
+            if i == len(sets) - 1:
+                ax.set_xticks(range(len(classes)), classes, fontsize=5, rotation=90)
+                ax.set_xlabel("predicted", fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label="fraction of true class")
+    return fig
+
+
+def confusion_grid(records: list[dict], path: Path, key: str = "confusion_matrix",
+                   accuracy_key: str = "test_accuracy") -> Path:
+    return _save(draw_confusion_grid(records, key, accuracy_key), path)
+
+
 # The original study's colour per Fashion-MNIST class (its Figures 4 and 5); other datasets use tab10/tab20.
 STUDY_COLOURS = {"Ankle boot": "green", "Bag": "orchid", "Coat": "cyan", "Dress": "magenta", "Pullover": "blue",
                  "Sandal": "red", "Shirt": "lime", "Sneaker": "yellow", "Trouser": "gray", "T-shirt/top": "orange"}

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classify import FeatureSet
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
+from pipeline.featuresets import FeatureSet, check_comparable
 from pipeline.store import atomic_save, atomic_write, folder_lock, read_json
 
 SEED = 0
@@ -211,8 +211,6 @@ def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path =
     """Map every feature set with every method (train and test rows together), score each map, cache the
     coordinates as out/<set>_<method>.npy with a .json beside it, and draw one figure per method with the
     feature sets side by side. Returns {method: [meta per feature set]}."""
-    from pipeline.classify import check_comparable
-
     check_methods(methods, backend)
     check_comparable(sets)
     out = Path(out)

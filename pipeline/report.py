@@ -15,18 +15,17 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pipeline import markdown
-from pipeline.classify import CLASSIFIERS, STUDY, read_results
+from pipeline.classify import CLASSIFIERS, read_results
 from pipeline.compute import cpu_name
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
-from pipeline.figures import accuracy_figure, feature_title
+from pipeline.figures import accuracy_figure, confusion_grid, feature_title
+from pipeline.references import BENCHMARK, STUDY
 from pipeline.store import atomic_write, folder_lock, has_fields
 
-# Zalando's scikit-learn baselines on raw Fashion-MNIST pixels: best test accuracy per classifier, each the
-# mean of 5 runs (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747, Table 3). LDA and QDA were not run there.
-BENCHMARK = {"logreg": 0.842, "linsvc": 0.836, "rf": 0.873, "svc": 0.897, "knn": 0.854}
 SECTIONS = [("accuracy", "Accuracy"), ("bars", "Raw pixels vs embeddings"), ("confusion", "Confusion matrices"),
-            ("maps", "Maps"), ("provenance", "Provenance")]
+            ("wild", "In the wild"), ("maps", "Maps"), ("provenance", "Provenance")]
+DATASET_LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}
 VERSIONS = ("numpy", "scikit-learn", "torch", "torchvision", "openvino", "openTSNE", "umap-learn", "matplotlib")
 
 
@@ -76,7 +75,13 @@ def gather(out: Path) -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
+    cards = {}
+    for path in sorted((out / "models").glob("*.json")):
+        card = _read_json(path)
+        if isinstance(card, dict) and isinstance(card.get("features"), dict):
+            cards[(card.get("feature_set"), card.get("classifier"))] = card
     return {"out": out, "records": records, "maps": maps, "run": run, "stores": stores, "versions": versions,
+            "cards": cards,
             "hardware": _hardware(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
@@ -86,6 +91,62 @@ def _hardware() -> dict:
 
 
 # --- tables as rows, shared by HTML and Markdown -------------------------------------------------------
+
+def dataset_label(d: dict) -> str:
+    """'Fashion-MNIST', or 'image folder <name>' for a folder study."""
+    names = {r.get("dataset") for r in d["records"]} | {m.get("dataset", {}).get("name") for m in d["stores"].values()}
+    names.discard(None)
+    name = d["run"].get("dataset") or (names.pop() if len(names) == 1 else None)
+    if name == "folder":
+        src = d["run"].get("data_dir") or next((m.get("dataset", {}).get("source") for m in d["stores"].values()), "")
+        return f"image folder {Path(src).name}" if src else "an image folder"
+    return DATASET_LABELS.get(name, name or "")
+
+
+def raw_note(d: dict) -> str:
+    """What 'raw pixels' means in this study (from a raw model's card)."""
+    card = next((c for (fs, _), c in d["cards"].items() if fs == "raw"), None)
+    raw = card["features"] if card else None
+    if not raw:
+        return ""
+    if raw.get("resize"):
+        return (f"Raw pixels: every image resized to {raw['size']}x{raw['size']} "
+                f"{'grayscale' if raw['channels'] == 1 else 'RGB'} ({raw['resize']}), flattened, scaled to 0..1. ")
+    shape = raw.get("image_shape") or [raw.get("channels"), raw.get("size"), raw.get("size")]
+    return f"Raw pixels: the images as they are ({shape[1]}x{shape[2]}, {shape[0]} channel(s)), flattened, 0..1. "
+
+
+def wild_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Test vs in-the-wild accuracy per model, and how far each falls (with domain matching, if run)."""
+    matched = any("wild_matched_accuracy" in r for r in records)
+    head = ["features", "classifier", "test", "in the wild", "wild − test", "wild macro-F1"]
+    if matched:
+        head += ["domain-matched", "matched − test"]
+    rows = []
+    for r in records:
+        if "wild_accuracy" not in r:
+            continue
+        row = [feature_title(r["feature_set"]), r.get("label", r["classifier"]), f"{r['test_accuracy']:.4f}",
+               f"{r['wild_accuracy']:.4f}", f"{r['wild_accuracy'] - r['test_accuracy']:+.4f}",
+               f"{r['wild_macro_f1']:.4f}"]
+        if matched:
+            m = r.get("wild_matched_accuracy")
+            row += [f"{m:.4f}", f"{m - r['test_accuracy']:+.4f}"] if m is not None else ["–", "–"]
+        rows.append(row)
+    return head, rows
+
+
+def _wild_caption(records: list[dict]) -> str:
+    src = next((r["wild_source"] for r in records if isinstance(r.get("wild_source"), dict)), None)
+    if not src:
+        return "No in-the-wild test yet: `pipeline evaluate --folder DIR` (or `pipeline run --wild DIR`) adds it."
+    n_cls = len(src.get("classes", []))
+    text = (f"Every saved model on {src.get('images', 0):,} photos of {n_cls} classes from "
+            f"{Path(str(src.get('folder', ''))).name}/, made into features exactly as the model's training images "
+            f"were. Chance is about {1 / max(n_cls, 1):.2f}.")
+    if src.get("match_domain"):
+        text += f" Domain-matched: each photo first mapped toward the training images' look ({src['match_domain']})."
+    return text
 
 def _vs_study(records: list[dict]) -> bool:
     """The study's and the benchmark's numbers are for Fashion-MNIST only."""
@@ -118,10 +179,13 @@ def accuracy_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def detail_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
-    head = ["features", "classifier", "best params", "CV", "test", "macro-F1", "search s", "refit s", "backend"]
+    wild = any("wild_accuracy" in r for r in records)
+    head = ["features", "classifier", "best params", "CV", "test", "macro-F1"] + (["in the wild"] if wild else []) \
+        + ["search s", "refit s", "backend"]
     rows = [[r["feature_set"], r["classifier"], json.dumps(r["best_params"], sort_keys=True),
-             f"{r['cv_mean']:.4f} ± {r['cv_std']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['macro_f1']:.4f}",
-             f"{r['search_seconds']:.0f}", f"{r['fit_seconds']:.0f}", r["backend"]] for r in records]
+             f"{r['cv_mean']:.4f} ± {r['cv_std']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['macro_f1']:.4f}"]
+            + ([f"{r['wild_accuracy']:.4f}" if "wild_accuracy" in r else "–"] if wild else [])
+            + [f"{r['search_seconds']:.0f}", f"{r['fit_seconds']:.0f}", r["backend"]] for r in records]
     return head, rows
 
 
@@ -174,14 +238,19 @@ def store_rows(stores: dict) -> tuple[list[str], list[list[str]]]:
 def _figures(d: dict) -> dict:
     """Paths (relative to out) of the figures the report shows, drawing the accuracy bars here."""
     out, records = d["out"], d["records"]
-    figs = {"bars": None, "confusion": [], "maps": []}
+    figs = {"bars": None, "confusion": [], "maps": [], "wild": []}
     if records:
         accuracy_figure(records, out / "figures" / "accuracy.png", STUDY if _vs_study(records) else None)
         figs["bars"] = "figures/accuracy.png"
-        for r in records:
-            p = f"confusion/{r['feature_set']}_{r['classifier']}.png"
-            if (out / p).exists():
-                figs["confusion"].append((f"{r.get('label', r['classifier'])} on {feature_title(r['feature_set'])}", p))
+        confusion_grid(records, out / "figures" / "confusion.png")
+        figs["confusion"].append(("test confusion matrices: a row per feature set, a column per classifier",
+                                  "figures/confusion.png"))
+        for prefix, what in (("wild", "in the wild"), ("wild_matched", "in the wild, domain-matched")):
+            wild = [r for r in records if f"{prefix}_confusion_matrix" in r]
+            if wild:
+                rel = f"figures/confusion_{prefix}.png"
+                confusion_grid(wild, out / rel, f"{prefix}_confusion_matrix", f"{prefix}_accuracy")
+                figs["wild"].append((f"confusion matrices {what}", rel))
     for method, label in dict.fromkeys((m["method"], m["label"]) for m in d["maps"]):
         if (out / "maps" / f"{method}.png").exists():
             figs["maps"].append((label, f"maps/{method}.png"))
@@ -206,8 +275,9 @@ def _caption(records: list[dict]) -> str:
     r = records[0]
     return (f"Test accuracy on {r['n_test']:,} test images; grid {r.get('grid', '?')!r} searched with "
             f"{r['cv_folds']}-fold CV on {r['tune_rows']:,} of {r['n_train']:,} training images, the best refitted "
-            f"on all of them. Study: the original paper's ResNet-18 vs raw pixels. Benchmark: Zalando's "
-            f"scikit-learn baselines on raw pixels (best per classifier, mean of 5 runs; arXiv:1708.07747).")
+            f"on all of them; every refitted model is saved in models/." + (
+                " Study: the original paper's ResNet-18 vs raw pixels. Benchmark: Zalando's scikit-learn baselines "
+                "on raw pixels (best per classifier, mean of 5 runs; arXiv:1708.07747)." if _vs_study(records) else ""))
 
 
 def write_report(out: Path) -> tuple[Path, Path]:
@@ -224,10 +294,13 @@ def _write_report(out: Path) -> tuple[Path, Path]:
     out = d["out"]
     figs = _figures(d)
     sections = {
-        "accuracy": (_caption(d["records"]), [accuracy_rows(d["records"]), detail_rows(d["records"])]
+        "accuracy": (raw_note(d) + _caption(d["records"]), [accuracy_rows(d["records"]), detail_rows(d["records"])]
                      if d["records"] else []),
-        "bars": ("Grouped bars per classifier; hatched bars are the original study's.", []),
-        "confusion": ("Rows: true class, normalised; cells: counts.", []),
+        "bars": ("Grouped bars per classifier" + ("; hatched bars are the original study's." if
+                                                  _vs_study(d["records"]) else "."), []),
+        "confusion": ("Rows: true class, normalised. Each matrix alone, with counts, is in confusion/.", []),
+        "wild": (_wild_caption(d["records"]), [wild_rows(d["records"])] if any("wild_accuracy" in r for r in
+                                                                                 d["records"]) else []),
         "maps": ("Train and test points together, coloured by class. k-NN accuracy in 2-D (5-fold CV) says how "
                  "well the map separates the classes; trustworthiness (on a seeded subsample) how faithfully it "
                  "keeps neighbours of the standardised features.", [map_rows(d["maps"])] if d["maps"] else []),
@@ -238,8 +311,10 @@ def _write_report(out: Path) -> tuple[Path, Path]:
                         if t[1]]),
     }
     images = {"bars": [("test accuracy per classifier", figs["bars"])] if figs["bars"] else [],
-              "confusion": figs["confusion"], "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}
-    title = "pipeline report: do pretrained embeddings beat raw pixels?"
+              "confusion": figs["confusion"], "wild": figs["wild"],
+              "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}
+    label = dataset_label(d)
+    title = f"pipeline report: do pretrained embeddings beat raw pixels{' on ' + label if label else ''}?"
 
     md = [f"# {title}", ""]
     body = [f"<h1>{html.escape(title)}</h1>",

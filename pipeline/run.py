@@ -10,47 +10,84 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.datasets import dataset_slug
 from pipeline.errors import PipelineError
+from pipeline.featuresets import RAW_SIZE
 from pipeline.store import atomic_write, folder_lock, read_json
 
 
-def default_paths(dataset: str, backbone: str, limit: int | None, image_size: int = 224) -> tuple[Path, Path]:
+@dataclass
+class RunConfig:
+    """What `pipeline run` does: the dataset, the backbone, the search, the maps, and where it all goes."""
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    backbone: str = "resnet18"
+    weights: str = "imagenet"
+    limit: int | None = None
+    image_size: int = 224
+    raw_size: int = RAW_SIZE  # an image folder's raw pixels: resized to this square
+    test_fraction: float = 0.2  # an image folder without test/: this share of each class held out
+    grid: str = "default"
+    cv: int = 3
+    classifiers: list[str] | None = None
+    methods: tuple[str, ...] = ("pca", "tsne", "umap")
+    device: str = "auto"
+    n_jobs: int | None = None
+    out: Path | None = None
+    store: Path | None = None
+    wild: str | None = None  # a folder of class sub-folders: the "in the wild" test as a last stage
+    match_domain: bool = False
+
+
+def default_paths(dataset: str, backbone: str, limit: int | None, image_size: int = 224,
+                  data_dir=None) -> tuple[Path, Path]:
     """(store, report folder). A --limit run (or another --image-size) gets its own, so it never collides
-    with the full run's."""
+    with the full run's; an image folder is named after its directory (folder-<name>)."""
+    name = dataset_slug(dataset, data_dir)
     suffix = (f"-first{limit}" if limit else "") + (f"-{image_size}px" if image_size != 224 else "")
-    return Path("features") / dataset / f"{backbone}{suffix}", Path("reports") / f"{dataset}{suffix}"
+    return Path("features") / name / f"{backbone}{suffix}", Path("reports") / f"{name}{suffix}"
 
 
-def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18", weights: str = "imagenet",
-        limit: int | None = None, grid: str = "default", cv: int = 3, classifiers=None, methods=("pca", "tsne", "umap"),
-        device: str = "auto", n_jobs: int | None = None, out: Path | None = None, store: Path | None = None,
-        command: str | None = None, image_size: int = 224,
+def run(cfg: RunConfig, command: str | None = None,
         log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
     from pipeline.compute import make_backend
 
-    check_grid(grid)
-    backend = make_backend(device)  # first: cuML must hook scikit-learn before it is imported
+    check_grid(cfg.grid)
+    backend = make_backend(cfg.device)  # first: cuML must hook scikit-learn before it is imported
     from pipeline import classify as cls
     from pipeline import project as proj
     from pipeline.extract import extract
+    from pipeline.featuresets import check_comparable, load_feature_set
     from pipeline.report import write_report
 
-    proj.check_methods(methods, backend)  # a missing map library is said now, not after the fits
-    classifiers = list(classifiers or cls.DEFAULT_CLASSIFIERS)
-    d_store, d_out = default_paths(dataset, backbone, limit, image_size)
-    store, out = Path(store or d_store), Path(out or d_out)
+    proj.check_methods(cfg.methods, backend)  # a missing map library is said now, not after the fits
+    if cfg.match_domain:
+        from pipeline.domain import domain_for
+
+        if not cfg.wild:
+            raise PipelineError("--match-domain applies to the in-the-wild test: give --wild DIR too")
+        domain_for(cfg.dataset)
+    if cfg.wild and not Path(cfg.wild).is_dir():
+        raise PipelineError(f"--wild {cfg.wild}: not a folder; expected {cfg.wild}/<class>/<images>")
+    classifiers = list(cfg.classifiers or cls.DEFAULT_CLASSIFIERS)
+    d_store, d_out = default_paths(cfg.dataset, cfg.backbone, cfg.limit, cfg.image_size, cfg.data_dir)
+    store, out = Path(cfg.store or d_store), Path(cfg.out or d_out)
+    dataset, data_dir, limit, grid, cv = cfg.dataset, cfg.data_dir, cfg.limit, cfg.grid, cfg.cv
     # one writer per report folder and its maps, held through every stage (not taken hours later)
     with folder_lock(out, "pipeline run"), folder_lock(out / "maps", "pipeline run"):
         cls.read_results(out)  # a damaged or foreign results file stops the run before any work
         info = {"command": command,
                 "started": datetime.now(UTC).isoformat(timespec="seconds"), "stores": [str(store)],
-                "dataset": dataset, "backbone": backbone, "image_size": image_size, "limit": limit, "grid": grid,
-                "cv": cv,
-                "classifiers": classifiers, "methods": list(methods), "backend": backend.name, "out": str(out),
-                "stages": []}
+                "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "backbone": cfg.backbone,
+                "image_size": cfg.image_size, "limit": limit, "grid": grid, "cv": cv,
+                "classifiers": classifiers, "methods": list(cfg.methods), "backend": backend.name, "out": str(out),
+                "wild": cfg.wild, "match_domain": cfg.match_domain, "stages": []}
+        if dataset == "folder":
+            info.update(raw_size=cfg.raw_size, test_fraction=cfg.test_fraction)
         old = read_json(out / "run.json")  # keep the last runs' stage times: a skipping rerun must not erase them
         if old is not None:
             prev = old.pop("previous_runs", [])
@@ -67,8 +104,8 @@ def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18
             atomic_write(out / "run.json", json.dumps(info, indent=1))
 
         def do_extract():
-            r = extract(dataset, backbone, data_dir=data_dir, limit=limit, weights=weights, device=device, out=store,
-                        image_size=image_size)
+            r = extract(dataset, cfg.backbone, data_dir=data_dir, limit=limit, test_fraction=cfg.test_fraction,
+                        weights=cfg.weights, device=cfg.device, out=store, image_size=cfg.image_size)
             state = {"complete": "skipped", "resume": "resumed", "new": "ran"}.get(r.state, r.state)
             if state == "skipped":
                 return state, f"{r.path} already holds these embeddings"
@@ -77,26 +114,39 @@ def run(dataset: str = "fashion-mnist", data_dir=None, backbone: str = "resnet18
         sets = []
 
         def do_classify():
-            sets.extend([cls.load_feature_set("raw", dataset, data_dir, limit),
-                         cls.load_feature_set(str(store), dataset)])
-            cls.check_comparable(sets)
+            sets.extend([load_feature_set("raw", dataset, data_dir, limit, raw_size=cfg.raw_size,
+                                          test_fraction=cfg.test_fraction),
+                         load_feature_set(str(store), dataset)])
+            check_comparable(sets)
             todo = {fs.name: cls.pending(out, fs, classifiers, grid, cv) for fs in sets}
             for fs in sets:
                 if todo[fs.name]:
-                    cls.classify([fs], todo[fs.name], grid, cv, backend, n_jobs, out=out, log=log)
+                    cls.classify([fs], todo[fs.name], grid, cv, backend, cfg.n_jobs, out=out, log=log)
             n = sum(map(len, todo.values()))
             if not n:
                 cls.write_results(out, [])  # derived files (CSV, Markdown, figures) up to date after a crash
             return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(classifiers)} (features, classifier) fits"
 
         def do_project():
-            n = sum(not proj.is_cached(out / "maps", fs, m, backend) for fs in sets for m in methods)
-            proj.project(sets, methods, out / "maps", backend, n_jobs, log=log)
-            return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(methods)} maps computed"
+            n = sum(not proj.is_cached(out / "maps", fs, m, backend) for fs in sets for m in cfg.methods)
+            proj.project(sets, cfg.methods, out / "maps", backend, cfg.n_jobs, log=log)
+            return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(cfg.methods)} maps computed"
+
+        def do_evaluate():
+            from pipeline.predict import evaluate, evaluated
+
+            if evaluated(out, cfg.wild, cfg.match_domain):
+                return "skipped", f"every saved model already scored on {cfg.wild}"
+            recs = evaluate(out, cfg.wild, cfg.match_domain, cfg.device, log=log)
+            n = recs[0]["wild_n"]
+            return "ran", f"{len(recs)} models on {n:,} images from {cfg.wild}" + (
+                " (as they are and domain-matched)" if cfg.match_domain else "")
 
         stage("extract", do_extract)
         stage("classify", do_classify)
         stage("project", do_project)
+        if cfg.wild:
+            stage("evaluate", do_evaluate)
         info["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         stage("report", lambda: ("ran", ", ".join(p.name for p in write_report(out))))
         write_report(out)  # once more, so the report's provenance includes the report stage's own time

@@ -15,9 +15,10 @@ import pytest
 import torch
 from conftest import assert_one_line_error, blobs, run_cli, write_store
 
-from pipeline.classify import CLASSIFIERS, PRESETS, FeatureSet, classify
+from pipeline.classify import CLASSIFIERS, PRESETS, classify
 from pipeline.compute import executed_on, make_backend, resolve_device
 from pipeline.errors import PipelineError
+from pipeline.featuresets import FeatureSet
 
 
 def _has_cuml() -> bool:

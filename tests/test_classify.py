@@ -8,8 +8,10 @@ import pytest
 import torch
 from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli, write_store
 
-from pipeline.classify import CLASSIFIERS, STUDY, classify, load_feature_set
+from pipeline.classify import CLASSIFIERS, classify
 from pipeline.compute import make_backend
+from pipeline.featuresets import load_feature_set
+from pipeline.references import STUDY
 
 
 @pytest.fixture

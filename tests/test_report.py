@@ -9,9 +9,10 @@ import pytest
 from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli
 from PIL import Image
 
-from pipeline.classify import CLASSIFIERS, FeatureSet, classify
+from pipeline.classify import CLASSIFIERS, classify
 from pipeline.datasets import FASHION_MNIST_CLASSES
 from pipeline.errors import PipelineError
+from pipeline.featuresets import FeatureSet
 from pipeline.figures import STUDY_COLOURS, draw_accuracy_bars, draw_maps
 from pipeline.project import METHODS, knn_accuracy, load_map, project, trust
 from pipeline.report import BENCHMARK, SECTIONS, write_report
@@ -114,7 +115,7 @@ def test_report_is_self_contained_with_every_section(tmp_path):
     page.feed(html_path.read_text())
     assert {k for k, _ in SECTIONS} <= page.ids
     assert page.external == []  # nothing fetched: no scripts, stylesheets or linked images
-    assert len(page.imgs) == 1 + 6 + 1  # accuracy bars, 2 x 3 confusion matrices, the PCA maps
+    assert len(page.imgs) == 1 + 1 + 1  # accuracy bars, the 2 x 3 confusion matrices as one grid, the PCA maps
     assert page.tables >= 3  # accuracy, details, map scores
     text = html_path.read_text()
     assert f"{BENCHMARK['logreg']:.3f}" in text and "0.8016" in text  # benchmark and study beside ours
@@ -168,7 +169,7 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     page = _Parsed()
     page.feed((out / "report.html").read_text())
     assert {k for k, _ in SECTIONS} <= page.ids and page.external == []
-    assert len(page.imgs) == 1 + 6 + 3
+    assert len(page.imgs) == 1 + 1 + 3  # bars, the confusion matrices as one grid, three maps
     assert "resnet18-first80" in (out / "report.md").read_text()  # provenance names the store
 
     # again: nothing recomputed

@@ -305,7 +305,8 @@ def test_openvino_waits_are_bounded(data, tmp_path, monkeypatch, runner, busy):
 # --- Markdown ----------------------------------------------------------------------------------------------
 
 def test_data_strings_are_escaped_in_markdown(tmp_path):
-    from pipeline.classify import FeatureSet, classify
+    from pipeline.classify import classify
+    from pipeline.featuresets import FeatureSet
     from pipeline.report import write_report
 
     classes = ["$5_$", "a|b", "*bold*", "<b>x</b>", "[link](http://x)", "_u_", "ok", "T-shirt/top", "8", "9"]
@@ -368,9 +369,13 @@ def test_decompression_bomb_and_truncated_jpeg_fail_up_front(folder_dir, tmp_pat
     assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()  # before any work
 
 
-def test_store_of_a_test_only_folder_loads(folder_dir, tmp_path, runner):
-    r = _extract_folder(runner, folder_dir / "test", tmp_path / "s")
-    assert r.exit_code == 0, r.output
+def test_store_of_a_test_only_folder_loads(folder_dir, tmp_path):
+    from pipeline.datasets import load_dataset
+    from pipeline.extract import extract
+
+    ds = load_dataset("folder", folder_dir / "test")  # class folders, no split asked for: a test set only
+    extract(ds, "resnet18", weights="none", image_size=48, precision="fp32", batch_size=8, out=tmp_path / "s",
+            progress=False)
     f = load_features(tmp_path / "s")
     assert f.X_train.shape == (0, 512) and f.y_train.shape == (0,) and f.X_test.shape == (9, 512)
 
