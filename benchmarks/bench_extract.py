@@ -71,9 +71,11 @@ def model_only(name, weights, n_images):
                 return model(b.contiguous(memory_format=torch.channels_last) if cl else b)
 
         results[label] = rate(fwd, batches)
-    import openvino as ov
+    from pipeline.engines import _import_openvino, _no_telemetry
 
-    graph = ov.convert_model(bb.model, example_input=x[:1], input=[(-1, 3, SIZE, SIZE)])
+    ov = _import_openvino()  # usage telemetry declined
+    with _no_telemetry():
+        graph = ov.convert_model(bb.model, example_input=x[:1], input=[(-1, 3, SIZE, SIZE)])
     halves = [h.numpy() for h in x.split(BATCH // 2)]
     for hint in ("f32", "bf16"):
         compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": hint,

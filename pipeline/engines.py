@@ -10,6 +10,8 @@ own device (`Preprocess`: resize/normalise batched, never per-image PIL). Knows 
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -49,10 +51,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def _openvino_available() -> bool:
     try:
-        import openvino  # noqa: F401
+        _import_openvino()
     except ImportError:
         return False
     return True
+
+
+def _import_openvino():
+    """`import openvino`, its usage telemetry declined (its import sends an event unless told otherwise)."""
+    with _no_telemetry():
+        import openvino
+
+    return openvino
 
 
 def make_engine(backbone: Backbone, device: str = "auto", precision: str = "auto", engine: str = "auto",
@@ -149,8 +159,7 @@ class OpenVINOEngine:
     name = "openvino"
 
     def __init__(self, backbone: Backbone, precision: str, channels: int = 3):
-        import openvino as ov
-
+        ov = _import_openvino()
         self._ov, self.precision, self.device = ov, precision, torch.device("cpu")
         self.preprocess = backbone.preprocess()
         self.graph = Normalized(self.preprocess, backbone.model).eval()
@@ -162,7 +171,7 @@ class OpenVINOEngine:
     def _compile(self, channels: int):
         if channels not in self._compiled:
             s = self.size
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _no_telemetry():
                 warnings.simplefilter("ignore")
                 model = self._ov.convert_model(self.graph, example_input=torch.zeros(1, channels, s, s),
                                                input=[(-1, channels, s, s)])
@@ -189,74 +198,109 @@ class OpenVINOEngine:
                 "split": "resize in torch (float32); channels->3, normalise and model in OpenVINO"}
 
     def map(self, batches: Iterable) -> Iterator[np.ndarray]:
-        """Each batch goes out as requests of at most REQUEST_IMAGES images (one per stream); a request
-        larger than that gains no speed here and costs ~13 MB of activations per image (measured)."""
-        queues: dict[int, object] = {}
-        done: dict[tuple[int, int], np.ndarray] = {}
-        inputs: dict[tuple[int, int], np.ndarray] = {}  # shared with OpenVINO: alive until their request ends
-        chunks: dict[int, int] = {}  # batch index -> number of requests it was split into
+        """Each batch goes out as requests of at most REQUEST_IMAGES images (a request larger than that gains
+        no speed here and costs ~13 MB of activations per image, measured), run by `nreq` Python threads that
+        each own one infer request per graph: `infer` releases the GIL while OpenVINO computes, so they run in
+        parallel, one per stream. No Python callback ever runs on OpenVINO's own threads: with AsyncInferQueue
+        callbacks, freeing a compiled model while a callback waited for the GIL deadlocked (seen in
+        `pipeline evaluate`, which builds one engine after another). Results come back in order; at most
+        2 x nreq requests are in flight; every wait is bounded by REQUEST_TIMEOUT_S."""
+        workers = _Workers(self.nreq, self._new_request)
+        pending: deque = deque()  # (batch's futures), oldest first
+        try:
+            for b in batches:
+                with torch.inference_mode():
+                    x = _to_tensor(b, self.device, self.preprocess.resize).numpy()
+                compiled = self._compile(x.shape[1])
+                parts = np.array_split(x, max(1, -(-len(x) // REQUEST_IMAGES)))
+                pending.append([workers.submit(compiled, part) for part in parts])
+                while sum(map(len, pending)) > 2 * self.nreq:
+                    yield _gather(pending.popleft())
+            while pending:
+                yield _gather(pending.popleft())
+        except PipelineError:
+            workers.hung = True  # abandon the stuck request's thread (a daemon): never wait for it
+            raise
+        finally:
+            workers.stop()
 
-        def finished(req, key):
-            done[key] = req.get_output_tensor(0).data.copy()
+    def _new_request(self, compiled):
+        return compiled.create_infer_request()
 
-        def ready(i):
-            return i in chunks and all((i, j) in done for j in range(chunks[i]))
 
-        def take(i):
-            for j in range(chunks[i]):
-                inputs.pop((i, j), None)
-            return np.concatenate([done.pop((i, j)) for j in range(chunks.pop(i))])
+class _Workers:
+    """Daemon threads running OpenVINO requests synchronously: a hung request can be abandoned (it never
+    blocks the interpreter's exit, as a ThreadPoolExecutor's join would)."""
 
-        nxt = 0
-        for i, b in enumerate(batches):
-            with torch.inference_mode():
-                x = _to_tensor(b, self.device, self.preprocess.resize).numpy()
-            c = x.shape[1]
-            if c not in queues:
-                queues[c] = self._ov.AsyncInferQueue(self._compile(c), self.nreq)
-                queues[c].set_callback(finished)
-            parts = np.array_split(x, max(1, -(-len(x) // REQUEST_IMAGES)))
-            chunks[i] = len(parts)
-            for j, part in enumerate(parts):
-                inputs[(i, j)] = part
-                _wait_idle(queues[c])  # start_async would block without a bound while all are busy
-                queues[c].start_async({0: part}, (i, j), share_inputs=True)
-            while ready(nxt):
-                yield take(nxt)
-                nxt += 1
-        for q in queues.values():
-            _wait_all(q)
-        while nxt in chunks:
-            yield take(nxt)
-            nxt += 1
+    def __init__(self, n: int, new_request):
+        import queue
+        import threading
+
+        self.jobs: queue.Queue = queue.Queue()
+        self.new_request, self.hung = new_request, False
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def submit(self, compiled, part: np.ndarray):
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        self.jobs.put((fut, compiled, part))
+        return fut
+
+    def _loop(self):
+        requests: dict[int, object] = {}  # this thread's request per compiled graph
+        while (job := self.jobs.get()) is not None:
+            fut, compiled, part = job
+            try:
+                req = requests.get(id(compiled))
+                if req is None:
+                    req = requests[id(compiled)] = self.new_request(compiled)
+                req.infer({0: part}, share_inputs=True)
+                fut.set_result(req.get_output_tensor(0).data.copy())
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                fut.set_exception(e)
+
+    def stop(self):
+        """Let the threads finish and free their requests here, not at interpreter exit (where OpenVINO's
+        threads may already be gone: std::terminate)."""
+        for _ in self.threads:
+            self.jobs.put(None)
+        if not self.hung:
+            for t in self.threads:
+                t.join(REQUEST_TIMEOUT_S)
+
+
+def _gather(futures) -> np.ndarray:
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    try:
+        return np.concatenate([f.result(timeout=REQUEST_TIMEOUT_S) for f in futures])
+    except FutureTimeout:
+        raise _hung() from None
+
+
+@contextlib.contextmanager
+def _no_telemetry():
+    """OpenVINO's import and model conversion send usage telemetry over the network unless told otherwise
+    (from a forked process, which also upsets numba's TBB pool after a UMAP map in the same process). It
+    declines in CI jobs: both run as one here, the variable restored after."""
+    old = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = old
+
 
 def _hung() -> PipelineError:
     return PipelineError(f"the OpenVINO engine did not finish a request within {REQUEST_TIMEOUT_S:.0f} s (hung); "
                          f"run the same command again to resume, or use --engine torch (which starts the "
                          f"extraction over: the engine is part of the store's settings)")
-
-
-def _wait_idle(queue) -> None:
-    """Until one of the queue's requests is free, at most REQUEST_TIMEOUT_S."""
-    import time
-
-    deadline = time.monotonic() + REQUEST_TIMEOUT_S
-    while not queue.is_ready():
-        if time.monotonic() > deadline:
-            raise _hung()
-        time.sleep(0.0005)
-
-
-def _wait_all(queue) -> None:
-    """Until every request of the queue has finished, at most REQUEST_TIMEOUT_S (OpenVINO's own wait_all
-    has no bound: it runs in a helper thread that is abandoned if it never returns)."""
-    import threading
-
-    t = threading.Thread(target=queue.wait_all, daemon=True)
-    t.start()
-    t.join(REQUEST_TIMEOUT_S)
-    if t.is_alive():
-        raise _hung()
 
 
 def _to_tensor(batch, device: torch.device, preprocess) -> torch.Tensor:

@@ -157,6 +157,7 @@ def predict(model: str | Path, inputs, out: str | Path | None = "predictions.csv
             device: str = "auto", weights: str | None = None, match_domain: bool = False,
             log: Log = _stderr) -> list[dict]:
     """Predict every image with a saved model; write the CSV (atomically) when `out` is given."""
+    from pipeline.datasets import _show
     from pipeline.models import load_model
     from pipeline.store import atomic_write
 
@@ -173,7 +174,7 @@ def predict(model: str | Path, inputs, out: str | Path | None = "predictions.csv
     rows = []
     for f, p, s in zip(files, pred, scores):
         top = np.argsort(-s, kind="stable")[:k]
-        rows.append({"path": str(f), "predicted": classes[int(p)], "score_kind": kind,
+        rows.append({"path": _show(f), "predicted": classes[int(p)], "score_kind": kind,
                      **{f"top{i + 1}": classes[int(j)] for i, j in enumerate(top)},
                      **{f"top{i + 1}_score": float(s[j]) for i, j in enumerate(top)}})
     if out is not None:

@@ -306,3 +306,28 @@ def test_raw_pixels_of_a_folder_are_gray_when_every_image_is(tmp_path):
     assert fs.X_train.shape == (6, 16 * 16) and fs.meta["raw"]["channels"] == 1
     assert 0 <= fs.X_train.min() and fs.X_train.max() <= 1
     assert load_feature_set("raw", "folder", data, raw_size=8).fingerprint != fs.fingerprint
+
+
+def test_predict_on_a_hostile_folder(study, tmp_path, runner):
+    """Hidden entries and FIFOs skipped, a non-UTF-8 name written escaped, a broken image one line, no CSV."""
+    import os
+
+    root, data, out = study
+    new = shapes_folder(tmp_path / "new", 2)
+    rng = np.random.default_rng(5)
+    (new / ".ipynb_checkpoints").mkdir()
+    draw("circle", rng).save(new / ".ipynb_checkpoints" / "0.png")
+    os.mkfifo(new / "circle" / "pipe.png")
+    draw("circle", rng).save(new / "circle" / os.fsdecode(b"caf\xe9.png"))
+    model = out / "models" / "raw_lda.skops"
+    r = run_cli(runner, "predict", "--model", model, new, "--out", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.output
+    paths = [x["path"] for x in _rows(tmp_path / "p.csv")]
+    assert len(paths) == 7 and any(p.endswith("caf\\udce9.png") for p in paths)  # escaped, one line
+    assert not any(".ipynb_checkpoints" in p or "pipe" in p for p in paths)
+    (new / "square" / "broken.jpg").write_bytes(b"not an image")
+    r = run_cli(runner, "predict", "--model", model, new, "--out", tmp_path / "q.csv")
+    assert_one_line_error(r, "broken.jpg: unreadable image")
+    assert not (tmp_path / "q.csv").exists()
+    r = run_cli(runner, "predict", "--model", model, new / "square" / "0.png", "--top-k", 0)
+    assert_one_line_error(r, "--top-k must be at least 1")
