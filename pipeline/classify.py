@@ -373,6 +373,9 @@ def _save(out: Path, fs: FeatureSet, rec: dict, est, array_api: Backend | None, 
     except OSError as e:
         raise PipelineError(f"{out}/models: cannot save the model ({e.strerror or e})") from None
     except Exception as e:  # noqa: BLE001 - an estimator skops cannot write (e.g. a GPU proxy)
+        from pipeline.models import model_paths
+
+        model_paths(out, rec["feature_set"], rec["classifier"])[0].unlink(missing_ok=True)  # an older fit's
         rec["model"], rec["model_error"] = None, f"{type(e).__name__}: {str(e)[:200]}"
         log(f"{fs.name} {rec['classifier']}: model not saved ({rec['model_error']})")
 

@@ -209,8 +209,10 @@ def report(out):
 @click.option("--n-jobs", type=int, default=None, help="Parallel fits / threads [default: all cores].")
 @click.option("--out", type=click.Path(path_type=str), default=None,
               help="[default: reports/<dataset>, or reports/<dataset>-first<N> with --limit]")
+@click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings (e.g. the "
+                                                "folder's images changed).")
 def run(dataset, data_dir, limit, test_fraction, raw_size, backbone, weights, image_size, grid, cv, classifiers,
-        methods, wild, match_domain, device, n_jobs, out):
+        methods, wild, match_domain, device, n_jobs, out, overwrite):
     """extract -> classify (raw and embeddings, models saved) -> project -> [evaluate --wild] -> report;
     skips what is done, resumes the rest."""
     from pipeline.run import RunConfig
@@ -219,7 +221,7 @@ def run(dataset, data_dir, limit, test_fraction, raw_size, backbone, weights, im
     cfg = RunConfig(dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, limit=limit,
                     image_size=image_size, raw_size=raw_size, test_fraction=test_fraction, grid=grid, cv=cv,
                     classifiers=_names(classifiers), methods=tuple(_names(methods)), device=device, n_jobs=n_jobs,
-                    out=out, wild=wild, match_domain=match_domain)
+                    out=out, wild=wild, match_domain=match_domain, overwrite=overwrite)
     info = run_all(cfg, command=_command_line(click.get_current_context()))
     for s in info["stages"]:
         click.echo(f"{s['stage']:>9}  {s['state']:<8} {s['seconds']:8.1f} s  {s['detail']}", err=True)

@@ -108,8 +108,9 @@ def dataset_slug(name: str, data_dir: str | os.PathLike | None = None) -> str:
     if name != "folder" or data_dir is None:
         return name
     base = Path(os.path.abspath(Path(data_dir).expanduser())).name
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", os.fsdecode(os.fsencode(base)).encode("ascii", "replace").decode())
-    return f"folder-{base.strip('._') or 'images'}"
+    base = os.fsencode(base).decode("utf-8", "replace")  # a name that is not UTF-8 still gets a readable slug
+    base = re.sub(r"[^\w.-]+", "_", base).strip("._")
+    return f"folder-{base or 'images'}"
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,

@@ -218,7 +218,7 @@ class OpenVINOEngine:
                     yield _gather(pending.popleft())
             while pending:
                 yield _gather(pending.popleft())
-        except PipelineError:
+        except _Hung:
             workers.hung = True  # abandon the stuck request's thread (a daemon): never wait for it
             raise
         finally:
@@ -297,8 +297,12 @@ def _no_telemetry():
             os.environ["CI"] = old
 
 
+class _Hung(PipelineError):
+    pass
+
+
 def _hung() -> PipelineError:
-    return PipelineError(f"the OpenVINO engine did not finish a request within {REQUEST_TIMEOUT_S:.0f} s (hung); "
+    return _Hung(f"the OpenVINO engine did not finish a request within {REQUEST_TIMEOUT_S:.0f} s (hung); "
                          f"run the same command again to resume, or use --engine torch (which starts the "
                          f"extraction over: the engine is part of the store's settings)")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,14 @@ def load_feature_set(spec: str, dataset: str = "fashion-mnist", data_dir=None, l
     if made_from != dataset:
         raise PipelineError(f"{path} holds {made_from} features, not {dataset}; pass --dataset {made_from} "
                             f"or another store")
+    source = f.meta.get("dataset", {}).get("source")
+    if dataset == "folder" and data_dir is not None and source is not None \
+            and os.path.abspath(source) != os.path.abspath(Path(data_dir).expanduser()):
+        from pipeline.datasets import _show
+
+        raise PipelineError(f"{path} holds features of the folder {_show(Path(source))}, not of "
+                            f"{_show(Path(data_dir))}; extract this folder into its own store (--out) and pass its "
+                            f"path")
     sl = slice(None, limit)
     fs = FeatureSet(f.meta.get("backbone", {}).get("name", path.name), np.asarray(f.X_train[sl]),
                     np.asarray(f.y_train[sl]), np.asarray(f.X_test[sl]), np.asarray(f.y_test[sl]),

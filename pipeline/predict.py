@@ -136,7 +136,10 @@ def _engine_for(recipe, bb, device, log):
     from pipeline.engines import make_engine
 
     rec_dev, here = recipe.get("device"), resolve_device(device).type
-    if rec_dev in (None, here) and recipe.get("engine") and recipe.get("precision"):
+    if rec_dev not in (None, here):
+        log(f"the store was made on {rec_dev}, this runs on {here}: engine and precision chosen automatically "
+            f"(features equal to the store's within that precision)")
+    elif recipe.get("engine") and recipe.get("precision"):
         try:
             return make_engine(bb, device, recipe["precision"], recipe["engine"])
         except PipelineError as e:
@@ -169,13 +172,14 @@ def predict(model: str | Path, inputs, out: str | Path | None = "predictions.csv
     X = featurize(card["features"], files, transform=transform, device=device, weights=weights, log=log)
     pred = np.asarray(est.predict(X))
     kind, scores = _scores(est, X)
-    classes = card["classes"]
-    k = min(top_k, len(classes))
+    classes = [_show(c) for c in card["classes"]]  # a class folder's name need not be valid UTF-8
+    columns = np.asarray(est.classes_)  # the score columns: only classes the model saw in training
+    k = min(top_k, len(columns))
     rows = []
     for f, p, s in zip(files, pred, scores):
         top = np.argsort(-s, kind="stable")[:k]
         rows.append({"path": _show(f), "predicted": classes[int(p)], "score_kind": kind,
-                     **{f"top{i + 1}": classes[int(j)] for i, j in enumerate(top)},
+                     **{f"top{i + 1}": classes[int(columns[j])] for i, j in enumerate(top)},
                      **{f"top{i + 1}_score": float(s[j]) for i, j in enumerate(top)}})
     if out is not None:
         cols = ["path", "predicted", "score_kind"] + [c for i in range(k) for c in (f"top{i + 1}", f"top{i + 1}_score")]
@@ -195,7 +199,7 @@ def _scores(est, X) -> tuple[str, np.ndarray]:
     if _has(est, "predict_proba"):
         return "probability", np.asarray(est.predict_proba(X))
     d = np.asarray(est.decision_function(X))
-    if d.ndim == 1:  # two classes: one score for the second
+    if d.ndim == 1:  # two classes: one score, for the second of est.classes_
         d = np.stack([-d, d], axis=1)
     return "decision", d
 
@@ -249,13 +253,13 @@ def evaluate(out: str | Path, folder: str | Path, match_domain: bool = False, de
     """Score every saved model of `out` on the wild folder; add wild_* fields to their records (and
     wild_matched_* with `match_domain`); returns the updated records."""
     from pipeline.classify import read_results, write_results
-    from pipeline.models import load_model, model_paths
+    from pipeline.models import has_model, load_model, model_paths
     from pipeline.store import folder_lock
 
     out = Path(out)
     with folder_lock(out, "pipeline evaluate"):
         records = read_results(out)
-        have = [r for r in records if model_paths(out, r["feature_set"], r["classifier"])[0].is_file()]
+        have = [r for r in records if has_model(out, r["feature_set"], r["classifier"])]
         if not have:
             raise PipelineError(f"no saved models in {out}/models; run `pipeline run` or `pipeline classify` "
                                 f"with --out {out} first")
@@ -305,9 +309,9 @@ def evaluated(out: str | Path, folder: str | Path, match_domain: bool) -> bool:
     """Whether every saved model of `out` already has wild numbers for this folder's current content (and
     domain matching, when asked): `pipeline run --wild` skips the stage then."""
     from pipeline.classify import read_results
-    from pipeline.models import model_paths
+    from pipeline.models import has_model
 
-    have = [r for r in read_results(out) if model_paths(out, r["feature_set"], r["classifier"])[0].is_file()]
+    have = [r for r in read_results(out) if has_model(out, r["feature_set"], r["classifier"])]
     if not have:
         return False
     files, y, _ = wild_folder(folder, have[0]["classes"])

@@ -99,7 +99,7 @@ def dataset_label(d: dict) -> str:
     name = d["run"].get("dataset") or (names.pop() if len(names) == 1 else None)
     if name == "folder":
         src = d["run"].get("data_dir") or next((m.get("dataset", {}).get("source") for m in d["stores"].values()), "")
-        return f"image folder {Path(src).name}" if src else "an image folder"
+        return f"image folder {Path(os.path.abspath(src)).name}" if src else "an image folder"
     return DATASET_LABELS.get(name, name or "")
 
 
@@ -141,9 +141,11 @@ def _wild_caption(records: list[dict]) -> str:
     if not src:
         return "No in-the-wild test yet: `pipeline evaluate --folder DIR` (or `pipeline run --wild DIR`) adds it."
     n_cls = len(src.get("classes", []))
-    text = (f"Every saved model on {src.get('images', 0):,} photos of {n_cls} classes from "
-            f"{Path(str(src.get('folder', ''))).name}/, made into features exactly as the model's training images "
-            f"were. Chance is about {1 / max(n_cls, 1):.2f}.")
+    n_all = next((len(r["classes"]) for r in records if "wild_accuracy" in r), n_cls)
+    text = (f"Every saved model on {src.get('images', 0):,} photos of {n_cls} of its {n_all} classes from "
+            f"{Path(os.path.abspath(str(src.get('folder', '')))).name}/, made into features as the model's training "
+            f"images were (same backbone, weights, preprocessing and image size). Chance is about "
+            f"{1 / max(n_all, 1):.2f}.")
     if src.get("match_domain"):
         text += f" Domain-matched: each photo first mapped toward the training images' look ({src['match_domain']})."
     return text

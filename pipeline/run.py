@@ -41,6 +41,7 @@ class RunConfig:
     store: Path | None = None
     wild: str | None = None  # a folder of class sub-folders: the "in the wild" test as a last stage
     match_domain: bool = False
+    overwrite: bool = False  # replace a finished store made with other settings (the folder changed)
 
 
 def default_paths(dataset: str, backbone: str, limit: int | None, image_size: int = 224,
@@ -105,7 +106,8 @@ def run(cfg: RunConfig, command: str | None = None,
 
         def do_extract():
             r = extract(dataset, cfg.backbone, data_dir=data_dir, limit=limit, test_fraction=cfg.test_fraction,
-                        weights=cfg.weights, device=cfg.device, out=store, image_size=cfg.image_size)
+                        weights=cfg.weights, device=cfg.device, out=store, image_size=cfg.image_size,
+                        overwrite=cfg.overwrite)
             state = {"complete": "skipped", "resume": "resumed", "new": "ran"}.get(r.state, r.state)
             if state == "skipped":
                 return state, f"{r.path} already holds these embeddings"
@@ -118,6 +120,10 @@ def run(cfg: RunConfig, command: str | None = None,
                                           test_fraction=cfg.test_fraction),
                          load_feature_set(str(store), dataset)])
             check_comparable(sets)
+            if cfg.wild:  # a wild folder whose names match no class is said now, not after the fits
+                from pipeline.predict import wild_folder
+
+                wild_folder(cfg.wild, sets[0].classes)
             todo = {fs.name: cls.pending(out, fs, classifiers, grid, cv) for fs in sets}
             for fs in sets:
                 if todo[fs.name]:

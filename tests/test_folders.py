@@ -331,3 +331,42 @@ def test_predict_on_a_hostile_folder(study, tmp_path, runner):
     assert not (tmp_path / "q.csv").exists()
     r = run_cli(runner, "predict", "--model", model, new / "square" / "0.png", "--top-k", 0)
     assert_one_line_error(r, "--top-k must be at least 1")
+
+
+def test_top_k_names_follow_the_classes_the_model_saw(tmp_path, runner):
+    """A class with no training images has no score column: the top-k names must not shift onto it."""
+    from pipeline.classify import classify
+    from pipeline.featuresets import RAW_RESIZE, FeatureSet
+
+    rng = np.random.default_rng(0)
+    y_train = np.array([0, 2] * 30)
+    X_train = (rng.random((60, 64)) * 0.2 + y_train[:, None] * 0.4).astype(np.float32)  # dark a, bright c
+    y_test = np.array([0, 1, 2] * 5)
+    X_test = (rng.random((15, 64)) * 0.2 + y_test[:, None] * 0.4).astype(np.float32)
+    raw = {"size": 8, "channels": 1, "resize": RAW_RESIZE}
+    fs = FeatureSet("raw", X_train, y_train, X_test, y_test, ["a", "b", "c"], "folder",
+                    {"dataset": {"content_sha256": "x"}, "raw": raw})
+    classify([fs], ["logreg"], "quick", 2, out=tmp_path / "out", n_jobs=1, progress=False)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("L", (20, 20), 10).save(imgs / "dark.png")
+    Image.new("L", (20, 20), 240).save(imgs / "bright.png")
+    r = run_cli(runner, "predict", "--model", tmp_path / "out" / "models" / "raw_logreg.skops", imgs,
+                "--out", tmp_path / "p.csv", "--top-k", 3)
+    assert r.exit_code == 0, r.output
+    rows = {x["path"].rsplit("/", 1)[-1]: x for x in _rows(tmp_path / "p.csv")}
+    assert rows["dark.png"]["predicted"] == rows["dark.png"]["top1"] == "a"
+    assert rows["bright.png"]["predicted"] == rows["bright.png"]["top1"] == "c"
+    assert "top3" not in rows["dark.png"]  # two classes were seen in training: two scores per image
+    assert {rows["dark.png"]["top2"], rows["bright.png"]["top2"]} == {"a", "c"}
+
+
+def test_a_store_of_another_folder_is_refused(study, tmp_path):
+    from pipeline.featuresets import load_feature_set
+
+    root, data, out = study
+    store = root / "features" / "folder-shapes" / "resnet18-64px"
+    other = shapes_folder(tmp_path / "shapes", 3)
+    with pytest.raises(PipelineError, match="holds features of the folder"):
+        load_feature_set(str(store), "folder", other)
+    assert load_feature_set(str(store), "folder", data).X_train.shape[0] == 48
