@@ -165,10 +165,12 @@ def _flock(lock_path: Path, target: Path, what: str):
 
 
 def _remove_stale_tmp(folder: Path) -> None:
-    """Temporary files of writers killed mid-write (call only under the folder's lock: none is live)."""
-    for stale in folder.iterdir():
-        if _TMP.match(stale.name) and stale.is_file():
-            stale.unlink(missing_ok=True)
+    """Temporary files of writers killed mid-write, in the folder and its sub-folders one level down (models/,
+    confusion/, figures/); call only under the folder's lock: none is live. Only pipeline's tagged names."""
+    for entry in folder.iterdir():
+        for stale in (entry.iterdir() if entry.is_dir() and not entry.is_symlink() else [entry]):
+            if _TMP.match(stale.name) and stale.is_file():
+                stale.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:
