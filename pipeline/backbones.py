@@ -37,6 +37,7 @@ class Backbone:
     std: tuple[float, ...]
     layer: str
     weights: dict = field(default_factory=dict)  # id, sha256, file
+    model_cfg: dict | None = None  # what the model's own config says of its input (timm's pretrained_cfg)
 
     def preprocess(self) -> Preprocess:
         return Preprocess(self.image_size, self.mean, self.std)
@@ -50,6 +51,7 @@ class Backbone:
             "scale": "x / 255",
             "mean": list(self.mean),
             "std": list(self.std),
+            **({"model_cfg": self.model_cfg} if self.model_cfg else {}),
         }
 
 
@@ -285,7 +287,78 @@ def build_backbone(name: str = "resnet18", weights: str = "imagenet", layer: str
         return _build(name, weights, layer, image_size)
 
 
+TIMM_CFG_KEYS = ("architecture", "tag", "hf_hub_id", "input_size", "interpolation", "crop_pct", "crop_mode",
+                 "mean", "std")
+
+
+def _timm(arch: str, weights: str) -> tuple[nn.Module, dict, tuple, tuple, dict]:
+    """A timm model with pooled features out (num_classes=0), its weights and its own preprocessing config."""
+    try:
+        import timm
+    except ImportError:
+        raise PipelineError("--backbone timm:NAME needs `pip install timm` (or pipeline's extra: "
+                            "`pip install 'pipeline[timm]'`)") from None
+    if not arch or not (timm.is_model(arch) or arch.startswith("hf-hub:")):
+        raise PipelineError(f"unknown timm model {arch!r}; list them with `python -c \"import timm; "
+                            f"print(timm.list_models('*resnet*'))\"`")
+    pretrained = weights == "imagenet"
+    try:
+        model = timm.create_model(arch, pretrained=pretrained, num_classes=0)
+    except Exception as e:  # noqa: BLE001 - offline download errors, hub errors, bad names
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        if pretrained:
+            raise PipelineError(f"timm:{arch} ImageNet weights could not be had ({reason}); timm downloads them "
+                                f"from the Hugging Face hub when online (then from its cache): pass --weights PATH "
+                                f"to a local file, or use --backbone efficientnet_lite0, whose ImageNet weights "
+                                f"work offline") from None
+        raise PipelineError(f"timm:{arch}: cannot build it ({reason})") from None
+    cfg = dict(model.pretrained_cfg or {})
+    mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    model_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in TIMM_CFG_KEYS}
+    model_cfg["applied"] = "mean and std; pipeline resizes the whole image bilinearly (antialiased), no crop, " \
+                           "at --image-size, as for every backbone"
+    if weights == "none":
+        return model, {"id": f"none (random init, seed {RANDOM_INIT_SEED})", "sha256": None, "file": None}, \
+            mean, std, model_cfg
+    if pretrained:
+        return model, {"id": f"timm {cfg.get('hf_hub_id') or cfg.get('url') or arch} (pretrained)",
+                       "sha256": _tensors_sha256(model), "file": None,
+                       "sha256_of": "the loaded tensors (timm keeps the file in its hub cache)"}, mean, std, model_cfg
+    path = Path(weights).expanduser()
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            sd, digest = load_file(str(path)), sha256_file(path)
+        except Exception as e:  # noqa: BLE001 - missing, truncated, not safetensors
+            raise PipelineError(f"{path}: not a loadable safetensors file ({str(e)[:160]})") from None
+    else:
+        sd, digest = load_state_dict(path)
+    head = cfg.get("classifier")
+    heads = [head] if isinstance(head, str) else list(head or [])
+    sd = {k: v for k, v in sd.items() if not any(k.startswith(f"{h}.") for h in heads)}  # features only
+    _load_into(model, sd, path, f"timm:{arch}")
+    return model, {"id": f"file:{path.name}", "sha256": digest, "file": str(path)}, mean, std, model_cfg
+
+
+def _tensors_sha256(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _build(name, weights, layer, image_size) -> Backbone:
+    if name.startswith("timm:"):
+        if layer is not None:
+            raise PipelineError("--layer is not supported with timm backbones; they give pooled features")
+        model, wmeta, mean, std, cfg = _timm(name[5:], weights)
+        model.eval()
+        with torch.inference_mode():
+            dim = int(model(torch.zeros(1, 3, image_size, image_size)).shape[1])
+        return Backbone(name, model, dim, image_size, mean, std, "pooled features (timm, num_classes=0)", wmeta,
+                        cfg)
     if name == "efficientnet_lite0":
         model, wmeta = _efficientnet_lite0(weights, image_size)
         model._dropout = nn.Identity()

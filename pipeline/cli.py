@@ -79,7 +79,8 @@ def main():
 @main.command()
 @dataset_options(raw=False)
 @click.option("--backbone", default="resnet18", show_default=True,
-              help="efficientnet_lite0 or any torchvision classification model (resnet18, vgg16, ...).")
+              help="efficientnet_lite0, any torchvision classification model (resnet18, vgg16, ...), or "
+                   "timm:NAME (a timm model).")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a state dict.")
 @click.option("--layer", default=None, help="Graph node to take features from (default: penultimate layer).")
 @click.option("--image-size", type=int, default=224, show_default=True)
@@ -192,7 +193,7 @@ def report(out):
 @main.command()
 @dataset_options()
 @click.option("--backbone", default="resnet18", show_default=True,
-              help="efficientnet_lite0 (ImageNet weights offline) or a torchvision model.")
+              help="efficientnet_lite0 (ImageNet weights offline), a torchvision model, or timm:NAME.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a state dict.")
 @click.option("--image-size", type=int, default=224, show_default=True,
               help="Backbone input size (the ablation; not 224: its own store and report folders).")

@@ -35,7 +35,9 @@ class ExtractResult:
 
 
 def default_out(dataset: str, backbone: str) -> Path:
-    return FEATURES_ROOT / dataset / backbone
+    from pipeline.store import store_dirname
+
+    return FEATURES_ROOT / dataset / store_dirname(backbone)
 
 
 def prefetch(it: Iterable, depth: int = 2) -> Iterator:

@@ -143,8 +143,9 @@ def load_feature_set(spec: str, dataset: str = "fashion-mnist", data_dir=None, l
     name = ALIASES.get(spec, spec)
     if not path.exists():
         from pipeline.datasets import dataset_slug
+        from pipeline.store import store_dirname
 
-        path = features_root / dataset_slug(dataset, data_dir) / name
+        path = features_root / dataset_slug(dataset, data_dir) / store_dirname(name)
         if not path.exists():
             where = f" --data-dir {data_dir}" if dataset == "folder" and data_dir else ""
             raise PipelineError(f"no feature store for {spec!r} at {path}; run `pipeline extract --dataset "

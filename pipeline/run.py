@@ -48,9 +48,11 @@ def default_paths(dataset: str, backbone: str, limit: int | None, image_size: in
                   data_dir=None) -> tuple[Path, Path]:
     """(store, report folder). A --limit run (or another --image-size) gets its own, so it never collides
     with the full run's; an image folder is named after its directory (folder-<name>)."""
+    from pipeline.store import store_dirname
+
     name = dataset_slug(dataset, data_dir)
     suffix = (f"-first{limit}" if limit else "") + (f"-{image_size}px" if image_size != 224 else "")
-    return Path("features") / name / f"{backbone}{suffix}", Path("reports") / f"{name}{suffix}"
+    return Path("features") / name / f"{store_dirname(backbone)}{suffix}", Path("reports") / f"{name}{suffix}"
 
 
 def run(cfg: RunConfig, command: str | None = None,

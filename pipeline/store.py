@@ -43,6 +43,12 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def store_dirname(backbone: str) -> str:
+    """A backbone's store folder name under features/<dataset>/: `timm:NAME` (or `timm:hf-hub:org/name`) made
+    path-safe."""
+    return re.sub(r"[^\w.-]+", "-", backbone)
+
+
 def io_error(e: OSError, what: str) -> PipelineError:
     """An OSError as one line: what failed, why, and (disk full) what to do."""
     why = e.strerror or str(e)

@@ -153,3 +153,59 @@ def test_efficientnet_lite0_real_imagenet_weights():
     top5 = [[cats[i] for i in row] for row in logits.topk(5).indices.tolist()]
     assert {"palace", "bell cote", "dome", "monastery", "pagoda, pagoda tree"} & set(top5[0]), top5[0]
     assert {"daisy", "pot", "bee", "hen-of-the-woods"} & set(top5[1]), top5[1]
+
+
+# --- timm ------------------------------------------------------------------------------------------------
+
+def test_timm_backbone_random_weights_extracts(idx_dir, tmp_path, runner, monkeypatch):
+    pytest.importorskip("timm")
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(runner, "extract", "--backbone", "timm:resnet18", "--weights", "none", "--data-dir", idx_dir,
+                "--image-size", 48, "--precision", "fp32", "--limit", 12)
+    assert r.exit_code == 0, r.output
+    store = tmp_path / "features" / "fashion-mnist" / "timm-resnet18"  # path-safe folder name
+    meta = json.loads((store / "meta.json").read_text())
+    assert meta["backbone"]["name"] == "timm:resnet18" and meta["backbone"]["feature_dim"] == 512
+    cfg = meta["preprocessing"]["model_cfg"]
+    assert cfg["architecture"] == "resnet18" and cfg["interpolation"] and cfg["mean"] == meta["preprocessing"]["mean"]
+    X = np.load(store / "X_train.npy")
+    assert X.shape == (12, 512) and np.isfinite(X).all() and X.std() > 0
+
+
+def test_timm_weights_file_loads_and_is_checked(tmp_path):
+    """A local file (a full checkpoint with its classifier head, or safetensors) loads into the headless
+    model; the features equal the same network's, its sha256 is recorded."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    full = timm.create_model("resnet18", pretrained=False)  # with its 1000-class head
+    path = tmp_path / "resnet18-mine.pth"
+    torch.save(full.state_dict(), path)
+    bb = build_backbone("timm:resnet18", str(path), image_size=64)
+    assert bb.weights["sha256"] == sha256_file(path) and bb.dim == 512
+    x = torch.rand(2, 3, 64, 64)
+    full.reset_classifier(0)
+    with torch.inference_mode():
+        np.testing.assert_allclose(bb.model(x).numpy(), full.eval()(x).numpy(), rtol=1e-5, atol=1e-5)
+    st = tmp_path / "resnet18-mine.safetensors"
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(st))
+    assert build_backbone("timm:resnet18", str(st), image_size=64).weights["sha256"] == sha256_file(st)
+    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "other.pth")
+    with pytest.raises(PipelineError, match="weights do not fit timm:resnet18"):
+        build_backbone("timm:resnet18", str(tmp_path / "other.pth"), image_size=64)
+
+
+def test_timm_bad_input_is_one_line(idx_dir, tmp_path, runner, monkeypatch):
+    pytest.importorskip("timm")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: fail at once instead of after retries
+    base = ["extract", "--data-dir", idx_dir, "--limit", 4, "--out", tmp_path / "s"]
+    assert_one_line_error(run_cli(runner, *base, "--backbone", "timm:resnet18"),
+                          "ImageNet weights could not be had", "efficientnet_lite0")
+    assert_one_line_error(run_cli(runner, *base, "--backbone", "timm:no_such_net", "--weights", "none"),
+                          "unknown timm model 'no_such_net'")
+    assert_one_line_error(run_cli(runner, *base, "--backbone", "timm:resnet18", "--weights", "none", "--layer",
+                                  "layer4"), "--layer is not supported with timm")
+    assert not (tmp_path / "s").exists()
