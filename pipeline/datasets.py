@@ -481,11 +481,29 @@ def _verify(path: Path) -> None:
 
 
 def _decode(path: Path) -> np.ndarray:
-    """One image file -> uint8 (C, H, W) with C = 1 (grayscale) or 3 (anything else, alpha dropped)."""
+    """One image file -> uint8 (C, H, W) with C = 1 (grayscale) or 3 (anything else). As a viewer shows it: a
+    camera's EXIF orientation applied, transparency composited over white, 16-bit images scaled to 8 bits."""
+    from PIL import Image, ImageOps
+
     with _guarded(path) as im:
-        im = im.convert("L" if im.mode in ("L", "I", "I;16", "1", "F") else "RGB")
-        arr = np.array(im, dtype=np.uint8)  # a writable copy
+        im = ImageOps.exif_transpose(im) or im  # phone photos are often stored sideways
+        if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grayscale: scale, do not clip, to 0..255
+            a = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+            arr = np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)
+        else:
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+                im = im.convert("L" if rgba.getbands() and _is_gray(rgba) else "RGB")
+            im = im.convert("L" if im.mode in ("L", "1") else "RGB")
+            arr = np.array(im, dtype=np.uint8)  # a writable copy
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _is_gray(rgba) -> bool:
+    r, g, b, _ = (np.asarray(c) for c in rgba.split())
+    return bool((r == g).all() and (g == b).all())
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

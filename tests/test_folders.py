@@ -370,3 +370,23 @@ def test_a_store_of_another_folder_is_refused(study, tmp_path):
     with pytest.raises(PipelineError, match="holds features of the folder"):
         load_feature_set(str(store), "folder", other)
     assert load_feature_set(str(store), "folder", data).X_train.shape[0] == 48
+
+
+def test_images_decode_as_a_viewer_shows_them(tmp_path):
+    """Photos in the wild: a phone's EXIF rotation applied, a transparent background composited over white
+    (not left black), a 16-bit PNG scaled to 8 bits (not clipped to white)."""
+    from pipeline.datasets import _decode
+
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[5:15, 10:20] = (10, 10, 200, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    x = _decode(tmp_path / "cutout.png")
+    assert x.shape == (3, 20, 30) and x[:, 0, 0].tolist() == [255, 255, 255] and x[:, 10, 15].tolist() == [10, 10, 200]
+    im = Image.fromarray(np.zeros((10, 30, 3), np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    im.save(tmp_path / "phone.jpg", exif=exif)
+    assert _decode(tmp_path / "phone.jpg").shape == (3, 30, 10)
+    Image.fromarray(np.arange(100, dtype=np.uint16).reshape(10, 10) * 600).save(tmp_path / "deep.png")
+    x = _decode(tmp_path / "deep.png")
+    assert x.shape == (1, 10, 10) and x[0, 5, 5] == round(55 * 600 * 255 / 65535) and x.max() < 255
