@@ -490,14 +490,24 @@ def _decode(path: Path) -> np.ndarray:
         if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grayscale: scale, do not clip, to 0..255
             a = np.asarray(im, dtype=np.float64)
             top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-            arr = np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)
-        else:
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-                im = im.convert("L" if rgba.getbands() and _is_gray(rgba) else "RGB")
-            im = im.convert("L" if im.mode in ("L", "1") else "RGB")
-            arr = np.array(im, dtype=np.uint8)  # a writable copy
+            return np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)[None]
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            im = im.convert("L" if _is_gray(rgba) else "RGB")
+        return from_pil(im.convert("L" if im.mode in ("L", "1") else "RGB"))
+
+
+def to_pil(img: np.ndarray):
+    """uint8 (C, H, W), C = 1 or 3 -> a PIL image (L or RGB)."""
+    from PIL import Image
+
+    return Image.fromarray(img[0] if img.shape[0] == 1 else np.ascontiguousarray(img.transpose(1, 2, 0)))
+
+
+def from_pil(im) -> np.ndarray:
+    """A PIL image (L or RGB) -> a writable uint8 (C, H, W)."""
+    arr = np.array(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

@@ -78,6 +78,6 @@ def match(img: np.ndarray, domain: Domain) -> np.ndarray:
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
-    im = Image.fromarray(img[0] if img.shape[0] == 1 else np.ascontiguousarray(img.transpose(1, 2, 0)))
-    a = np.array(im.resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)  # writable, for torch
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    from pipeline.datasets import from_pil, to_pil
+
+    return from_pil(to_pil(img).resize((size, size), Image.Resampling.LANCZOS))  # writable, for torch

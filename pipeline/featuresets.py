@@ -74,18 +74,18 @@ def raw_pixels(images, size: int | None, channels: int) -> np.ndarray:
     (None: as they are, which must then be one size)."""
     from PIL import Image
 
+    from pipeline.datasets import from_pil, to_pil
+
     rows = []
     for img in images:
         c, h, w = img.shape
         if (c == channels and (size is None or (h, w) == (size, size))):
             rows.append(np.asarray(img, dtype=np.uint8).reshape(-1))
             continue
-        im = Image.fromarray(img[0] if c == 1 else np.ascontiguousarray(img.transpose(1, 2, 0)))
-        im = im.convert("L" if channels == 1 else "RGB")
+        im = to_pil(img).convert("L" if channels == 1 else "RGB")
         if size is not None and im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
-        rows.append((a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).reshape(-1))
+        rows.append(from_pil(im).reshape(-1))
     if not rows:
         return np.empty((0, channels * (size or 0) ** 2), np.float32)
     return np.stack(rows).astype(np.float32) / 255
