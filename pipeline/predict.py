@@ -249,9 +249,11 @@ WILD_FIELDS = ("accuracy", "macro_f1", "n", "confusion_matrix")
 
 
 def evaluate(out: str | Path, folder: str | Path, match_domain: bool = False, device: str = "auto",
-             weights: str | None = None, log: Log = _stderr) -> list[dict]:
+             weights: str | None = None, log: Log = _stderr, skip_done: bool = False) -> list[dict] | None:
     """Score every saved model of `out` on the wild folder; add wild_* fields to their records (and
-    wild_matched_* with `match_domain`); returns the updated records."""
+    wild_matched_* with `match_domain`); returns the updated records. With `skip_done` (`pipeline run --wild`),
+    returns None without work when every saved model already has numbers for this folder's current content
+    and this domain matching."""
     from pipeline.classify import read_results, write_results
     from pipeline.models import has_model, load_model, model_paths
     from pipeline.store import folder_lock
@@ -266,6 +268,10 @@ def evaluate(out: str | Path, folder: str | Path, match_domain: bool = False, de
         classes = have[0]["classes"]
         matcher = _matcher(have[0]["dataset"]) if match_domain else None  # refused before any work
         files, y, names = wild_folder(folder, classes)
+        digest = _content_hash(files, y)
+        if skip_done and all(r.get("wild_source", {}).get("content_sha256") == digest
+                             and bool(r["wild_source"].get("match_domain")) == match_domain for r in have):
+            return None
         log(f"in the wild: {len(files):,} images of {len(names)} classes from {folder} "
             f"({', '.join(f'{k} -> {v}' for k, v in names.items() if k != v) or 'names as in the study'})")
         variants = [("wild", None)] + ([("wild_matched", matcher)] if match_domain else [])
@@ -279,7 +285,7 @@ def evaluate(out: str | Path, folder: str | Path, match_domain: bool = False, de
                                                        weights=weights, log=log)
         updated = []
         source = {"folder": str(folder), "images": len(files), "classes": sorted(set(names.values())),
-                  "content_sha256": _content_hash(files, y),
+                  "content_sha256": digest,
                   "match_domain": _describe_domain(have[0]["dataset"]) if match_domain else None}
         for r in have:
             est, _ = models[(r["feature_set"], r["classifier"])]
@@ -295,29 +301,10 @@ def evaluate(out: str | Path, folder: str | Path, match_domain: bool = False, de
 
 
 def _content_hash(files: list[Path], y: np.ndarray) -> str:
-    import hashlib
-    import os
+    """The wild set's files (names, bytes) and labels, hashed as a dataset split is."""
+    from pipeline.datasets import Split
 
-    h = hashlib.sha256()
-    for f, label in zip(files, y):
-        h.update(os.fsencode(f.name) + b"\0" + str(int(label)).encode() + b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def evaluated(out: str | Path, folder: str | Path, match_domain: bool) -> bool:
-    """Whether every saved model of `out` already has wild numbers for this folder's current content (and
-    domain matching, when asked): `pipeline run --wild` skips the stage then."""
-    from pipeline.classify import read_results
-    from pipeline.models import has_model
-
-    have = [r for r in read_results(out) if has_model(out, r["feature_set"], r["classifier"])]
-    if not have:
-        return False
-    files, y, _ = wild_folder(folder, have[0]["classes"])
-    digest = _content_hash(files, y)
-    return all(r.get("wild_source", {}).get("content_sha256") == digest
-               and bool(r["wild_source"].get("match_domain")) == match_domain for r in have)
+    return Split("wild", y, files=files).content_hash()
 
 
 def _describe_domain(dataset: str) -> str:

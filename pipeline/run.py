@@ -141,11 +141,11 @@ def run(cfg: RunConfig, command: str | None = None,
             return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(cfg.methods)} maps computed"
 
         def do_evaluate():
-            from pipeline.predict import evaluate, evaluated
+            from pipeline.predict import evaluate
 
-            if evaluated(out, cfg.wild, cfg.match_domain):
+            recs = evaluate(out, cfg.wild, cfg.match_domain, cfg.device, log=log, skip_done=True)
+            if recs is None:
                 return "skipped", f"every saved model already scored on {cfg.wild}"
-            recs = evaluate(out, cfg.wild, cfg.match_domain, cfg.device, log=log)
             n = recs[0]["wild_n"]
             return "ran", f"{len(recs)} models on {n:,} images from {cfg.wild}" + (
                 " (as they are and domain-matched)" if cfg.match_domain else "")
