@@ -25,6 +25,7 @@ from pipeline.compute import Backend, SklearnCPU, executed_on
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.featuresets import FeatureSet, check_comparable
+from pipeline.models import slug
 from pipeline.references import DATASET as STUDY_DATASET
 from pipeline.references import STUDY
 from pipeline.store import atomic_save, atomic_write, folder_lock, has_fields
@@ -156,6 +157,11 @@ CLASSIFIERS = {s.name: s for s in [
         "full": {"pca__n_components": [30, 50, 100], "clf__n_neighbors": [1, 3, 5, 7, 10, 15, 20],
                  "clf__weights": ["uniform", "distance"]}}),
 ]}
+
+
+# every classifier a results table knows, in table order: the classical ones, then the trained heads
+# (`pipeline train`) and fine-tuned networks (`pipeline finetune`), which write records of the same shape
+ORDER = (*CLASSIFIERS, "linear", "mlp", "finetune")
 
 
 def grid_id(grid: str | dict) -> str:
@@ -452,7 +458,7 @@ def write_results(out: Path, new: list[dict], fs: FeatureSet | None = None,
         _refuse_other_data(records, r["labels_sha256"], path)
         records = [o for o in records if (o["feature_set"], o["classifier"]) != (r["feature_set"], r["classifier"])]
         records.append(r)
-    order = {c: i for i, c in enumerate(CLASSIFIERS)}
+    order = {c: i for i, c in enumerate(ORDER)}
     records.sort(key=lambda r: (r["feature_set"] != "raw", r["feature_set"], order.get(r["classifier"], 99)))
     if new:
         atomic_write(path, json.dumps(records, indent=1), fsync=True)  # the record first: figures cannot lose a fit
@@ -461,7 +467,7 @@ def write_results(out: Path, new: list[dict], fs: FeatureSet | None = None,
     atomic_write(out / "results.md", results_markdown(records))
     renew = {(r["feature_set"], r["classifier"]) for r in new} if refresh_confusion else set()
     for r in records:
-        stem = f"{r['feature_set']}_{r['classifier']}"
+        stem = f"{slug(r['feature_set'])}_{r['classifier']}"
         cm_dir = out / "confusion"
         if (r["feature_set"], r["classifier"]) in renew or not (cm_dir / f"{stem}.png").exists():
             _confusion_files(r, cm_dir, stem)
@@ -549,14 +555,17 @@ def results_csv(records: list[dict]) -> str:
 def results_markdown(records: list[dict]) -> str:
     """Test accuracy per classifier: ours (raw, each embedding), beside the original study's numbers on a
     Fashion-MNIST study."""
+    tuned = [r for r in records if r["classifier"] == "finetune"]
+    records = [r for r in records if r["classifier"] != "finetune"]
     sets = list(dict.fromkeys(r["feature_set"] for r in records))
     by = {(r["feature_set"], r["classifier"]): r for r in records}
-    clfs = [c for c in CLASSIFIERS if any((s, c) in by for s in sets)]
+    labels = {r["classifier"]: r["label"] for r in records}
+    clfs = [c for c in ORDER if any((s, c) in by for s in sets)]
     vs_study = bool(records) and all(r.get("dataset") == STUDY_DATASET for r in records)
     head = ["classifier"] + [f"{s} (ours)" for s in sets] + (["raw (study)", "ResNet-18 (study)"] if vs_study else [])
     rows = []
     for c in clfs:
-        cells = [CLASSIFIERS[c].label]
+        cells = [labels[c]]
         for s in sets:
             r = by.get((s, c))
             cells.append(f"{r['test_accuracy']:.4f}" if r else "–")
@@ -572,4 +581,15 @@ def results_markdown(records: list[dict]) -> str:
                      f"of {any_r['n_train']:,} training images ({any_r.get('cv_folds')}-fold CV) and refitting on all "
                      f"of them." + (" Study: the original paper's Fashion-MNIST numbers (ResNet-18 features vs raw)."
                                     if vs_study else ""))
+        if any(r["classifier"] in ("linear", "mlp") for r in records):
+            lines.append("Linear / MLP head: trained with early stopping on a stratified validation split of the "
+                         "training images (its accuracy in results.json's cv_mean).")
+    if tuned:
+        lines += ["", markdown.table(["fine-tuned network", "test accuracy", "macro-F1", "epochs (best/run)",
+                                      "training time", "device"],
+                                     [[r["feature_set"], f"{r['test_accuracy']:.4f}", f"{r['macro_f1']:.4f}",
+                                       f"{r['best_epoch']}/{r['epochs_run']}"
+                                       + (" (budget)" if r.get("stopped_by") == "budget" else ""),
+                                       f"{r['fit_seconds'] / 60:.1f} min", r.get("device_name", r["device"])]
+                                      for r in tuned])]
     return "\n".join(lines) + "\n"

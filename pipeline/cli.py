@@ -179,6 +179,122 @@ def project(features, methods, dataset, data_dir, limit, test_fraction, raw_size
     click.echo(f"maps in {out}/: <set>_<method>.npy coordinates (+ .json scores), <method>.png figures", err=True)
 
 
+def training_options(f):
+    """How to train: the same options, help and defaults for `train` and `finetune`."""
+    opts = [
+        click.option("--epochs", type=int, default=None, help="Most epochs [default: 20 for heads, 10 for finetune]."),
+        click.option("--batch-size", type=int, default=None, help="[default: 512 for heads, 64 for finetune]"),
+        click.option("--lr", default="auto", show_default=True,
+                     help="Peak learning rate; auto: 1e-2 linear head, 3e-3 MLP head; fine-tuning 1e-3, and 3e-3 "
+                          "for a head on a frozen backbone or from scratch."),
+        click.option("--lr-schedule", type=click.Choice(["onecycle", "cyclic", "constant"]), default="onecycle",
+                     show_default=True, help="cyclic: triangular between lr/10 and lr, 4 epochs a cycle."),
+        click.option("--patience", type=int, default=5, show_default=True,
+                     help="Stop after this many epochs without a better validation accuracy (0: never)."),
+        click.option("--val-fraction", type=float, default=0.1, show_default=True,
+                     help="Share of each class of the training split held out for early stopping."),
+        click.option("--max-minutes", type=float, default=None,
+                     help="Stop at the epoch boundary that would overrun this budget; the best epoch is kept."),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]"),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                     help="auto: bf16 autocast where the hardware has it (GPUs; CPUs with AVX-512-bf16 or AMX)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--overwrite", is_flag=True, help="Start over instead of resuming a checkpoint (and replace "
+                                                       "a finished record)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _train_config(epochs, batch_size, lr, lr_schedule, patience, val_fraction, max_minutes, device, precision,
+                  seed, default_epochs, default_batch):
+    from pipeline.training import TrainConfig, parse_lr
+
+    return TrainConfig(epochs=default_epochs if epochs is None else epochs,
+                       batch_size=default_batch if batch_size is None else batch_size, lr=parse_lr(lr),
+                       lr_schedule=lr_schedule, patience=patience, val_fraction=val_fraction,
+                       max_minutes=max_minutes, seed=seed, device=device, precision=precision)
+
+
+@main.command()
+@click.option("--features", default="efficientnet_lite0", show_default=True,
+              help="A backbone name (its store under features/<dataset>/), a store PATH, or raw.")
+@click.option("--head", type=click.Choice(["linear", "mlp"]), default="mlp", show_default=True,
+              help="linear: softmax regression; mlp: hidden layer(s) with batch norm and dropout.")
+@click.option("--hidden", default="512", show_default=True, help="MLP hidden widths, comma-separated.")
+@click.option("--dropout", type=float, default=0.3, show_default=True, help="MLP dropout after each hidden layer.")
+@click.option("--input-dropout", type=float, default=0.2, show_default=True, help="MLP dropout on the inputs.")
+@click.option("--input-transform", type=click.Choice(["sqrt", "none"]), default="sqrt", show_default=True,
+              help="sqrt: power-normalise the features (sign(x)*sqrt(|x|)) before standardising them.")
+@click.option("--refit/--no-refit", default=True, show_default=True,
+              help="After early stopping chose the epochs: train a fresh head on all training rows for that many.")
+@dataset_options()
+@training_options
+@click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>]")
+def train(features, head, hidden, dropout, input_dropout, input_transform, refit, dataset, data_dir, limit,
+          test_fraction, raw_size, epochs, batch_size, lr, lr_schedule, patience, val_fraction, max_minutes, device,
+          precision, seed, overwrite, out):
+    """Train a torch head (linear or MLP) on stored features; its record joins classify's results.json."""
+    from pathlib import Path
+
+    from pipeline.heads import DEFAULT_BATCH, DEFAULT_EPOCHS, HeadSpec, TrainRequest, train_head
+
+    try:
+        widths = tuple(int(h) for h in _names(hidden))
+    except ValueError:
+        raise PipelineError(f"--hidden {hidden!r}: give layer widths as integers, e.g. 1024,512") from None
+    spec = HeadSpec(head, widths, input_dropout, dropout, input_transform)
+    cfg = _train_config(epochs, batch_size, lr, lr_schedule, patience, val_fraction, max_minutes, device, precision,
+                        seed, DEFAULT_EPOCHS[head], DEFAULT_BATCH)
+    spec.check()
+    cfg.check()
+    sets = _feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
+    if len(sets) != 1:
+        raise PipelineError(f"--features {features}: `pipeline train` trains on one feature set at a time")
+    out = Path(out) if out else Path("reports") / dataset_slug(dataset, data_dir)
+    rec = train_head(sets[0], TrainRequest(spec, cfg, out, overwrite, refit))
+    click.echo(f"{rec['label']} on {rec['feature_set']}: test accuracy {rec['test_accuracy']:.4f} (validation "
+               f"{rec['cv_mean']:.4f}, epoch {rec['best_epoch']} of {rec['epochs_run']} kept), "
+               f"{rec['fit_seconds']:.0f} s on {rec['device_name']}")
+    click.echo(f"record in {out}/results.json; model {out}/{rec['model']}; learning curve in {out}/curves/", err=True)
+
+
+@main.command()
+@dataset_options(raw=False)
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="efficientnet_lite0 (9 blocks), a torchvision ResNet (5 blocks), or another backbone "
+                   "(one block: frozen or all).")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet | none (random init: with --unfreeze all, the from-scratch baseline) | PATH.")
+@click.option("--unfreeze", default="2", show_default=True,
+              help="Blocks trained, counted from the top: 0 (frozen backbone, head only) .. N, or all.")
+@click.option("--augment", default="crop,flip,rotate", show_default=True,
+              help="On the device, per batch: any of crop (random resized crop/shift), flip, rotate; or none "
+                   "(then frozen blocks' output is computed once and cached).")
+@click.option("--image-size", type=int, default=224, show_default=True, help="Network input size.")
+@training_options
+@click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>]")
+def finetune(dataset, data_dir, limit, test_fraction, backbone, weights, unfreeze, augment, image_size, epochs,
+             batch_size, lr, lr_schedule, patience, val_fraction, max_minutes, device, precision, seed, overwrite, out):
+    """Fine-tune a backbone (last N blocks) with a new head on the images; its record joins results.json."""
+    from pathlib import Path
+
+    from pipeline.finetune import FinetuneRequest
+    from pipeline.finetune import finetune as run_finetune
+
+    cfg = _train_config(epochs, batch_size, lr, lr_schedule, patience, val_fraction, max_minutes, device, precision,
+                        seed, 10, 64)
+    req = FinetuneRequest(dataset=dataset, data_dir=data_dir, limit=limit, test_fraction=test_fraction,
+                          backbone=backbone, weights=weights, unfreeze=unfreeze, augment=augment,
+                          image_size=image_size, train=cfg, out=Path(out) if out else None, overwrite=overwrite)
+    rec = run_finetune(req)
+    click.echo(f"{rec['feature_set']}: test accuracy {rec['test_accuracy']:.4f} (validation {rec['cv_mean']:.4f}, "
+               f"epoch {rec['best_epoch']} of {rec['epochs_run']} kept"
+               f"{', stopped by --max-minutes' if rec['stopped_by'] == 'budget' else ''}), "
+               f"{rec['fit_seconds'] / 60:.1f} min on {rec['device_name']} ({rec['precision']})")
+
+
 @main.command()
 @click.option("--out", type=click.Path(path_type=str), default="reports/fashion-mnist", show_default=True,
               help="The folder classify/project/run wrote to.")
@@ -206,6 +322,13 @@ def report(out):
 @click.option("--match-domain", is_flag=True, help="With --wild: also score the photos mapped toward the training "
                                                    "images' look (Fashion-MNIST: grayscale, object bright on dark, "
                                                    "centred, padded square).")
+@click.option("--train", "heads", default="", help="Also train heads on the embeddings: linear, mlp "
+                                                    "(comma-separated; `pipeline train` for more options).")
+@click.option("--finetune", default="", help="Also fine-tune the backbone: unfreeze levels (0, 1, 2, ..., all) "
+                                             "and/or scratch, comma-separated (`pipeline finetune` for more).")
+@click.option("--finetune-image-size", type=int, default=224, show_default=True)
+@click.option("--finetune-epochs", type=int, default=10, show_default=True)
+@click.option("--finetune-minutes", type=float, default=None, help="--max-minutes of each fine-tuning run.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--n-jobs", type=int, default=None, help="Parallel fits / threads [default: all cores].")
 @click.option("--out", type=click.Path(path_type=str), default=None,
@@ -213,16 +336,19 @@ def report(out):
 @click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings (e.g. the "
                                                 "folder's images changed).")
 def run(dataset, data_dir, limit, test_fraction, raw_size, backbone, weights, image_size, grid, cv, classifiers,
-        methods, wild, match_domain, device, n_jobs, out, overwrite):
-    """extract -> classify (raw and embeddings, models saved) -> project -> [evaluate --wild] -> report;
-    skips what is done, resumes the rest."""
+        methods, wild, match_domain, heads, finetune, finetune_image_size, finetune_epochs, finetune_minutes, device,
+        n_jobs, out, overwrite):
+    """extract -> classify (raw and embeddings, models saved) -> [train heads] -> [finetune] -> project ->
+    [evaluate --wild] -> report; skips what is done, resumes the rest."""
     from pipeline.run import RunConfig
     from pipeline.run import run as run_all
 
     cfg = RunConfig(dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, limit=limit,
                     image_size=image_size, raw_size=raw_size, test_fraction=test_fraction, grid=grid, cv=cv,
                     classifiers=_names(classifiers), methods=tuple(_names(methods)), device=device, n_jobs=n_jobs,
-                    out=out, wild=wild, match_domain=match_domain, overwrite=overwrite)
+                    out=out, wild=wild, match_domain=match_domain, overwrite=overwrite, train=tuple(_names(heads)),
+                    finetune=tuple(_names(finetune)), finetune_image_size=finetune_image_size,
+                    finetune_epochs=finetune_epochs, finetune_minutes=finetune_minutes)
     info = run_all(cfg, command=_command_line(click.get_current_context()))
     for s in info["stages"]:
         click.echo(f"{s['stage']:>9}  {s['state']:<8} {s['seconds']:8.1f} s  {s['detail']}", err=True)

@@ -24,6 +24,14 @@ RAW_SIZE = 32  # a folder's raw pixels: images resized to this square
 RAW_RESIZE = "PIL bilinear (antialiased), aspect ratio not kept (no crop), as the backbones see images"
 
 
+def labels_sha256(y_train, y_test) -> str:
+    """What ties records to their data: results made from other labels are never mixed in one table."""
+    h = hashlib.sha256()
+    for y in (y_train, y_test):
+        h.update(np.asarray(y, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
 @dataclass
 class FeatureSet:
     name: str
@@ -37,10 +45,7 @@ class FeatureSet:
 
     @property
     def labels_sha256(self) -> str:
-        h = hashlib.sha256()
-        for y in (self.y_train, self.y_test):
-            h.update(np.asarray(y, dtype="<i8").tobytes())
-        return h.hexdigest()
+        return labels_sha256(self.y_train, self.y_test)
 
     @property
     def fingerprint(self) -> str:

@@ -160,6 +160,62 @@ def accuracy_figure(records: list[dict], path: Path, study: dict | None = None) 
     return _save(draw_accuracy_bars(records, study), path)
 
 
+def draw_learning_curve(rec: dict):
+    """Loss and accuracy per epoch (train and validation) of a trained head or fine-tuned network, the kept
+    (best) epoch marked. Returns the figure."""
+    plt = _plt()
+    h = rec["history"]
+    ep = [e["epoch"] for e in h]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.2), dpi=90)
+    a1.plot(ep, [e["train_loss"] for e in h], "o-", ms=3, label="train")
+    a1.plot(ep, [e["val_loss"] for e in h], "o-", ms=3, label="validation")
+    a1.set_ylabel("loss (train: label-smoothed, with dropout)")
+    a2.plot(ep, [e["train_accuracy"] for e in h], "o-", ms=3, label="train")
+    a2.plot(ep, [e["val_accuracy"] for e in h], "o-", ms=3, label="validation")
+    a2.set_ylabel("accuracy")
+    for ax in (a1, a2):
+        ax.axvline(rec["best_epoch"], color="grey", ls=":", lw=1)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{rec['label']} on {rec['feature_set']}: epoch {rec['best_epoch']} kept "
+                 f"(stopped by {rec['stopped_by']}), test accuracy {rec['test_accuracy']:.4f}, "
+                 f"{rec.get('device_name') or rec.get('device')}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curve(rec: dict, path: Path) -> Path:
+    return _save(draw_learning_curve(rec), path)
+
+
+def draw_transfer_modes(rows: list[dict]):
+    """Test accuracy against wall-clock training time (log scale), one point per transfer mode, marked by
+    the device it ran on. `rows`: dicts with mode, test_accuracy, seconds, device. Returns the figure."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=90)
+    devices = list(dict.fromkeys(r["device"] for r in rows))
+    markers = "osD^v"
+    for i, r in enumerate(rows):
+        m = markers[devices.index(r["device"]) % len(markers)]
+        ax.scatter(r["seconds"], r["test_accuracy"], s=40, marker=m, color=f"C{i % 10}",
+                   label=f"{r['mode']} ({r['device']})")
+        ax.annotate(r["mode"], (r["seconds"], r["test_accuracy"]), fontsize=6, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("training wall-clock time (s, log scale; search and refit for classical models)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title("Transfer modes: accuracy vs training time on " + ", ".join(devices), fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def transfer_figure(rows: list[dict], path: Path) -> Path:
+    return _save(draw_transfer_modes(rows), path)
+
+
 def _save(fig, path: Path) -> Path:
     from pipeline.store import replacing
 

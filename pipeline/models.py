@@ -22,9 +22,18 @@ TRUSTED = ("sklearn.tree._tree.Tree",)
 _VERSIONS = ("scikit-learn", "numpy", "skops", "torch", "torchvision", "openvino")
 
 
-def model_paths(out: Path, feature_set: str, classifier: str) -> tuple[Path, Path]:
-    stem = Path(out) / MODELS_DIR / f"{feature_set}_{classifier}"
-    return stem.with_suffix(".skops"), stem.with_suffix(".json")
+def slug(name: str) -> str:
+    """A feature set's name as a file name: 'efficientnet_lite0 fine-tuned (last 2 blocks)' ->
+    'efficientnet_lite0-fine-tuned-last-2-blocks' (names without spaces or brackets stay as they are)."""
+    import re
+
+    return re.sub(r"[^\w.:+-]+", "-", name).strip("-")
+
+
+def model_paths(out: Path, feature_set: str, classifier: str, suffix: str = ".skops") -> tuple[Path, Path]:
+    """(model, card): scikit-learn models are .skops, torch models (heads, fine-tuned networks) .safetensors."""
+    stem = Path(out) / MODELS_DIR / f"{slug(feature_set)}_{classifier}"
+    return Path(f"{stem}{suffix}"), Path(f"{stem}.json")
 
 
 def save_model(out: Path, fs, rec: dict, est, to_numpy=None) -> str:
@@ -58,6 +67,77 @@ def save_model(out: Path, fs, rec: dict, est, to_numpy=None) -> str:
     return str(path.relative_to(out))
 
 
+def about_features(fs) -> dict:
+    """What a torch model's card says of its data when it was trained on a feature set."""
+    return {"classes": list(fs.classes), "dataset": fs.dataset,
+            "dataset_source": fs.meta.get("dataset", {}).get("source"), "features": fs.recipe}
+
+
+def save_torch_model(out: Path, rec: dict, model, architecture: dict, about: dict) -> str:
+    """A torch model's state dict as safetensors and its card (the architecture to rebuild it, the features'
+    recipe, the record's scores); the model first, the card last. Returns the path relative to `out`."""
+    from safetensors.torch import save
+
+    path, card_path = model_paths(out, rec["feature_set"], rec["classifier"], ".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    card_path.unlink(missing_ok=True)
+    other = model_paths(out, rec["feature_set"], rec["classifier"])[0]
+    other.unlink(missing_ok=True)  # never two models under one name
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with replacing(path) as f:
+        f.write(save(state))
+    card = {
+        "format": FORMAT, "model": path.name, "feature_set": rec["feature_set"], "classifier": rec["classifier"],
+        "label": rec["label"], **about,
+        "features_fingerprint": rec.get("features_fingerprint"), "labels_sha256": rec["labels_sha256"],
+        "architecture": architecture,
+        "record": {k: rec.get(k) for k in ("test_accuracy", "macro_f1", "cv_mean", "best_params", "best_epoch",
+                                            "epochs_run", "stopped_by", "n_train", "n_test", "backend", "device",
+                                            "precision")},
+        "scores": "probabilities", "versions": _versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write(card_path, json.dumps(card, indent=1))
+    return str(path.relative_to(out))
+
+
+class TorchHead:
+    """A saved head as a scikit-learn-like classifier on numpy features (predict, predict_proba, classes_)."""
+
+    def __init__(self, model, n_classes: int):
+        import numpy as np
+
+        self.model, self.classes_ = model.eval(), np.arange(n_classes)
+
+    def predict_proba(self, X):
+        import numpy as np
+        import torch
+
+        with torch.no_grad():
+            return torch.softmax(self.model(torch.as_tensor(np.asarray(X, dtype=np.float32))), 1).numpy()
+
+    def predict(self, X):
+        return self.predict_proba(X).argmax(1)
+
+
+def _load_torch(path: Path, card: dict):
+    from safetensors.torch import load_file
+
+    arch = card.get("architecture") or {}
+    if arch.get("kind") != "head":
+        raise PipelineError(f"{path}: a fine-tuned network ({card.get('feature_set')}); `pipeline predict` takes "
+                            f"classifiers on features (.skops models and trained heads) for now")
+    from pipeline.heads import head_from_card
+
+    try:
+        model = head_from_card(card)
+        model.load_state_dict(load_file(str(path)))
+    except Exception as e:  # noqa: BLE001 - damaged file, a card that does not fit it
+        raise PipelineError(f"{path}: cannot load the model ({type(e).__name__}: {str(e)[:200]}); rerun "
+                            f"`pipeline train` to save it again") from None
+    return TorchHead(model, len(card["classes"]))
+
+
 def _has(est, method: str) -> bool:
     try:
         return hasattr(est, method)  # a Pipeline exposes it only when its last step has it
@@ -77,9 +157,16 @@ def _versions() -> dict:
     return v
 
 
+def model_file(out: Path, feature_set: str, classifier: str) -> Path:
+    """The saved model of a record: its .safetensors (torch) if there is one, else its .skops."""
+    path = model_paths(out, feature_set, classifier, ".safetensors")[0]
+    return path if path.is_file() else model_paths(out, feature_set, classifier)[0]
+
+
 def has_model(out: Path, feature_set: str, classifier: str) -> bool:
     path, card = model_paths(out, feature_set, classifier)
-    return path.is_file() and card.is_file()
+    torch_path = model_paths(out, feature_set, classifier, ".safetensors")[0]
+    return (path.is_file() or torch_path.is_file()) and card.is_file()
 
 
 def load_model(path: str | Path):
@@ -89,7 +176,8 @@ def load_model(path: str | Path):
 
     path = Path(path).expanduser()
     if path.suffix == ".json":
-        path = path.with_suffix(".skops")
+        torch_path = path.with_suffix(".safetensors")
+        path = torch_path if torch_path.is_file() else path.with_suffix(".skops")
     card_path = path.with_suffix(".json")
     if not path.is_file():
         raise PipelineError(f"{path}: no such model; models are saved as <out>/models/<features>_<classifier>.skops "
@@ -98,6 +186,8 @@ def load_model(path: str | Path):
     if card is None or card.get("format") != FORMAT or not isinstance(card.get("features"), dict):
         raise PipelineError(f"{path}: its card {card_path.name} is missing or not a pipeline model card; "
                             f"rerun `pipeline classify` to save the model again")
+    if path.suffix == ".safetensors":
+        return _load_torch(path, card), card
     try:
         untrusted = sio.get_untrusted_types(file=path)
         unknown = [t for t in untrusted if t not in TRUSTED]
@@ -114,5 +204,8 @@ def load_model(path: str | Path):
 
 
 def find_models(out: Path) -> list[Path]:
-    """The saved models of a report folder, by name."""
-    return sorted((Path(out) / MODELS_DIR).glob("*.skops"))
+    """The saved classifiers on features of a report folder (scikit-learn models and trained heads), by name."""
+    folder = Path(out) / MODELS_DIR
+    heads = [p for p in folder.glob("*.safetensors")
+             if ((read_json(p.with_suffix(".json")) or {}).get("architecture") or {}).get("kind") == "head"]
+    return sorted([*folder.glob("*.skops"), *heads])

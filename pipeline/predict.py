@@ -255,13 +255,14 @@ def evaluate(out: str | Path, folder: str | Path, match_domain: bool = False, de
     returns None without work when every saved model already has numbers for this folder's current content
     and this domain matching."""
     from pipeline.classify import read_results, write_results
-    from pipeline.models import has_model, load_model, model_paths
+    from pipeline.models import has_model, load_model, model_file
     from pipeline.store import folder_lock
 
     out = Path(out)
     with folder_lock(out, "pipeline evaluate"):
         records = read_results(out)
-        have = [r for r in records if has_model(out, r["feature_set"], r["classifier"])]
+        have = [r for r in records if has_model(out, r["feature_set"], r["classifier"])
+                and r["classifier"] != "finetune"]  # fine-tuned networks take images, not features
         if not have:
             raise PipelineError(f"no saved models in {out}/models; run `pipeline run` or `pipeline classify` "
                                 f"with --out {out} first")
@@ -275,8 +276,8 @@ def evaluate(out: str | Path, folder: str | Path, match_domain: bool = False, de
         log(f"in the wild: {len(files):,} images of {len(names)} classes from {folder} "
             f"({', '.join(f'{k} -> {v}' for k, v in names.items() if k != v) or 'names as in the study'})")
         variants = [("wild", None)] + ([("wild_matched", matcher)] if match_domain else [])
-        models = {(r["feature_set"], r["classifier"]): load_model(model_paths(out, r["feature_set"],
-                                                                              r["classifier"])[0]) for r in have}
+        models = {(r["feature_set"], r["classifier"]): load_model(model_file(out, r["feature_set"], r["classifier"]))
+                  for r in have}
         features: dict[tuple[str, str], np.ndarray] = {}
         for (fs, _), (_, card) in models.items():
             for prefix, transform in variants:

@@ -15,16 +15,17 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pipeline import markdown
-from pipeline.classify import CLASSIFIERS, read_results
+from pipeline.classify import CLASSIFIERS, ORDER, read_results
 from pipeline.compute import cpu_name
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
-from pipeline.figures import accuracy_figure, confusion_grid, feature_title
+from pipeline.figures import accuracy_figure, confusion_grid, feature_title, transfer_figure
 from pipeline.references import BENCHMARK, STUDY
 from pipeline.store import atomic_write, folder_lock, has_fields
 
 SECTIONS = [("accuracy", "Accuracy"), ("bars", "Raw pixels vs embeddings"), ("confusion", "Confusion matrices"),
-            ("wild", "In the wild"), ("maps", "Maps"), ("provenance", "Provenance")]
+            ("transfer", "Transfer modes"), ("wild", "In the wild"), ("maps", "Maps"),
+            ("provenance", "Provenance")]
 DATASET_LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}
 VERSIONS = ("numpy", "scikit-learn", "torch", "torchvision", "openvino", "openTSNE", "umap-learn", "matplotlib")
 
@@ -155,7 +156,67 @@ def _vs_study(records: list[dict]) -> bool:
     return all(r.get("dataset", "fashion-mnist") == "fashion-mnist" for r in records)
 
 
+def frozen(records: list[dict]) -> list[dict]:
+    """Records of models on stored features (classical and trained heads), not fine-tuned networks."""
+    return [r for r in records if r["classifier"] != "finetune"]
+
+
+def _device(r: dict) -> str:
+    return r.get("device_name") or ("CPU" if r.get("device", "cpu") == "cpu" else r["device"])
+
+
+def transfer_points(records: list[dict]) -> list[dict]:
+    """One point per transfer mode: for each feature set, the best classical model and each trained head;
+    then every fine-tuned network. Training time: search + refit for classical models, the whole training
+    (with resumed parts) for heads and networks."""
+    points = []
+    for s in dict.fromkeys(r["feature_set"] for r in frozen(records)):
+        rs = [r for r in records if r["feature_set"] == s]
+        classical = [r for r in rs if r["classifier"] in CLASSIFIERS]
+        what = "raw pixels" if s == "raw" else f"frozen {s}"
+        if classical:
+            b = max(classical, key=lambda r: r["test_accuracy"])
+            points.append({"mode": f"{what} + best classical ({b['label']})", "record": b,
+                           "seconds": b["search_seconds"] + b["fit_seconds"]})
+        for r in rs:
+            if r["classifier"] in ("linear", "mlp"):
+                points.append({"mode": f"{what} + {r['label'].lower()}", "record": r, "seconds": r["fit_seconds"]})
+    for r in records:
+        if r["classifier"] == "finetune":
+            points.append({"mode": r["feature_set"], "record": r, "seconds": r["fit_seconds"]})
+    for p in points:
+        p.update(test_accuracy=p["record"]["test_accuracy"], device=_device(p["record"]))
+    return points
+
+
+def transfer_rows(points: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["mode", "test accuracy", "macro-F1", "training time", "device", "precision", "epochs (kept/run)",
+            "trainable parameters"]
+    rows = []
+    for p in points:
+        r = p["record"]
+        t = p["seconds"]
+        epochs = f"{r['best_epoch']}/{r['epochs_run']}" + (" (budget)" if r.get("stopped_by") == "budget" else "") \
+            if "best_epoch" in r else "–"
+        rows.append([p["mode"], f"{r['test_accuracy']:.4f}", f"{r['macro_f1']:.4f}",
+                     f"{t / 60:.1f} min" if t >= 120 else f"{t:.0f} s", p["device"], r.get("precision", "fp64/fp32"),
+                     epochs, f"{r['trainable_parameters']:,}" if "trainable_parameters" in r else "–"])
+    return head, rows
+
+
+def _transfer_caption(points: list[dict]) -> str:
+    if not any("best_epoch" in p["record"] for p in points):
+        return ("Only classical models on stored features so far: `pipeline train --head mlp` and `pipeline "
+                "finetune` (or `pipeline run --train mlp --finetune 2`) add trained heads and fine-tuned networks.")
+    return ("Frozen features + a classical model, or a trained head, or a fine-tuned network: test accuracy and "
+            "the wall-clock time of training (classical: grid search + refit; extraction of the stored features "
+            "is not included, see Provenance) on the device named. Heads and networks stop early on a stratified "
+            "validation split of the training images and keep their best epoch; '(budget)' marks a run stopped "
+            "by --max-minutes. Learning curves below.")
+
+
 def accuracy_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    records = frozen(records)
     sets = list(dict.fromkeys(r["feature_set"] for r in records))
     fashion = _vs_study(records)
     by = {(r["feature_set"], r["classifier"]): r for r in records}
@@ -165,9 +226,10 @@ def accuracy_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     if fashion:
         head += ["raw (study)", "ResNet-18 (study)", "raw (Fashion-MNIST benchmark)"]
     rows = []
-    for c in [c for c in CLASSIFIERS if any((s, c) in by for s in sets)]:
+    labels = {r["classifier"]: r["label"] for r in records}
+    for c in [c for c in ORDER if any((s, c) in by for s in sets)]:
         accs = [by[(s, c)]["test_accuracy"] if (s, c) in by else None for s in sets]
-        row = [CLASSIFIERS[c].label] + [f"{a:.4f}" if a is not None else "–" for a in accs]
+        row = [labels[c]] + [f"{a:.4f}" if a is not None else "–" for a in accs]
         if "raw" in sets and len(sets) > 1:
             raw = accs[sets.index("raw")]
             emb = [a for s, a in zip(sets, accs) if s != "raw" and a is not None]
@@ -239,8 +301,19 @@ def store_rows(stores: dict) -> tuple[list[str], list[list[str]]]:
 
 def _figures(d: dict) -> dict:
     """Paths (relative to out) of the figures the report shows, drawing the accuracy bars here."""
-    out, records = d["out"], d["records"]
-    figs = {"bars": None, "confusion": [], "maps": [], "wild": []}
+    out, all_records = d["out"], d["records"]
+    records = frozen(all_records)
+    figs = {"bars": None, "confusion": [], "maps": [], "wild": [], "transfer": []}
+    points = transfer_points(all_records)
+    if any("best_epoch" in p["record"] for p in points):
+        transfer_figure(points, out / "figures" / "transfer.png")
+        figs["transfer"].append(("test accuracy vs training time per transfer mode", "figures/transfer.png"))
+        for r in all_records:
+            from pipeline.models import slug
+
+            rel = f"curves/{slug(r['feature_set'])}_{r['classifier']}.png"
+            if "history" in r and (out / rel).exists():
+                figs["transfer"].append((f"learning curve: {r['label']} on {r['feature_set']}", rel))
     if records:
         accuracy_figure(records, out / "figures" / "accuracy.png", STUDY if _vs_study(records) else None)
         figs["bars"] = "figures/accuracy.png"
@@ -301,6 +374,8 @@ def _write_report(out: Path) -> tuple[Path, Path]:
         "bars": ("Grouped bars per classifier" + ("; hatched bars are the original study's." if
                                                   _vs_study(d["records"]) else "."), []),
         "confusion": ("Rows: true class, normalised. Each matrix alone, with counts, is in confusion/.", []),
+        "transfer": (_transfer_caption(transfer_points(d["records"])),
+                     [transfer_rows(transfer_points(d["records"]))] if d["records"] else []),
         "wild": (_wild_caption(d["records"]), [wild_rows(d["records"])] if any("wild_accuracy" in r for r in
                                                                                  d["records"]) else []),
         "maps": ("Train and test points together, coloured by class. k-NN accuracy in 2-D (5-fold CV) says how "
@@ -313,7 +388,7 @@ def _write_report(out: Path) -> tuple[Path, Path]:
                         if t[1]]),
     }
     images = {"bars": [("test accuracy per classifier", figs["bars"])] if figs["bars"] else [],
-              "confusion": figs["confusion"], "wild": figs["wild"],
+              "confusion": figs["confusion"], "wild": figs["wild"], "transfer": figs["transfer"],
               "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}
     label = dataset_label(d)
     title = f"pipeline report: do pretrained embeddings beat raw pixels{' on ' + label if label else ''}?"

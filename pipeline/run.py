@@ -42,6 +42,11 @@ class RunConfig:
     wild: str | None = None  # a folder of class sub-folders: the "in the wild" test as a last stage
     match_domain: bool = False
     overwrite: bool = False  # replace a finished store made with other settings (the folder changed)
+    train: tuple[str, ...] = ()  # heads trained on the embeddings: linear, mlp
+    finetune: tuple[str, ...] = ()  # fine-tuning runs: unfreeze levels 0..N, all, or scratch
+    finetune_image_size: int = 224
+    finetune_epochs: int = 10
+    finetune_minutes: float | None = None  # --max-minutes of each fine-tuning run
 
 
 def default_paths(dataset: str, backbone: str, limit: int | None, image_size: int = 224,
@@ -77,6 +82,14 @@ def run(cfg: RunConfig, command: str | None = None,
     if cfg.wild and not Path(cfg.wild).is_dir():
         raise PipelineError(f"--wild {cfg.wild}: not a folder; expected {cfg.wild}/<class>/<images>")
     classifiers = list(cfg.classifiers or cls.DEFAULT_CLASSIFIERS)
+    from pipeline.heads import HEADS
+
+    bad = [h for h in cfg.train if h not in HEADS]
+    if bad:
+        raise PipelineError(f"--train {','.join(bad)}: heads are {', '.join(HEADS)}")
+    bad = [f for f in cfg.finetune if not (f in ("all", "scratch") or f.isdigit())]
+    if bad:
+        raise PipelineError(f"--finetune {','.join(bad)}: give unfreeze levels (0, 1, 2, ..., all) or scratch")
     d_store, d_out = default_paths(cfg.dataset, cfg.backbone, cfg.limit, cfg.image_size, cfg.data_dir)
     store, out = Path(cfg.store or d_store), Path(cfg.out or d_out)
     dataset, data_dir, limit, grid, cv = cfg.dataset, cfg.data_dir, cfg.limit, cfg.grid, cfg.cv
@@ -88,7 +101,11 @@ def run(cfg: RunConfig, command: str | None = None,
                 "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "backbone": cfg.backbone,
                 "image_size": cfg.image_size, "limit": limit, "grid": grid, "cv": cv,
                 "classifiers": classifiers, "methods": list(cfg.methods), "backend": backend.name, "out": str(out),
-                "wild": cfg.wild, "match_domain": cfg.match_domain, "stages": []}
+                "wild": cfg.wild, "match_domain": cfg.match_domain, "train": list(cfg.train),
+                "finetune": list(cfg.finetune), "stages": []}
+        if cfg.finetune:
+            info.update(finetune_image_size=cfg.finetune_image_size, finetune_epochs=cfg.finetune_epochs,
+                        finetune_minutes=cfg.finetune_minutes)
         if dataset == "folder":
             info.update(raw_size=cfg.raw_size, test_fraction=cfg.test_fraction)
         old = read_json(out / "run.json")  # keep the last runs' stage times: a skipping rerun must not erase them
@@ -135,6 +152,27 @@ def run(cfg: RunConfig, command: str | None = None,
                 cls.write_results(out, [])  # derived files (CSV, Markdown, figures) up to date after a crash
             return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(classifiers)} (features, classifier) fits"
 
+        def do_train():
+            from pipeline.heads import DEFAULT_BATCH, DEFAULT_EPOCHS, HeadSpec, TrainRequest, pending, train_head
+            from pipeline.training import TrainConfig
+
+            todo = pending(out, sets[1], cfg.train)
+            for h in todo:
+                tc = TrainConfig(epochs=DEFAULT_EPOCHS[h], batch_size=DEFAULT_BATCH, device=cfg.device)
+                train_head(sets[1], TrainRequest(HeadSpec(h), tc, out), log=log)
+            return ("ran" if todo else "skipped"), f"{len(todo)} of {len(cfg.train)} heads trained on {sets[1].name}"
+
+        def do_finetune():
+            from pipeline.finetune import finetune
+
+            done = {json.dumps(r.get("request"), sort_keys=True) for r in cls.read_results(out)
+                    if r["classifier"] == "finetune"}
+            reqs = [finetune_request(cfg, level, out) for level in cfg.finetune]
+            todo = [q for q in reqs if json.dumps(q.key(), sort_keys=True) not in done]
+            for q in todo:
+                finetune(q, log=log)
+            return ("ran" if todo else "skipped"), f"{len(todo)} of {len(reqs)} fine-tuning runs"
+
         def do_project():
             n = sum(not proj.is_cached(out / "maps", fs, m, backend) for fs in sets for m in cfg.methods)
             proj.project(sets, cfg.methods, out / "maps", backend, cfg.n_jobs, log=log)
@@ -152,6 +190,10 @@ def run(cfg: RunConfig, command: str | None = None,
 
         stage("extract", do_extract)
         stage("classify", do_classify)
+        if cfg.train:
+            stage("train", do_train)
+        if cfg.finetune:
+            stage("finetune", do_finetune)
         stage("project", do_project)
         if cfg.wild:
             stage("evaluate", do_evaluate)
@@ -159,6 +201,20 @@ def run(cfg: RunConfig, command: str | None = None,
         stage("report", lambda: ("ran", ", ".join(p.name for p in write_report(out))))
         write_report(out)  # once more, so the report's provenance includes the report stage's own time
         return info
+
+
+def finetune_request(cfg: RunConfig, level: str, out: Path):
+    """`--finetune LEVEL` of `pipeline run` as a fine-tuning request: LEVEL is an unfreeze level (0..N, all) of
+    the run's backbone and weights, or `scratch` (all blocks, random init)."""
+    from pipeline.finetune import FinetuneRequest
+    from pipeline.training import TrainConfig
+
+    scratch = level == "scratch"
+    return FinetuneRequest(dataset=cfg.dataset, data_dir=cfg.data_dir, limit=cfg.limit, test_fraction=cfg.test_fraction,
+                           backbone=cfg.backbone, weights="none" if scratch else cfg.weights,
+                           unfreeze="all" if scratch else level, image_size=cfg.finetune_image_size,
+                           train=TrainConfig(epochs=cfg.finetune_epochs, batch_size=64,
+                                             max_minutes=cfg.finetune_minutes, device=cfg.device), out=out)
 
 
 def check_grid(grid: str):
