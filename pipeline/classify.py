@@ -422,7 +422,7 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
         "tune_rows": len(plan.tune_idx), "candidates": len(plan.candidates),
         "test_accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro")),
         "fit_seconds": round(fit_s, 3), "predict_seconds": round(pred_s, 3), "search_seconds": round(search_s, 2),
-        "backend": ran_on, "device": device,
+        "backend": ran_on, "device": device, "device_name": _device_name(device),
         "n_train": len(fs.y_train), "n_test": len(y),
         "labels_sha256": fs.labels_sha256,
         "per_class": {name: {"precision": float(p), "recall": float(r), "support": int(s)}
@@ -430,6 +430,17 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
         "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
         "classes": fs.classes,
     }, est
+
+
+def _device_name(device: str) -> str:
+    """The processor or GPU a fit ran on, by name (the report's transfer-modes table names it)."""
+    from pipeline.compute import cpu_name
+
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_name()
 
 
 def _dask_client(address: str):

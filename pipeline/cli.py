@@ -225,8 +225,9 @@ def _train_config(epochs, batch_size, lr, lr_schedule, patience, val_fraction, m
 @click.option("--hidden", default="512", show_default=True, help="MLP hidden widths, comma-separated.")
 @click.option("--dropout", type=float, default=0.3, show_default=True, help="MLP dropout after each hidden layer.")
 @click.option("--input-dropout", type=float, default=0.2, show_default=True, help="MLP dropout on the inputs.")
-@click.option("--input-transform", type=click.Choice(["sqrt", "none"]), default="sqrt", show_default=True,
-              help="sqrt: power-normalise the features (sign(x)*sqrt(|x|)) before standardising them.")
+@click.option("--input-transform", type=click.Choice(["auto", "sqrt", "none"]), default="auto", show_default=True,
+              help="sqrt: power-normalise the features (sign(x)*sqrt(|x|)) before standardising them; auto: sqrt "
+                   "when every training feature is >= 0 (pooled CNN activations), else none.")
 @click.option("--refit/--no-refit", default=True, show_default=True,
               help="After early stopping chose the epochs: train a fresh head on all training rows for that many.")
 @dataset_options()

@@ -148,7 +148,8 @@ def checkpoint_path(out: Path, stem: str) -> Path:
 def _optimizer(task: Task, cfg: TrainConfig, lr: float, total_steps: int):
     opt = torch.optim.AdamW(task.params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.lr_schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps + 1,
+        # a one-cycle schedule of under ~8 steps divides by zero inside torch: tiny runs get a longer one
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total_steps + 1, 8),
                                                     pct_start=0.25)
     elif cfg.lr_schedule == "cyclic":  # triangular: lr/10 -> lr -> lr/10 every 4 epochs
         up = max(1, 2 * task.steps_per_epoch)
@@ -264,7 +265,8 @@ def train(task: Task, cfg: TrainConfig, lr: float, ckpt: Path, device: torch.dev
             break
         # the next epoch's time: this one's, less the first epoch's one-off warm-up (CUDA kernels loading)
         next_s = min(seconds, est_epoch_s + val_s) if epoch == first and est_epoch_s else seconds
-        if budget is not None and epoch < cfg.epochs and elapsed + next_s > budget:
+        final_s = val_s * (1 + len(task.y_test) / max(len(task.y_val), 1))  # the best epoch's val + test pass
+        if budget is not None and epoch < cfg.epochs and elapsed + next_s + final_s > budget:
             stopped_by = "budget"
             log(f"{task.name}: stopping after epoch {epoch}: another epoch (~{_fmt(next_s)}) would overrun "
                 f"--max-minutes {cfg.max_minutes:g} ({_fmt(elapsed)} used)")

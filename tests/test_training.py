@@ -41,10 +41,16 @@ def test_heads_join_the_results_with_history_model_and_curve(runner, tmp_path, s
     for head in ("linear", "mlp"):
         r = run_cli(runner, "train", "--features", store, "--head", head, "--batch-size", 32, "--out", out)
         assert r.exit_code == 0, r.output
+    # without the refit on all rows the linear head is the model early stopping chose on the validation split
+    single = run_cli(runner, "train", "--features", store, "--head", "linear", "--batch-size", 32, "--no-refit",
+                     "--out", tmp_path / "single")
+    assert single.exit_code == 0, single.output
     recs = records(out)
     X_test, y_test = np.load(store / "X_test.npy"), np.load(store / "y_test.npy")
     for head in ("linear", "mlp"):
         rec = recs[("toynet", head)]
+        assert rec["refit"]["epochs"] == rec["best_epoch"] and rec["refit"]["rows"] == 400
+        assert rec["best_params"]["transform"] == "none"  # auto: these features go negative, no power norm
         assert rec["backend"] == "torch" and rec["device"] == "cpu" and rec["precision"] in ("fp32", "bf16")
         assert len(rec["history"]) == rec["epochs_run"] <= 20 and 1 <= rec["best_epoch"] <= rec["epochs_run"]
         best = rec["history"][rec["best_epoch"] - 1]
@@ -60,7 +66,8 @@ def test_heads_join_the_results_with_history_model_and_curve(runner, tmp_path, s
     # softmax regression on standardised features lands where scikit-learn's logistic regression does
     Xtr, ytr = np.load(store / "X_train.npy"), np.load(store / "y_train.npy")
     lr = LogisticRegression(max_iter=2000).fit(Xtr, ytr).score(X_test, y_test)
-    assert abs(recs[("toynet", "linear")]["test_accuracy"] - lr) <= 0.05, (recs[("toynet", "linear")], lr)
+    chosen = records(tmp_path / "single")[("toynet", "linear")]
+    assert chosen["refit"] is None and abs(chosen["test_accuracy"] - lr) <= 0.05, (chosen["test_accuracy"], lr)
     assert "MLP head" in (out / "results.md").read_text()
     _, md = write_report(out)
     text = md.read_text()
@@ -169,14 +176,12 @@ def test_finetune_modes_train_what_they_say(runner, tmp_path, idx100, extra, nam
     assert rec["epochs_run"] == len(rec["history"]) <= 2 and rec["n_train"] == 100 and rec["n_test"] == 30
     assert rec["cached_trunk"] == ("none" in extra and rec["unfreeze"] < 9)
     assert rec["precision"] == ("bf16" if "bf16" in extra else rec["precision"])
-    names = [n for n, _ in split_blocks("efficientnet_lite0", build_backbone("efficientnet_lite0", "none",
-                                                                             image_size=32).model)]
+    blocks = split_blocks("efficientnet_lite0", build_backbone("efficientnet_lite0", "none", image_size=32).model)
+    names = [n for n, _ in blocks]
     assert len(names) == 9 and rec["blocks"] == names
     assert rec["trainable_blocks"] == (names if trainable is None else trainable)
     # frozen blocks are bit-identical to the (seeded) random-init backbone; trained ones moved
-    init = {f"blocks.{i}.{k}": v for i, (_, b) in enumerate(split_blocks(
-        "efficientnet_lite0", build_backbone("efficientnet_lite0", "none", image_size=32).model))
-        for k, v in b.state_dict().items()}
+    init = {f"blocks.{i}.{k}": v for i, (_, b) in enumerate(blocks) for k, v in b.state_dict().items()}
     saved = load_file(str(out / rec["model"]))
     for key, v in init.items():
         block = names[int(key.split(".")[1])]
@@ -236,7 +241,7 @@ def test_augmentation_is_batched_and_flip_is_exact():
 
 
 def test_run_adds_train_and_finetune_stages_then_skips_them(runner, tmp_path, resnet18_file):
-    data = make_idx_dir(tmp_path / "data", n_train=60, n_test=20)
+    data = make_idx_dir(tmp_path / "data", n_train=150, n_test=20)
     args = ["run", "--data-dir", data, "--backbone", "resnet18", "--weights", resnet18_file, "--image-size", 32,
             "--grid", "quick", "--classifiers", "lda", "--methods", "pca", "--train", "linear",
             "--finetune", "0", "--finetune-image-size", 32, "--finetune-epochs", 1, "--out", tmp_path / "rep",
