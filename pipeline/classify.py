@@ -25,7 +25,7 @@ from pipeline.compute import Backend, SklearnCPU, executed_on
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.featuresets import FeatureSet, check_comparable
-from pipeline.models import slug
+from pipeline.models import record_stem
 from pipeline.references import DATASET as STUDY_DATASET
 from pipeline.references import STUDY
 from pipeline.store import atomic_save, atomic_write, folder_lock, has_fields
@@ -392,8 +392,6 @@ def _scored(ci, fn, *args):
 
 def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_scores, backend: Backend,
                     search_s: float) -> tuple[dict, object]:
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
-
     params = plan.candidates[best]
     est = _estimator(c, plan.native, params)
     if est.get_params().get("clf__n_jobs") == 1:  # pinned to 1 while folds ran in parallel
@@ -413,23 +411,29 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
                             f"({type(e).__name__}: {str(e).strip()[:200]})") from None
     y = np.asarray(fs.y_test)
     ran_on, device = executed_on(est)
-    labels = np.arange(len(fs.classes))
-    prec, rec_, _, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     return {
         "feature_set": fs.name, "classifier": c, "label": CLASSIFIERS[c].label,
         "best_params": {k.split("__", 1)[-1] if k.startswith("clf__") else k: v for k, v in params.items()},
         "cv_mean": float(np.mean(best_scores)), "cv_std": float(np.std(best_scores)), "cv_folds": len(plan.folds),
         "tune_rows": len(plan.tune_idx), "candidates": len(plan.candidates),
-        "test_accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro")),
         "fit_seconds": round(fit_s, 3), "predict_seconds": round(pred_s, 3), "search_seconds": round(search_s, 2),
         "backend": ran_on, "device": device, "device_name": _device_name(device),
         "n_train": len(fs.y_train), "n_test": len(y),
-        "labels_sha256": fs.labels_sha256,
-        "per_class": {name: {"precision": float(p), "recall": float(r), "support": int(s)}
-                      for name, p, r, s in zip(fs.classes, prec, rec_, support)},
-        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
-        "classes": fs.classes,
+        "labels_sha256": fs.labels_sha256, **scores(y, pred, fs.classes),
     }, est
+
+
+def scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """Test accuracy, macro-F1, per-class precision/recall and the confusion matrix: every record's scores
+    (classify's, trained heads', fine-tuned networks')."""
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    labels = np.arange(len(classes))
+    prec, rec_, _, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    return {"test_accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro")),
+            "per_class": {name: {"precision": float(p), "recall": float(r), "support": int(s)}
+                          for name, p, r, s in zip(classes, prec, rec_, support)},
+            "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(), "classes": list(classes)}
 
 
 def _device_name(device: str) -> str:
@@ -478,7 +482,7 @@ def write_results(out: Path, new: list[dict], fs: FeatureSet | None = None,
     atomic_write(out / "results.md", results_markdown(records))
     renew = {(r["feature_set"], r["classifier"]) for r in new} if refresh_confusion else set()
     for r in records:
-        stem = f"{slug(r['feature_set'])}_{r['classifier']}"
+        stem = record_stem(r["feature_set"], r["classifier"])
         cm_dir = out / "confusion"
         if (r["feature_set"], r["classifier"]) in renew or not (cm_dir / f"{stem}.png").exists():
             _confusion_files(r, cm_dir, stem)

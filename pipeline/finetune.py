@@ -239,12 +239,13 @@ def finetune(req: FinetuneRequest, progress: bool | None = None,
 
 def _finetune(req: FinetuneRequest, augments, out: Path, progress, log) -> dict:
     from pipeline.backbones import build_backbone
-    from pipeline.classify import _refuse_other_data, read_results
+    from pipeline.classify import _refuse_other_data, read_results, scores
     from pipeline.compute import resolve_device
     from pipeline.datasets import load_dataset
     from pipeline.engines import device_name
     from pipeline.featuresets import labels_sha256
-    from pipeline.heads import finish, scores
+    from pipeline.heads import finish
+    from pipeline.models import record_stem
 
     started = time.perf_counter()
     cfg = req.train
@@ -342,7 +343,7 @@ def _finetune(req: FinetuneRequest, augments, out: Path, progress, log) -> dict:
                           or bb.weights.get("id"), "unfreeze": k, "augment": list(augments),
                           "image_size": req.image_size, "head_dropout": req.head_dropout, "device": device.type,
                           "precision": precision})
-    ckpt = checkpoint_path(out, _stem_for(name))
+    ckpt = checkpoint_path(out, record_stem(name, "finetune"))
     result = train(task, cfg, lr, ckpt, device, precision, req.overwrite, progress, started, log)
     pred = result.test_logits.argmax(1).numpy()
     rec = {
@@ -377,12 +378,6 @@ def _finetune(req: FinetuneRequest, augments, out: Path, progress, log) -> dict:
         f"{rec['epochs_run']} ({rec['stopped_by']})  {rec['fit_seconds'] / 60:.1f} min on {rec['device_name']}, "
         f"{precision}")
     return rec
-
-
-def _stem_for(name: str) -> str:
-    from pipeline.models import slug
-
-    return f"{slug(name)}_finetune"
 
 
 def _cache_trunk(net: FinetuneNet, images, prepared, device, precision, batch_size, progress, log) -> dict:

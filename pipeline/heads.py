@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -145,8 +145,6 @@ def train_head(fs: FeatureSet, req: TrainRequest, progress: bool | None = None,
     """Train one head on `fs` and write its record, learning curve and model under `req.out` (locked)."""
     req.head.check()
     req.train.check()
-    if fs.name == "raw" and fs.meta.get("raw") is None:
-        raise PipelineError("internal: raw features without their recipe")
     with folder_lock(req.out, "pipeline train"):
         from pipeline.classify import _check_results_file
 
@@ -157,9 +155,10 @@ def train_head(fs: FeatureSet, req: TrainRequest, progress: bool | None = None,
 def _train_head(fs: FeatureSet, req: TrainRequest, progress, log) -> dict:
     from dataclasses import replace
 
+    from pipeline.classify import scores
     from pipeline.compute import resolve_device
     from pipeline.engines import device_name
-    from pipeline.models import about_features
+    from pipeline.models import about_features, record_stem
 
     started = time.perf_counter()
     cfg, spec = req.train, req.head
@@ -199,7 +198,7 @@ def _train_head(fs: FeatureSet, req: TrainRequest, progress, log) -> dict:
                     settings={"features": fs.fingerprint, "feature_set": fs.name, "head": spec.describe(),
                               "device": device.type, "precision": precision, "phase": phase})
 
-    stem = f"{fs.name}_{spec.kind}"
+    stem = record_stem(fs.name, spec.kind)
     ckpt = checkpoint_path(req.out, stem)
     first = task(tr, "select")
     chosen = train(first, cfg, lr, ckpt, device, precision, req.overwrite, progress, started, log)
@@ -244,39 +243,16 @@ def _training_fields(result, cfg: TrainConfig) -> dict:
             "resumed_at_epoch": result.resumed_at, "max_minutes": cfg.max_minutes}
 
 
-def scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
-    """Test accuracy, macro-F1, per-class precision/recall and the confusion matrix (the classify record's)."""
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
-
-    labels = np.arange(len(classes))
-    prec, rec_, _, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    return {"test_accuracy": float((pred == y).mean()),
-            "macro_f1": float(f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
-            "per_class": {n: {"precision": float(p), "recall": float(r), "support": int(s)}
-                          for n, p, r, s in zip(classes, prec, rec_, support)},
-            "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(), "classes": list(classes)}
-
-
 def finish(out: Path, rec: dict, model: nn.Module, architecture: dict, about: dict, ckpt: Path,
            extra: list[Path] = ()) -> None:
     """Model, then record (+ derived tables), then learning curve; the checkpoint goes last (a kill before
     that reruns from it and rewrites the same outputs)."""
     from pipeline.classify import write_results
     from pipeline.figures import learning_curve
-    from pipeline.models import save_torch_model
+    from pipeline.models import curve_path, save_torch_model
 
     rec["model"] = save_torch_model(out, rec, model, architecture, about)
     write_results(out, [rec])
-    learning_curve(rec, Path(out) / "curves" / f"{_stem(rec)}.png")
+    learning_curve(rec, Path(out) / curve_path(rec))
     for path in (ckpt, *extra):
         path.unlink(missing_ok=True)
-
-
-def _stem(rec: dict) -> str:
-    from pipeline.models import slug
-
-    return f"{slug(rec['feature_set'])}_{rec['classifier']}"
-
-
-def train_settings(req: TrainRequest) -> dict:
-    return {"head": req.head.describe(), **asdict(req.train)}

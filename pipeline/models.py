@@ -30,9 +30,19 @@ def slug(name: str) -> str:
     return re.sub(r"[^\w.:+-]+", "-", name).strip("-")
 
 
+def record_stem(feature_set: str, classifier: str) -> str:
+    """A record's file name stem, shared by its model, card, confusion matrix, learning curve and checkpoint."""
+    return f"{slug(feature_set)}_{classifier}"
+
+
+def curve_path(rec: dict) -> str:
+    """A trained head's or network's learning curve, relative to its report folder."""
+    return f"curves/{record_stem(rec['feature_set'], rec['classifier'])}.png"
+
+
 def model_paths(out: Path, feature_set: str, classifier: str, suffix: str = ".skops") -> tuple[Path, Path]:
     """(model, card): scikit-learn models are .skops, torch models (heads, fine-tuned networks) .safetensors."""
-    stem = Path(out) / MODELS_DIR / f"{slug(feature_set)}_{classifier}"
+    stem = Path(out) / MODELS_DIR / record_stem(feature_set, classifier)
     return Path(f"{stem}{suffix}"), Path(f"{stem}.json")
 
 
@@ -51,20 +61,21 @@ def save_model(out: Path, fs, rec: dict, est, to_numpy=None) -> str:
     card_path.unlink(missing_ok=True)  # no card may describe a model it did not come with
     with replacing(path) as f:
         sio.dump(est, f, compression=zipfile.ZIP_DEFLATED, compresslevel=3)
-    card = {
-        "format": FORMAT, "model": path.name, "feature_set": rec["feature_set"], "classifier": rec["classifier"],
-        "label": rec["label"], "classes": list(fs.classes), "dataset": fs.dataset,
-        "dataset_source": fs.meta.get("dataset", {}).get("source"), "features": fs.recipe,
-        "features_fingerprint": fs.fingerprint, "labels_sha256": rec["labels_sha256"],
-        "record": {k: rec.get(k) for k in ("test_accuracy", "macro_f1", "cv_mean", "best_params", "n_train",
-                                            "n_test", "grid", "backend", "device")},
-        "scores": "probabilities" if _has(est, "predict_proba") else "decision" if _has(est, "decision_function")
-        else None,
-        "trusted_types": list(TRUSTED), "versions": _versions(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    card = _card(path, rec, about_features(fs), ("test_accuracy", "macro_f1", "cv_mean", "best_params", "n_train",
+                                                 "n_test", "grid", "backend", "device"),
+                 scores="probabilities" if _has(est, "predict_proba") else "decision"
+                 if _has(est, "decision_function") else None, trusted_types=list(TRUSTED))
     atomic_write(card_path, json.dumps(card, indent=1))
     return str(path.relative_to(out))
+
+
+def _card(path: Path, rec: dict, about: dict, record_keys: tuple[str, ...], **extra) -> dict:
+    """A model's card: what it is, what it needs to predict (`about`: classes, dataset, features' recipe), how
+    well it did (the record's `record_keys`), and what made it."""
+    return {"format": FORMAT, "model": path.name, "feature_set": rec["feature_set"], "classifier": rec["classifier"],
+            "label": rec["label"], **about, "features_fingerprint": rec.get("features_fingerprint"),
+            "labels_sha256": rec["labels_sha256"], "record": {k: rec.get(k) for k in record_keys}, **extra,
+            "versions": _versions(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def about_features(fs) -> dict:
@@ -86,17 +97,9 @@ def save_torch_model(out: Path, rec: dict, model, architecture: dict, about: dic
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with replacing(path) as f:
         f.write(save(state))
-    card = {
-        "format": FORMAT, "model": path.name, "feature_set": rec["feature_set"], "classifier": rec["classifier"],
-        "label": rec["label"], **about,
-        "features_fingerprint": rec.get("features_fingerprint"), "labels_sha256": rec["labels_sha256"],
-        "architecture": architecture,
-        "record": {k: rec.get(k) for k in ("test_accuracy", "macro_f1", "cv_mean", "best_params", "best_epoch",
-                                            "epochs_run", "stopped_by", "n_train", "n_test", "backend", "device",
-                                            "precision")},
-        "scores": "probabilities", "versions": _versions(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    card = _card(path, rec, about, ("test_accuracy", "macro_f1", "cv_mean", "best_params", "best_epoch", "epochs_run",
+                                    "stopped_by", "n_train", "n_test", "backend", "device", "precision"),
+                 architecture=architecture, scores="probabilities")
     atomic_write(card_path, json.dumps(card, indent=1))
     return str(path.relative_to(out))
 
@@ -127,6 +130,9 @@ def _load_torch(path: Path, card: dict):
     if arch.get("kind") != "head":
         raise PipelineError(f"{path}: a fine-tuned network ({card.get('feature_set')}); `pipeline predict` takes "
                             f"classifiers on features (.skops models and trained heads) for now")
+    if not isinstance(card.get("features"), dict):
+        raise PipelineError(f"{path}: its card {path.with_suffix('.json').name} has no features' recipe; rerun "
+                            f"`pipeline train` to save the model again")
     from pipeline.heads import head_from_card
 
     try:
@@ -164,9 +170,7 @@ def model_file(out: Path, feature_set: str, classifier: str) -> Path:
 
 
 def has_model(out: Path, feature_set: str, classifier: str) -> bool:
-    path, card = model_paths(out, feature_set, classifier)
-    torch_path = model_paths(out, feature_set, classifier, ".safetensors")[0]
-    return (path.is_file() or torch_path.is_file()) and card.is_file()
+    return model_file(out, feature_set, classifier).is_file() and model_paths(out, feature_set, classifier)[1].is_file()
 
 
 def load_model(path: str | Path):
@@ -183,11 +187,11 @@ def load_model(path: str | Path):
         raise PipelineError(f"{path}: no such model; models are saved as <out>/models/<features>_<classifier>.skops "
                             f"by `pipeline classify` or `pipeline run`")
     card = read_json(card_path)
+    if card is not None and card.get("format") == FORMAT and path.suffix == ".safetensors":
+        return _load_torch(path, card), card  # refuses a fine-tuned network (no features to predict from)
     if card is None or card.get("format") != FORMAT or not isinstance(card.get("features"), dict):
         raise PipelineError(f"{path}: its card {card_path.name} is missing or not a pipeline model card; "
                             f"rerun `pipeline classify` to save the model again")
-    if path.suffix == ".safetensors":
-        return _load_torch(path, card), card
     try:
         untrusted = sio.get_untrusted_types(file=path)
         unknown = [t for t in untrusted if t not in TRUSTED]

@@ -20,6 +20,7 @@ from pipeline.compute import cpu_name
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.figures import accuracy_figure, confusion_grid, feature_title, transfer_figure
+from pipeline.models import curve_path
 from pipeline.references import BENCHMARK, STUDY
 from pipeline.store import atomic_write, folder_lock, has_fields
 
@@ -299,19 +300,16 @@ def store_rows(stores: dict) -> tuple[list[str], list[list[str]]]:
 
 # --- writers -------------------------------------------------------------------------------------------
 
-def _figures(d: dict) -> dict:
+def _figures(d: dict, points: list[dict]) -> dict:
     """Paths (relative to out) of the figures the report shows, drawing the accuracy bars here."""
     out, all_records = d["out"], d["records"]
     records = frozen(all_records)
     figs = {"bars": None, "confusion": [], "maps": [], "wild": [], "transfer": []}
-    points = transfer_points(all_records)
     if any("best_epoch" in p["record"] for p in points):
         transfer_figure(points, out / "figures" / "transfer.png")
         figs["transfer"].append(("test accuracy vs training time per transfer mode", "figures/transfer.png"))
         for r in all_records:
-            from pipeline.models import slug
-
-            rel = f"curves/{slug(r['feature_set'])}_{r['classifier']}.png"
+            rel = curve_path(r)
             if "history" in r and (out / rel).exists():
                 figs["transfer"].append((f"learning curve: {r['label']} on {r['feature_set']}", rel))
     if records:
@@ -367,15 +365,15 @@ def write_report(out: Path) -> tuple[Path, Path]:
 def _write_report(out: Path) -> tuple[Path, Path]:
     d = gather(out)
     out = d["out"]
-    figs = _figures(d)
+    points = transfer_points(d["records"])
+    figs = _figures(d, points)
     sections = {
         "accuracy": (raw_note(d) + _caption(d["records"]), [accuracy_rows(d["records"]), detail_rows(d["records"])]
                      if d["records"] else []),
         "bars": ("Grouped bars per classifier" + ("; hatched bars are the original study's." if
                                                   _vs_study(d["records"]) else "."), []),
         "confusion": ("Rows: true class, normalised. Each matrix alone, with counts, is in confusion/.", []),
-        "transfer": (_transfer_caption(transfer_points(d["records"])),
-                     [transfer_rows(transfer_points(d["records"]))] if d["records"] else []),
+        "transfer": (_transfer_caption(points), [transfer_rows(points)] if points else []),
         "wild": (_wild_caption(d["records"]), [wild_rows(d["records"])] if any("wild_accuracy" in r for r in
                                                                                  d["records"]) else []),
         "maps": ("Train and test points together, coloured by class. k-NN accuracy in 2-D (5-fold CV) says how "

@@ -265,7 +265,7 @@ def train(task: Task, cfg: TrainConfig, lr: float, ckpt: Path, device: torch.dev
             break
         # the next epoch's time: this one's, less the first epoch's one-off warm-up (CUDA kernels loading)
         next_s = min(seconds, est_epoch_s + val_s) if epoch == first and est_epoch_s else seconds
-        final_s = val_s * (1 + len(task.y_test) / max(len(task.y_val), 1))  # the best epoch's val + test pass
+        final_s = val_s * len(task.y_test) / max(len(task.y_val), 1)  # the best epoch's test pass
         if budget is not None and epoch < cfg.epochs and elapsed + next_s + final_s > budget:
             stopped_by = "budget"
             log(f"{task.name}: stopping after epoch {epoch}: another epoch (~{_fmt(next_s)}) would overrun "
@@ -273,19 +273,18 @@ def train(task: Task, cfg: TrainConfig, lr: float, ckpt: Path, device: torch.dev
             break
     task.model.load_state_dict(best["state"])
     task.model.eval()
-    val_loss, val_acc, _ = _evaluate(task, "val", task.y_val)
-    _, _, test_logits = _evaluate(task, "test", task.y_test)
+    _, _, test_logits = _evaluate(task, "test", task.y_test)  # its validation accuracy is known: best's
     if throughput is None:  # resumed after the last epoch: the throughput of the last one recorded
         throughput = task.images_per_epoch / max(history[-1]["seconds"], 1e-9)
     return Outcome(history, best["epoch"], len(history), stopped_by,
-                   round(elapsed0 + time.perf_counter() - started, 2), val_acc, test_logits, resumed_at,
+                   round(elapsed0 + time.perf_counter() - started, 2), best["val_accuracy"], test_logits, resumed_at,
                    round(throughput, 1))
 
 
-def _first_estimate(task, cfg, t_epoch, seen, started, elapsed0, budget, log, epoch) -> float:
-    """After a few batches of the first epoch run here: the measured throughput and an ETA; refuse a budget
-    that cannot hold one epoch."""
-    rate = seen / (time.perf_counter() - t_epoch)
+def _first_estimate(task, cfg, t0, seen, started, elapsed0, budget, log, epoch) -> float:
+    """After a few batches of the first epoch run here (`seen` images since `t0`): the measured throughput and
+    an ETA; refuse a budget that cannot hold one epoch."""
+    rate = seen / (time.perf_counter() - t0)
     epoch_s = task.images_per_epoch / rate
     left = epoch_s * (cfg.epochs - epoch + 1)
     log(f"{task.name}: {rate:.0f} training img/s measured -> ~{_fmt(epoch_s)} per epoch, "
