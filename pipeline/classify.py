@@ -305,13 +305,15 @@ def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress,
     from joblib import Parallel, delayed, parallel_config
     from tqdm.auto import tqdm
 
+    from pipeline.cluster import dask_client
+
     preset = grid if isinstance(grid, str) else "custom"
     rows = TUNE_ROWS.get(preset) if isinstance(grid, str) else None
     plans = {(fs.name, c): plan_search(c, grid, fs.y_train, cv, rows, fs.classes, fs.X_train.shape[1], backend)
              for fs in sets for c in classifiers}
     n_jobs = n_jobs or (os.cpu_count() or 1)
     total = sum(len(p.candidates) * len(p.folds) + 1 for p in plans.values())
-    client = _dask_client(dask) if dask else None
+    client = dask_client(dask) if dask else None
     records = []
     bar = tqdm(total=total, unit="fit", disable=(not progress) if progress is not None else None,
                file=sys.stderr, dynamic_ncols=True)
@@ -445,17 +447,6 @@ def _device_name(device: str) -> str:
 
         return torch.cuda.get_device_name(torch.device(device))
     return cpu_name()
-
-
-def _dask_client(address: str):
-    try:
-        from distributed import Client
-    except ImportError:
-        raise PipelineError("--dask needs `pip install distributed` (Dask's scheduler)") from None
-    try:
-        return Client(address, timeout="10s")
-    except (OSError, TimeoutError, ValueError) as e:
-        raise PipelineError(f"--dask {address}: cannot reach the Dask scheduler ({e})") from None
 
 
 # --- outputs -----------------------------------------------------------------------------------------

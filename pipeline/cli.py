@@ -55,6 +55,12 @@ def dataset_options(raw: bool = True):
     return wrap
 
 
+def dask_option(what: str):
+    """--dask ADDRESS, worded for what the command runs on the cluster."""
+    return click.option("--dask", default=None, metavar="ADDRESS",
+                        help=f"A Dask scheduler (tcp://host:8786): {what} on its workers (README: Dask cluster).")
+
+
 def _names(csv: str) -> list[str]:
     """'a, b,,c' -> ['a', 'b', 'c']"""
     return [n.strip() for n in csv.split(",") if n.strip()]
@@ -95,15 +101,18 @@ def main():
 @click.option("--out", type=click.Path(path_type=str), default=None,
               help="Store folder [default: features/<dataset>/<backbone>; a folder: features/folder-<name>/...].")
 @click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings.")
+@dask_option("the images extracted in shards, each worker choosing its engine,")
+@click.option("--shard-rows", type=int, default=2048, show_default=True,
+              help="With --dask: images per shard (the unit of work, progress and resume).")
 def extract(dataset, data_dir, limit, test_fraction, backbone, weights, layer, image_size, device, precision, engine,
-            compile_, batch_size, out, overwrite):
+            compile_, batch_size, out, overwrite, dask, shard_rows):
     """Turn an image dataset into pretrained-CNN embeddings on disk (resumable)."""
     from pipeline.extract import extract as run_extract
 
     run_extract(dataset, backbone, data_dir=data_dir, limit=limit, test_fraction=test_fraction, weights=weights,
                 layer=layer,
                 image_size=image_size, device=device, precision=precision, engine=engine, compile=compile_,
-                batch_size=batch_size, out=out, overwrite=overwrite)
+                batch_size=batch_size, out=out, overwrite=overwrite, dask=dask, shard_rows=shard_rows)
 
 
 @main.command()
@@ -118,7 +127,7 @@ def extract(dataset, data_dir, limit, test_fraction, backbone, weights, layer, i
 @click.option("--cv", type=int, default=3, show_default=True, help="Cross-validation folds.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--n-jobs", type=int, default=None, help="Parallel fits [default: all cores].")
-@click.option("--dask", default=None, help="Run the grid search on this Dask scheduler (tcp://host:8786).")
+@dask_option("the grid search's fits")
 @click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>]")
 def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classifiers, grid, cv, device, n_jobs, dask,
              out):
@@ -336,9 +345,10 @@ def report(out):
               help="[default: reports/<dataset>, or reports/<dataset>-first<N> with --limit]")
 @click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings (e.g. the "
                                                 "folder's images changed).")
+@dask_option("extraction (in shards) and the grid search")
 def run(dataset, data_dir, limit, test_fraction, raw_size, backbone, weights, image_size, grid, cv, classifiers,
         methods, wild, match_domain, heads, finetune, finetune_image_size, finetune_epochs, finetune_minutes, device,
-        n_jobs, out, overwrite):
+        n_jobs, out, overwrite, dask):
     """extract -> classify (raw and embeddings, models saved) -> [train heads] -> [finetune] -> project ->
     [evaluate --wild] -> report; skips what is done, resumes the rest."""
     from pipeline.run import RunConfig
@@ -349,7 +359,7 @@ def run(dataset, data_dir, limit, test_fraction, raw_size, backbone, weights, im
                     classifiers=_names(classifiers), methods=tuple(_names(methods)), device=device, n_jobs=n_jobs,
                     out=out, wild=wild, match_domain=match_domain, overwrite=overwrite, train=tuple(_names(heads)),
                     finetune=tuple(_names(finetune)), finetune_image_size=finetune_image_size,
-                    finetune_epochs=finetune_epochs, finetune_minutes=finetune_minutes)
+                    finetune_epochs=finetune_epochs, finetune_minutes=finetune_minutes, dask=dask)
     info = run_all(cfg, command=_command_line(click.get_current_context()))
     for s in info["stages"]:
         click.echo(f"{s['stage']:>9}  {s['state']:<8} {s['seconds']:8.1f} s  {s['detail']}", err=True)

@@ -79,30 +79,36 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
             test_fraction: float | None = 0.2,
             weights: str = "imagenet", layer: str | None = None, image_size: int = 224, device: str = "auto",
             precision: str = "auto", engine: str = "auto", compile: bool = False, batch_size: int | str = "auto",
-            out=None, overwrite: bool = False, progress: bool | None = None,
+            out=None, overwrite: bool = False, progress: bool | None = None, dask: str | None = None,
+            shard_rows: int = 2048,
             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> ExtractResult:
-    """Embed every image of every split into a store; resumes an interrupted run of the same settings."""
+    """Embed every image of every split into a store; resumes an interrupted run of the same settings.
+    `dask`: a scheduler address; the rows are then cut into shards of `shard_rows` that the cluster's workers
+    extract (see pipeline.cluster)."""
     import torch
     from tqdm.auto import tqdm
 
     if batch_size != "auto" and not (str(batch_size).isdigit() and int(batch_size) >= 1):
         raise PipelineError(f"--batch-size must be auto or a positive number of images, not {batch_size}")
+    if shard_rows < 1:
+        raise PipelineError(f"--shard-rows must be a positive number of images, not {shard_rows}")
+    name = dataset if isinstance(dataset, str) else dataset.name
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, data_dir, limit, test_fraction if dataset == "folder" else None)
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, weights, layer, image_size)
+    out = Path(out) if out is not None else default_out(dataset.slug, backbone.name)
+    if dask:
+        from pipeline.cluster import ExtractJob, extract_on_dask
+
+        job = ExtractJob(name, dataset.source, limit, test_fraction if name == "folder" else None, backbone.name,
+                         weights, layer, backbone.image_size, device, precision, engine, compile,
+                         batch_size)
+        return extract_on_dask(dask, job, dataset, backbone, out, overwrite, shard_rows, progress, log)
     eng = make_engine(backbone, device, precision, engine, compile, channels=(_image_shape(dataset) or [3])[0])
     batch_size = eng.default_batch_size() if batch_size == "auto" else int(batch_size)
-    out = Path(out) if out is not None else default_out(dataset.slug, backbone.name)
     edesc = eng.describe()
-    config = {
-        "dataset": dataset.name, "content_sha256": dataset.content_hash,
-        "rows": {k: len(s) for k, s in dataset.splits.items()},
-        "backbone": backbone.name, "weights_sha256": backbone.weights.get("sha256"),
-        "weights_id": backbone.weights.get("id"), "layer": backbone.layer, "image_size": backbone.image_size,
-        "preprocessing": backbone.describe_preprocessing(), "engine": edesc["engine"],
-        "precision": edesc["precision"], "device": edesc["device"],
-    }
+    config = store_config(dataset, backbone, edesc)
     labels = {k: s.labels for k, s in dataset.splits.items()}
     total = sum(map(len, labels.values()))
     with StoreWriter(out, config, labels, backbone.dim, overwrite=overwrite) as store:
@@ -131,28 +137,46 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
                                         f"run again with a smaller --batch-size: the store resumes") from None
         seconds = time.perf_counter() - t0
         computed = total - done
-        meta = {
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": " ".join(["pipeline"] + sys.argv[1:]) if Path(sys.argv[0]).name == "pipeline" else None,
-            "dataset": {**dataset.describe(), "image_shape": _image_shape(dataset) or "varied (image folder)"},
-            "backbone": {"name": backbone.name, "weights": backbone.weights, "layer": backbone.layer,
-                         "feature_dim": backbone.dim},
-            "image_size": backbone.image_size,
-            "preprocessing": backbone.describe_preprocessing(),
-            "precision": edesc["precision"],
-            "engine": edesc,
-            "device": {"type": edesc["device"], "name": edesc["device_name"]},
-            "batch_size": batch_size,
-            "throughput": {"images": computed, "seconds": round(seconds, 2),
-                           "img_per_s": round(computed / seconds, 1) if seconds else None,
-                           "resumed_from": done or None},
-            "versions": _versions(),
-        }
+        meta = store_meta(dataset, backbone, edesc, batch_size, computed, seconds, done)
         store.finalize(meta)
     rate = computed / seconds if seconds else 0.0
     log(f"stored {total:,} x {backbone.dim} features in {out} ({computed:,} computed in {seconds:.1f} s, "
         f"{rate:.0f} img/s, {edesc['engine']} {edesc['precision']} on {edesc['device_name']})")
     return ExtractResult(out, store.state, computed, seconds)
+
+
+def store_config(dataset: Dataset, backbone: Backbone, edesc: dict) -> dict:
+    """What makes two stores the same: their config hash decides resume, skip, or refuse."""
+    return {
+        "dataset": dataset.name, "content_sha256": dataset.content_hash,
+        "rows": {k: len(s) for k, s in dataset.splits.items()},
+        "backbone": backbone.name, "weights_sha256": backbone.weights.get("sha256"),
+        "weights_id": backbone.weights.get("id"), "layer": backbone.layer, "image_size": backbone.image_size,
+        "preprocessing": backbone.describe_preprocessing(), "engine": edesc["engine"],
+        "precision": edesc["precision"], "device": edesc["device"],
+    }
+
+
+def store_meta(dataset: Dataset, backbone: Backbone, edesc: dict, batch_size: int | str, computed: int,
+               seconds: float, resumed_from: int) -> dict:
+    """meta.json: how the store was made, from what ran (edesc: the engine's own description)."""
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["pipeline"] + sys.argv[1:]) if Path(sys.argv[0]).name == "pipeline" else None,
+        "dataset": {**dataset.describe(), "image_shape": _image_shape(dataset) or "varied (image folder)"},
+        "backbone": {"name": backbone.name, "weights": backbone.weights, "layer": backbone.layer,
+                     "feature_dim": backbone.dim},
+        "image_size": backbone.image_size,
+        "preprocessing": backbone.describe_preprocessing(),
+        "precision": edesc["precision"],
+        "engine": edesc,
+        "device": {"type": edesc["device"], "name": edesc["device_name"]},
+        "batch_size": batch_size,
+        "throughput": {"images": computed, "seconds": round(seconds, 2),
+                       "img_per_s": round(computed / seconds, 1) if seconds else None,
+                       "resumed_from": resumed_from or None},
+        "versions": _versions(),
+    }
 
 
 def _image_shape(ds: Dataset) -> list[int] | None:

@@ -37,6 +37,7 @@ class RunConfig:
     methods: tuple[str, ...] = ("pca", "tsne", "umap")
     device: str = "auto"
     n_jobs: int | None = None
+    dask: str | None = None  # a Dask scheduler: extraction in shards and the grid search run on its workers
     out: Path | None = None
     store: Path | None = None
     wild: str | None = None  # a folder of class sub-folders: the "in the wild" test as a last stage
@@ -101,6 +102,7 @@ def run(cfg: RunConfig, command: str | None = None,
                 "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "backbone": cfg.backbone,
                 "image_size": cfg.image_size, "limit": limit, "grid": grid, "cv": cv,
                 "classifiers": classifiers, "methods": list(cfg.methods), "backend": backend.name, "out": str(out),
+                "dask": cfg.dask,
                 "wild": cfg.wild, "match_domain": cfg.match_domain, "train": list(cfg.train),
                 "finetune": list(cfg.finetune), "stages": []}
         if cfg.finetune:
@@ -126,7 +128,7 @@ def run(cfg: RunConfig, command: str | None = None,
         def do_extract():
             r = extract(dataset, cfg.backbone, data_dir=data_dir, limit=limit, test_fraction=cfg.test_fraction,
                         weights=cfg.weights, device=cfg.device, out=store, image_size=cfg.image_size,
-                        overwrite=cfg.overwrite)
+                        overwrite=cfg.overwrite, dask=cfg.dask)
             state = {"complete": "skipped", "resume": "resumed", "new": "ran"}.get(r.state, r.state)
             if state == "skipped":
                 return state, f"{r.path} already holds these embeddings"
@@ -146,7 +148,7 @@ def run(cfg: RunConfig, command: str | None = None,
             todo = {fs.name: cls.pending(out, fs, classifiers, grid, cv) for fs in sets}
             for fs in sets:
                 if todo[fs.name]:
-                    cls.classify([fs], todo[fs.name], grid, cv, backend, cfg.n_jobs, out=out, log=log)
+                    cls.classify([fs], todo[fs.name], grid, cv, backend, cfg.n_jobs, cfg.dask, out=out, log=log)
             n = sum(map(len, todo.values()))
             if not n:
                 cls.write_results(out, [])  # derived files (CSV, Markdown, figures) up to date after a crash

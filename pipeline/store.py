@@ -317,8 +317,7 @@ class StoreWriter:
         if progress is not None and not (isinstance(progress.get("config_hash"), str)
                                          and isinstance(progress.get("done"), dict)):
             progress = None  # JSON, but not a progress record: as damaged as garbage
-        if progress is not None and progress["config_hash"] == self.hash and self._valid(progress["done"]):
-            self.done = progress["done"]
+        if progress is not None and progress["config_hash"] == self.hash and self._restore(progress):
             self.state = "resume"
             _remove_stale_tmp(self.partial)
         else:
@@ -335,10 +334,7 @@ class StoreWriter:
         try:
             for s in self.labels:  # rows are written with pwrite: no mapped pages, so memory stays flat
                 fd = os.open(self.partial / f"X_{s}.npy", os.O_RDWR)
-                with open(self.partial / f"X_{s}.npy", "rb") as f:
-                    np.lib.format.read_magic(f)
-                    np.lib.format.read_array_header_1_0(f)
-                    self.files[s] = (fd, f.tell())
+                self.files[s] = (fd, _body_offset(self.partial / f"X_{s}.npy"))
         except (OSError, ValueError) as e:
             raise PipelineError(f"{self.partial} is damaged ({e}); delete it to start over") from None
         return self.state
@@ -349,9 +345,14 @@ class StoreWriter:
         return self.partial.is_dir() and ((self.partial / MARKER).is_file() or (
             (self.partial / "progress.json").is_file() and _only_store_files(self.partial)))
 
-    def _valid(self, done) -> bool:
-        return isinstance(done, dict) and set(done) == set(self.labels) and all(
-            isinstance(done[s], int) and 0 <= done[s] <= len(y) for s, y in self.labels.items())
+    def _restore(self, progress: dict) -> bool:
+        """Take the rows a progress record says are done, if it is valid for these splits."""
+        done = progress["done"]
+        if not (set(done) == set(self.labels) and all(
+                isinstance(done[s], int) and 0 <= done[s] <= len(y) for s, y in self.labels.items())):
+            return False
+        self.done = done
+        return True
 
     def _create_partial(self):
         self.partial.mkdir()
@@ -386,20 +387,9 @@ class StoreWriter:
     # -- writing -----------------------------------------------------------------------------------
     def write(self, split: str, start: int, rows: np.ndarray) -> None:
         """Store rows [start, start+len) of a split; they count as done once the next commit syncs them."""
-        if not np.isfinite(rows).all():
-            raise PipelineError(f"non-finite features in {split} rows {start}..{start + len(rows)} "
-                                f"(reduced-precision overflow?); rerun with --precision fp32")
+        check_finite(split, start, rows)
         fd, offset = self.files[split]
-        data = memoryview(np.ascontiguousarray(rows, dtype="<f4").tobytes())
-        pos = offset + start * self.dim * 4
-        try:
-            while data:  # pwrite may write less than asked (a full disk, a signal): write the rest or fail
-                n = os.pwrite(fd, data, pos)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                data, pos = data[n:], pos + n
-        except OSError as e:
-            raise io_error(e, f"writing {self.partial / f'X_{split}.npy'}") from None
+        _pwrite_rows(fd, offset, self.dim, start, rows, self.partial / f"X_{split}.npy")
         self.done[split] = start + len(rows)
         if time.monotonic() - self._last_commit >= COMMIT_SECONDS:
             self.commit()
@@ -456,6 +446,126 @@ class StoreWriter:
             (self.out / name).unlink(missing_ok=True)
         for old in self.out.parent.glob(f".{glob.escape(self.out.name)}.replaced-*"):
             shutil.rmtree(old, ignore_errors=True)
+
+
+def check_finite(split: str, start: int, rows: np.ndarray) -> None:
+    if not np.isfinite(rows).all():
+        raise PipelineError(f"non-finite features in {split} rows {start}..{start + len(rows)} "
+                            f"(reduced-precision overflow?); rerun with --precision fp32")
+
+
+def _body_offset(path: Path) -> int:
+    """Byte offset of row 0 in a .npy file."""
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        return f.tell()
+
+
+def _pwrite_rows(fd: int, offset: int, dim: int, start: int, rows: np.ndarray, path: Path) -> None:
+    data = memoryview(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+    pos = offset + start * dim * 4
+    try:
+        while data:  # pwrite may write less than asked (a full disk, a signal): write the rest or fail
+            n = os.pwrite(fd, data, pos)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            data, pos = data[n:], pos + n
+    except OSError as e:
+        raise io_error(e, f"writing {path}") from None
+
+
+class ShardWriter:
+    """A worker's side of a sharded store: rows [start, stop) of one split written in place into the
+    preallocated `X_<split>.npy` of `<out>.partial` (other workers write other rows of the same file), then
+    synced. The driver, which holds the store's lock, records the shard as done only after `close()`."""
+
+    def __init__(self, partial: str | os.PathLike, split: str, start: int, stop: int, dim: int):
+        self.path = Path(partial) / f"X_{split}.npy"
+        self.split, self.start, self.stop, self.dim = split, start, stop, dim
+        self.next = start
+        try:
+            self.offset = _body_offset(self.path)
+            self.fd = os.open(self.path, os.O_RDWR)
+        except (OSError, ValueError) as e:
+            raise PipelineError(f"{self.path} cannot be opened on this worker ({getattr(e, 'strerror', None) or e}): "
+                                f"the store's --out must be on a filesystem every worker shares") from None
+
+    def write(self, rows: np.ndarray) -> None:
+        check_finite(self.split, self.next, rows)
+        if self.next + len(rows) > self.stop:
+            raise AssertionError(f"shard {self.split} {self.start}:{self.stop} got rows up to {self.next + len(rows)}")
+        _pwrite_rows(self.fd, self.offset, self.dim, self.next, rows, self.path)
+        self.next += len(rows)
+
+    def abort(self) -> None:
+        """Close without syncing: the shard failed and will be extracted again."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def close(self) -> None:
+        """Sync the rows (the shard counts as done only once this returned) and close."""
+        try:
+            if self.next != self.stop:
+                raise AssertionError(f"shard {self.split} {self.start}:{self.stop} closed at row {self.next}")
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise io_error(e, f"syncing {self.path}") from None
+        finally:
+            os.close(self.fd)
+
+
+class ShardedStoreWriter(StoreWriter):
+    """The driver's side of a store extracted in shards by many workers (`pipeline extract --dask`).
+
+    Progress is per shard: progress.json lists every finished shard (split, rows, and the worker, device and
+    engine that made it), in any order, so a rerun extracts only the rows no finished shard covers, cut into
+    shards of any size. The rows themselves are written by the workers (`ShardWriter`)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.shards: list[dict] = []
+
+    def _restore(self, progress: dict) -> bool:
+        shards = progress.get("shards")
+        if not isinstance(shards, list) or not all(
+                has_fields(d, {"split": str, "start": int, "stop": int}) and d["split"] in self.labels
+                and 0 <= d["start"] < d["stop"] <= len(self.labels[d["split"]]) for d in shards):
+            return False
+        spans = sorted((d["split"], d["start"], d["stop"]) for d in shards)
+        if any(a[0] == b[0] and b[1] < a[2] for a, b in zip(spans, spans[1:])):
+            return False  # overlapping shards: not a record this writer made
+        self.shards = shards
+        self._count()
+        return True
+
+    def _count(self) -> None:
+        self.done = {s: sum(d["stop"] - d["start"] for d in self.shards if d["split"] == s) for s in self.labels}
+
+    def _save_progress(self):
+        _write_json(self.partial / "progress.json", {"config_hash": self.hash, "done": self.done,
+                                                     "shards": self.shards})
+
+    def missing(self, shard_rows: int) -> list[tuple[str, int, int]]:
+        """(split, start, stop) of the rows no finished shard covers, in pieces of at most `shard_rows`."""
+        todo = []
+        for s, y in self.labels.items():
+            covered = sorted((d["start"], d["stop"]) for d in self.shards if d["split"] == s) + [(len(y), len(y))]
+            at = 0
+            for a, b in covered:
+                todo += [(s, i, min(i + shard_rows, a)) for i in range(at, a, shard_rows)]
+                at = max(at, b)
+        return todo
+
+    def record(self, shard: dict) -> None:
+        """A worker finished (and synced) a shard: count it, durably."""
+        self.shards.append(shard)
+        self._count()
+        self._save_progress()
+        fault_point("extract:shard")
+
+    def write(self, split, start, rows):
+        raise AssertionError("a sharded store's rows are written by the workers (ShardWriter)")
 
 
 def _diff(old: dict, new_config: dict) -> str:
