@@ -146,9 +146,12 @@ def run(cfg: RunConfig, command: str | None = None,
 
                 wild_folder(cfg.wild, sets[0].classes)
             todo = {fs.name: cls.pending(out, fs, classifiers, grid, cv) for fs in sets}
+            groups: dict[tuple, list] = {}  # sets with the same classifiers to do: one call, so refits overlap
             for fs in sets:
                 if todo[fs.name]:
-                    cls.classify([fs], todo[fs.name], grid, cv, backend, cfg.n_jobs, cfg.dask, out=out, log=log)
+                    groups.setdefault(tuple(todo[fs.name]), []).append(fs)
+            for todo_c, group in groups.items():
+                cls.classify(group, list(todo_c), grid, cv, backend, cfg.n_jobs, cfg.dask, out=out, log=log)
             n = sum(map(len, todo.values()))
             if not n:
                 cls.write_results(out, [])  # derived files (CSV, Markdown, figures) up to date after a crash
