@@ -5,7 +5,7 @@ both, and the difference of each from the committed `reports/fashion-mnist/resul
 
     python benchmarks/bench_study.py --old REV [--new HEAD] [--data-dir DIR] [--limit N] [--keep DIR]
 
-Both checkouts run with this interpreter (the same installed libraries); a run takes 15-25 minutes on a
+Both checkouts run with this interpreter (the same installed libraries); a run takes 20-45 minutes on a
 2-core machine with all 70,000 images. Without --keep, the checkouts and their outputs are removed after.
 """
 from __future__ import annotations
@@ -29,28 +29,45 @@ PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
         "sys.exit(r.returncode)")
 
 
-def run_rev(rev: str, work: Path, data_dir: str | None, limit: int | None) -> dict:
+STAGE1 = ["pipeline/extract.py", "pipeline/engines.py", "pipeline/backbones.py", "pipeline/store.py",
+          "pipeline/datasets.py"]
+
+
+def run_rev(rev: str, work: Path, data_dir: str | None, limit: int | None, store_from: Path | None = None) -> dict:
+    """README's main command in a fresh checkout of `rev`; `store_from`: a finished store (made by the same
+    extraction code) placed in the checkout first, so that its extract stage is skipped. A checkout in `work`
+    whose run finished is read, not run again (wall and peak RSS then come from its run.json: start-up and
+    peak RSS unknown)."""
     tree = work / rev.replace("/", "_")
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), rev], check=True,
-                   capture_output=True)
     out = tree / "study-out"
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--backbone", "efficientnet_lite0", "--out", str(out)]
     cmd += ["--data-dir", data_dir] if data_dir else []
     cmd += ["--limit", str(limit)] if limit else []
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", PEAK, *cmd], cwd=tree, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if p.returncode:
-        sys.exit(f"{rev}: pipeline run failed:\n{p.stderr[-3000:]}")
-    peak = int(p.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1e6
-    info = json.loads((out / "run.json").read_text())
+    info = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    if info.get("finished"):
+        wall, peak = sum(s["seconds"] for s in info["stages"]), float("nan")
+    else:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), rev], check=True,
+                       capture_output=True)
+        if store_from is not None:
+            dest = tree / store_from.relative_to(store_from.parents[2])
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(store_from, dest)
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", PEAK, *cmd], cwd=tree, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if p.returncode:
+            sys.exit(f"{rev}: pipeline run failed:\n{p.stderr[-3000:]}")
+        peak = int(p.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1e6
+        info = json.loads((out / "run.json").read_text())
     results = {(r["feature_set"], r["classifier"]): r for r in json.loads((out / "results.json").read_text())}
     maps = {f.stem: json.loads(f.read_text()) for f in (out / "maps").glob("*.json")}
     return {"rev": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
                                   text=True).stdout.strip(),
             "wall": wall, "peak_gb": peak, "stages": {s["stage"]: s["seconds"] for s in info["stages"]},
-            "results": results, "maps": maps, "tree": tree}
+            "results": results, "maps": maps, "tree": tree,
+            "store": tree / info["stores"][0] if not Path(info["stores"][0]).is_absolute() else Path(info["stores"][0])}
 
 
 def main():
@@ -59,13 +76,19 @@ def main():
     ap.add_argument("--new", default="HEAD")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--keep", default=None, help="keep the checkouts and their outputs in this folder")
+    ap.add_argument("--keep", default=None, help="keep the checkouts and their outputs in this folder (a "
+                                                  "finished run found there is read, not run again)")
+    ap.add_argument("--fresh-extract", action="store_true",
+                    help="extract in both checkouts (default: the old one gets the new one's store when the two "
+                         "revisions' stage-1 code is the same, and skips its extract stage)")
     a = ap.parse_args()
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-study-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         new = run_rev(a.new, work, a.data_dir, a.limit)  # new first: its figures are the goal
-        runs = [run_rev(a.old, work, a.data_dir, a.limit), new]
+        same = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", a.old, a.new, "--", *STAGE1]).returncode == 0
+        share = same and not a.fresh_extract
+        runs = [run_rev(a.old, work, a.data_dir, a.limit, new["store"] if share else None), new]
     finally:
         if not a.keep:
             for tree in work.iterdir():
@@ -79,9 +102,13 @@ def main():
     print(f"| stage | old {old['rev']} (s) | new {new['rev']} (s) | new / old |\n|---|---|---|---|")
     for st in old["stages"]:
         o, n = old["stages"][st], new["stages"].get(st, float("nan"))
+        if share and st == "extract":  # the same code: old's wall counts new's extraction
+            old["wall"] += n - o
+            print(f"| extract | (new's store: same stage-1 code) | {n:.0f} | 1.00 |")
+            continue
         print(f"| {st} | {o:.0f} | {n:.0f} | {n / o if o else float('nan'):.2f} |")
     print(f"| **wall** | **{old['wall']:.0f}** | **{new['wall']:.0f}** | **{new['wall'] / old['wall']:.2f}** |")
-    print(f"| peak RSS (GB) | {old['peak_gb']:.1f} | {new['peak_gb']:.1f} | |")
+    print(f"| peak RSS (GB) | {old['peak_gb']:.1f} | {new['peak_gb']:.1f} | |".replace("nan", "n/a"))
     committed = {}
     ref = ROOT / "reports" / "fashion-mnist" / "results.json"
     if ref.is_file() and not a.limit:

@@ -100,8 +100,8 @@ def _qda(native: bool = False):
 def _logreg(native: bool = False):
     from sklearn.linear_model import LogisticRegression
 
-    # tol 1e-3 (scikit-learn's default is 1e-4): 4x faster on all 60k Fashion-MNIST rows, test accuracy within
-    # 0.2 points (benchmarks/RESULTS.md, "The whole study in 15 minutes")
+    # tol 1e-3 (scikit-learn's default is 1e-4): lbfgs stops 3-4x sooner on all 60k Fashion-MNIST rows, test
+    # accuracy within 0.2 points (benchmarks/RESULTS.md, "Cheaper refits on all 60,000 rows")
     return _pipe(_scale(), ("clf", LogisticRegression(C=0.1, max_iter=1000, tol=1e-3)))
 
 
@@ -326,30 +326,6 @@ def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress,
     records = []
     bar = tqdm(total=total, unit="fit", disable=(not progress) if progress is not None else None,
                file=sys.stderr, dynamic_ncols=True)
-    # Each refit on all rows runs in a background thread while the next search runs in the workers: most
-    # refits are single-threaded (liblinear, libsvm, lbfgs's Python loop) and would leave cores idle. CPU only:
-    # GPU work stays in this thread.
-    refits = _Background() if not backend.cuml else None
-    pending: list = []
-
-    def finish(block: bool) -> None:
-        while pending and (block or pending[0][0].done()):
-            fut, fs, c, errors, native = pending.pop(0)
-            rec, est = fut.result()
-            rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid),
-                       failed_fits=len(errors), fit_errors=list(dict.fromkeys(errors))[:5],
-                       search_params=CLASSIFIERS[c].search_params if isinstance(grid, str) else {})
-            bar.update(1)
-            records.append(rec)
-            if models is not None:
-                models[(fs.name, c)] = est
-            log(f"{fs.name:>20} {c:<7} test {rec['test_accuracy']:.4f}  cv {rec['cv_mean']:.4f}"
-                f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({rec['search_seconds'] + rec['fit_seconds']:.0f} s, "
-                f"{rec['backend']})")
-            if out is not None:
-                _save(out, fs, rec, est, backend if native else None, log)
-                write_results(out, [rec], fs)
-
     try:
         with bar:
             for fs in sets:
@@ -386,63 +362,24 @@ def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress,
                         log(f"{fs.name} {c}: {len(errors)} of {len(tasks)} fits failed and were scored NaN "
                             f"({'; '.join(distinct[:3])}{' ...' if len(distinct) > 3 else ''})")
                     best = int(np.nanargmax(means))
-                    args = (fs, c, plan, best, scores[best], backend, search_s)
-                    background = refits is not None and not plan.native
-                    pending.append((refits.submit(_refit_and_test, *args) if background else _done(_refit_and_test,
-                                                                                                   *args),
-                                    fs, c, errors, plan.native))
-                    finish(block=not background)
-            finish(block=True)
+                    rec, est = _refit_and_test(fs, c, plan, best, scores[best], backend, search_s)
+                    rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid),
+                               failed_fits=len(errors), fit_errors=list(dict.fromkeys(errors))[:5],
+                               search_params=CLASSIFIERS[c].search_params if isinstance(grid, str) else {})
+                    bar.update(1)
+                    records.append(rec)
+                    if models is not None:
+                        models[(fs.name, c)] = est
+                    log(f"{fs.name:>20} {c:<7} test {rec['test_accuracy']:.4f}  cv {rec['cv_mean']:.4f}"
+                        f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({search_s + rec['fit_seconds']:.0f} s, "
+                        f"{rec['backend']})")
+                    if out is not None:
+                        _save(out, fs, rec, est, backend if plan.native else None, log)
+                        write_results(out, [rec], fs)
     finally:
-        for p in pending:  # after a failure or Ctrl-C: refits not yet begun never start
-            p[0].cancel()
-        if refits is not None:
-            refits.close()
         if client is not None:
             client.close()
     return records
-
-
-class _Background:
-    """One daemon worker thread running submitted calls in order (a Ctrl-C does not wait for it)."""
-
-    def __init__(self):
-        import queue
-        import threading
-
-        self.q: queue.Queue = queue.Queue()
-        threading.Thread(target=self._work, daemon=True, name="pipeline-refit").start()
-
-    def _work(self):
-        while (item := self.q.get()) is not None:
-            fut, fn, args = item
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn(*args))
-                except BaseException as e:  # noqa: BLE001 - handed to the caller by fut.result()
-                    fut.set_exception(e)
-
-    def submit(self, fn, *args):
-        from concurrent.futures import Future
-
-        fut: Future = Future()
-        self.q.put((fut, fn, args))
-        return fut
-
-    def close(self):
-        self.q.put(None)
-
-
-def _done(fn, *args):
-    """fn(*args) run now, as a finished Future (the same hand-over as a background refit)."""
-    from concurrent.futures import Future
-
-    fut: Future = Future()
-    try:
-        fut.set_result(fn(*args))
-    except PipelineError as e:
-        fut.set_exception(e)
-    return fut
 
 
 def _save(out: Path, fs: FeatureSet, rec: dict, est, array_api: Backend | None, log) -> None:

@@ -78,7 +78,8 @@ def _worker_state(job: ExtractJob, fingerprint: dict):
     from pipeline.engines import make_engine
     from pipeline.extract import _image_shape
 
-    threads = max(1, len(os.sched_getaffinity(0)) // max(1, _worker_threads()))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // max(1, _worker_threads()))
     torch.set_num_threads(threads)  # the worker's cores shared by the tasks it runs at once
     ds = load_dataset(job.dataset, job.source, job.limit, job.test_fraction)
     seen = _fingerprint(ds, None)

@@ -146,7 +146,7 @@ def run(cfg: RunConfig, command: str | None = None,
 
                 wild_folder(cfg.wild, sets[0].classes)
             todo = {fs.name: cls.pending(out, fs, classifiers, grid, cv) for fs in sets}
-            groups: dict[tuple, list] = {}  # sets with the same classifiers to do: one call, so refits overlap
+            groups: dict[tuple, list] = {}  # sets with the same classifiers to do: one call, one progress bar
             for fs in sets:
                 if todo[fs.name]:
                     groups.setdefault(tuple(todo[fs.name]), []).append(fs)
