@@ -58,7 +58,7 @@ def dataset_options(raw: bool = True):
 def dask_option(what: str):
     """--dask ADDRESS, worded for what the command runs on the cluster."""
     return click.option("--dask", default=None, metavar="ADDRESS",
-                        help=f"A Dask scheduler (tcp://host:8786): {what} on its workers (README: Dask cluster).")
+                        help=f"A Dask scheduler (tcp://host:8786): {what} (README: Dask cluster).")
 
 
 def _names(csv: str) -> list[str]:
@@ -101,7 +101,7 @@ def main():
 @click.option("--out", type=click.Path(path_type=str), default=None,
               help="Store folder [default: features/<dataset>/<backbone>; a folder: features/folder-<name>/...].")
 @click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings.")
-@dask_option("the images extracted in shards, each worker choosing its engine,")
+@dask_option("its workers extract the images in shards, each choosing its own engine")
 @click.option("--shard-rows", type=int, default=2048, show_default=True,
               help="With --dask: images per shard (the unit of work, progress and resume).")
 def extract(dataset, data_dir, limit, test_fraction, backbone, weights, layer, image_size, device, precision, engine,
@@ -127,7 +127,7 @@ def extract(dataset, data_dir, limit, test_fraction, backbone, weights, layer, i
 @click.option("--cv", type=int, default=3, show_default=True, help="Cross-validation folds.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--n-jobs", type=int, default=None, help="Parallel fits [default: all cores].")
-@dask_option("the grid search's fits")
+@dask_option("the grid search's fits run on its workers")
 @click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>]")
 def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classifiers, grid, cv, device, n_jobs, dask,
              out):
@@ -345,7 +345,7 @@ def report(out):
               help="[default: reports/<dataset>, or reports/<dataset>-first<N> with --limit]")
 @click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings (e.g. the "
                                                 "folder's images changed).")
-@dask_option("extraction (in shards) and the grid search")
+@dask_option("extraction (in shards) and the grid search run on its workers")
 def run(dataset, data_dir, limit, test_fraction, raw_size, backbone, weights, image_size, grid, cv, classifiers,
         methods, wild, match_domain, heads, finetune, finetune_image_size, finetune_epochs, finetune_minutes, device,
         n_jobs, out, overwrite, dask):
