@@ -67,7 +67,7 @@ def run_rev(rev: str, work: Path, data_dir: str | None, limit: int | None, store
                                   text=True).stdout.strip(),
             "wall": wall, "peak_gb": peak, "stages": {s["stage"]: s["seconds"] for s in info["stages"]},
             "results": results, "maps": maps, "tree": tree,
-            "store": tree / info["stores"][0] if not Path(info["stores"][0]).is_absolute() else Path(info["stores"][0])}
+            "store": tree / info["stores"][0]}  # an absolute path stays itself
 
 
 def main():

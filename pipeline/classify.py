@@ -343,8 +343,8 @@ def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress,
                     errors = []
                     cfg = parallel_config(backend="dask") if client is not None and not in_process else \
                         parallel_config(backend="loky" if jobs > 1 else "sequential", n_jobs=jobs)
+                    cheap = CLASSIFIERS[c].search_params if isinstance(grid, str) else {}
                     with cfg:
-                        cheap = CLASSIFIERS[c].search_params if isinstance(grid, str) else {}
                         results = Parallel(return_as="generator_unordered")(
                             delayed(_scored)(ci, _fit_score, backend, c, plan.native,
                                              {**cheap, **plan.candidates[ci]}, X, fs.y_train, tr, te, blas)
@@ -365,7 +365,7 @@ def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress,
                     rec, est = _refit_and_test(fs, c, plan, best, scores[best], backend, search_s)
                     rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid),
                                failed_fits=len(errors), fit_errors=list(dict.fromkeys(errors))[:5],
-                               search_params=CLASSIFIERS[c].search_params if isinstance(grid, str) else {})
+                               search_params=cheap)
                     bar.update(1)
                     records.append(rec)
                     if models is not None:

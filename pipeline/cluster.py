@@ -159,7 +159,7 @@ def extract_on_dask(address: str, job: ExtractJob, dataset, backbone, out: Path,
     """The driver: open (or resume) a sharded store, have the cluster extract its missing shards, finish it."""
     from tqdm.auto import tqdm
 
-    from pipeline.extract import ExtractResult, store_config, store_meta
+    from pipeline.extract import ExtractResult, already_done, store_config, store_meta
 
     request = {"engine": job.engine, "precision": job.precision, "device": job.device}
     config = {**store_config(dataset, backbone, request), "placement": "dask shards (each worker's engine choice)"}
@@ -168,10 +168,7 @@ def extract_on_dask(address: str, job: ExtractJob, dataset, backbone, out: Path,
     client = dask_client(address)
     try:
         with ShardedStoreWriter(out, config, labels, backbone.dim, overwrite=overwrite) as store:
-            if store.note:
-                log(store.note)
-            if store.state == "complete":
-                log(f"{out}: already extracted with these settings ({total:,} images); nothing to do")
+            if already_done(store, total, log):
                 return ExtractResult(out, "complete", 0, 0.0)
             todo = store.missing(shard_rows)
             done = sum(store.done.values())
@@ -182,7 +179,7 @@ def extract_on_dask(address: str, job: ExtractJob, dataset, backbone, out: Path,
             fp = _fingerprint(dataset, backbone)
             partial = os.path.abspath(store.partial)
             t0 = time.perf_counter()
-            _run_shards(client, store, todo, (job, fp, partial, backbone.dim), total, done,
+            _run_shards(client, store, todo, (job, fp, partial, backbone.dim), total,
                         tqdm(total=total, initial=done, unit="img", desc=f"{backbone.name} on dask",
                              disable=(not progress) if progress is not None else None, file=sys.stderr,
                              dynamic_ncols=True))
@@ -202,7 +199,7 @@ def extract_on_dask(address: str, job: ExtractJob, dataset, backbone, out: Path,
     return ExtractResult(out, store.state, computed, seconds)
 
 
-def _run_shards(client, store: ShardedStoreWriter, todo: list, args: tuple, total: int, done: int, bar) -> None:
+def _run_shards(client, store: ShardedStoreWriter, todo: list, args: tuple, total: int, bar) -> None:
     """Submit the shards, record each as it finishes (in any order); any failure stops the run, keeping every
     recorded shard for the rerun."""
     from distributed import as_completed

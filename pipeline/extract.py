@@ -112,10 +112,7 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
     labels = {k: s.labels for k, s in dataset.splits.items()}
     total = sum(map(len, labels.values()))
     with StoreWriter(out, config, labels, backbone.dim, overwrite=overwrite) as store:
-        if store.note:
-            log(store.note)
-        if store.state == "complete":
-            log(f"{out}: already extracted with these settings ({total:,} images); nothing to do")
+        if already_done(store, total, log):
             return ExtractResult(out, "complete", 0, 0.0)
         done = sum(store.done.values())
         if store.state == "resume":
@@ -143,6 +140,15 @@ def extract(dataset: Dataset | str, backbone: Backbone | str = "resnet18", *, da
     log(f"stored {total:,} x {backbone.dim} features in {out} ({computed:,} computed in {seconds:.1f} s, "
         f"{rate:.0f} img/s, {edesc['engine']} {edesc['precision']} on {edesc['device_name']})")
     return ExtractResult(out, store.state, computed, seconds)
+
+
+def already_done(store: StoreWriter, total: int, log: Callable[[str], None]) -> bool:
+    """After opening a store: say what opening it did, and whether it already holds these features."""
+    if store.note:
+        log(store.note)
+    if store.state == "complete":
+        log(f"{store.out}: already extracted with these settings ({total:,} images); nothing to do")
+    return store.state == "complete"
 
 
 def store_config(dataset: Dataset, backbone: Backbone, edesc: dict) -> dict:
