@@ -4,6 +4,7 @@ on the same data and machine. Prints the stage table (seconds, ratio), every tes
 both, and the difference of each from the committed `reports/fashion-mnist/results.json` and maps.
 
     python benchmarks/bench_study.py --old REV [--new HEAD] [--data-dir DIR] [--limit N] [--keep DIR]
+                                     [--store features/fashion-mnist/efficientnet_lite0]
 
 Both checkouts run with this interpreter (the same installed libraries); a run takes 20-45 minutes on a
 2-core machine with all 70,000 images. Without --keep, the checkouts and their outputs are removed after.
@@ -70,6 +71,10 @@ def run_rev(rev: str, work: Path, data_dir: str | None, limit: int | None, store
             "store": tree / info["stores"][0]}  # an absolute path stays itself
 
 
+def secs(rec: dict) -> float:
+    return rec["search_seconds"] + rec["fit_seconds"] + rec["predict_seconds"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--old", required=True, help="the revision to compare against (e.g. the commit before)")
@@ -81,14 +86,19 @@ def main():
     ap.add_argument("--fresh-extract", action="store_true",
                     help="extract in both checkouts (default: the old one gets the new one's store when the two "
                          "revisions' stage-1 code is the same, and skips its extract stage)")
+    ap.add_argument("--store", default=None,
+                    help="a finished EfficientNet-Lite0 store (features/fashion-mnist/efficientnet_lite0, made by "
+                         "the same stage-1 code) given to both checkouts: compares classify, project and report "
+                         "only, without extracting")
     a = ap.parse_args()
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-study-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        new = run_rev(a.new, work, a.data_dir, a.limit)  # new first: its figures are the goal
+        given = Path(a.store).resolve() if a.store else None
+        new = run_rev(a.new, work, a.data_dir, a.limit, given)  # new first: its figures are the goal
         same = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", a.old, a.new, "--", *STAGE1]).returncode == 0
-        share = same and not a.fresh_extract
-        runs = [run_rev(a.old, work, a.data_dir, a.limit, new["store"] if share else None), new]
+        share = same and not a.fresh_extract and given is None
+        runs = [run_rev(a.old, work, a.data_dir, a.limit, given or (new["store"] if share else None)), new]
     finally:
         if not a.keep:
             for tree in work.iterdir():
@@ -102,6 +112,9 @@ def main():
     print(f"| stage | old {old['rev']} (s) | new {new['rev']} (s) | new / old |\n|---|---|---|---|")
     for st in old["stages"]:
         o, n = old["stages"][st], new["stages"].get(st, float("nan"))
+        if given is not None and st == "extract":
+            print("| extract | (the given store) | (the given store) | |")
+            continue
         if share and st == "extract":  # the same code: old's wall counts new's extraction
             old["wall"] += n - o
             print(f"| extract | (new's store: same stage-1 code) | {n:.0f} | 1.00 |")
@@ -114,7 +127,7 @@ def main():
     if ref.is_file() and not a.limit:
         committed = {(r["feature_set"], r["classifier"]): r for r in json.loads(ref.read_text())}
     print("\n| features | classifier | old test acc | new test acc | committed | new - committed (points) | "
-          "old fit+search s | new fit+search s |\n|---|---|---|---|---|---|---|---|")
+          "old search+fit+predict s | new search+fit+predict s |\n|---|---|---|---|---|---|---|---|")
     for key, r in old["results"].items():
         n = new["results"].get(key)
         if n is None:
@@ -122,7 +135,7 @@ def main():
         c = committed.get(key, {}).get("test_accuracy")
         cs, delta = ("-", "-") if c is None else (f"{c:.4f}", f"{100 * (n['test_accuracy'] - c):+.2f}")
         print(f"| {key[0]} | {key[1]} | {r['test_accuracy']:.4f} | {n['test_accuracy']:.4f} | {cs} | {delta} | "
-              f"{r['search_seconds'] + r['fit_seconds']:.0f} | {n['search_seconds'] + n['fit_seconds']:.0f} |")
+              f"{secs(r):.0f} | {secs(n):.0f} |")
     cmaps = {}
     if not a.limit:
         maps_dir = ROOT / "reports" / "fashion-mnist" / "maps"

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +78,11 @@ class TSNEMap:
 
 
 class UMAPMap:
-    """umap-learn on the first 50 principal components (seeded, so reruns draw the same map)."""
+    """umap-learn on the first 50 principal components (seeded, so reruns draw the same map: seeded, it runs
+    on one core, so `project` draws the maps of several feature sets at once, in worker processes)."""
     name, label, params = "umap", "UMAP", {"pca": 50, "n_neighbors": 15, "min_dist": 0.1}
     requires = ("umap", "umap-learn")
+    one_core = True
 
     def __init__(self, n_jobs: int = 1):
         self.n_jobs = n_jobs
@@ -115,6 +117,7 @@ class CumlTSNEMap(TSNEMap):
 class CumlUMAPMap(UMAPMap):
     """cuML's UMAP on a CUDA GPU."""
     requires = ("cuml", "cuml-cu12")
+    one_core = False
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         from cuml.manifold import UMAP
@@ -221,39 +224,62 @@ def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path =
 def _project(sets, methods, out: Path, backend, n_jobs, log) -> dict:
     from pipeline.figures import map_figure
 
+    n_jobs = n_jobs or os.cpu_count() or 1
     done: dict[str, list[dict]] = {}
+    rows = [(np.concatenate([fs.X_train, fs.X_test]).astype(np.float32, copy=False),
+             np.concatenate([fs.y_train, fs.y_test]).astype(np.int64)) for fs in sets]  # train and test together
     for m in methods:
         method = make_method(m, backend, n_jobs)
-        panels = []
-        for fs in sets:
-            X = np.concatenate([fs.X_train, fs.X_test]).astype(np.float32, copy=False)
-            y = np.concatenate([fs.y_train, fs.y_test]).astype(np.int64)
-            cached = load_map(out, fs.name, m) if is_cached(out, fs, method) else None
-            if cached is not None:
-                coords, meta = cached
-                log(f"{fs.name:>20} {m:<5} cached  5-NN {meta['knn_accuracy']:.4f}  "
-                    f"trust {meta['trustworthiness']:.4f}")
-            else:
+        maps: list = [load_map(out, fs.name, m) if is_cached(out, fs, method) else None for fs in sets]
+        todo = [i for i, cached in enumerate(maps) if cached is None]
+        for fs, (X, _), cached in zip(sets, rows, maps):
+            if cached is None:
                 log(f"{fs.name:>20} {m:<5} mapping {len(X):,} points ...")
-                t = time.perf_counter()
-                coords = method.fit_transform(X)
-                seconds = time.perf_counter() - t
-                if coords.shape != (len(X), 2) or not np.isfinite(coords).all():
-                    raise PipelineError(f"{m} produced no usable 2-D map for {fs.name} (shape {coords.shape})")
-                meta = {"feature_set": fs.name, "method": m, "label": method.label, "params": method.params,
-                        "implementation": type(method).__name__, "fingerprint": fs.fingerprint, "rows": len(X),
-                        "n_train": len(fs.y_train), "n_test": len(fs.y_test), "seconds": round(seconds, 2),
-                        "knn_accuracy": knn_accuracy(coords, y), "knn": KNN,
-                        "trustworthiness": trust(X, coords), "trust_rows": min(len(X), TRUST_ROWS),
-                        "classes": fs.classes}
-                npy, js = _paths(out, fs.name, m)
-                js.unlink(missing_ok=True)  # no record may describe coordinates it did not make
-                atomic_save(npy, coords)
-                atomic_write(js, json.dumps(meta, indent=1))
-                fault_point("project:map")
-                log(f"{fs.name:>20} {m:<5} {seconds:6.1f} s  5-NN {meta['knn_accuracy']:.4f}  "
-                    f"trust {meta['trustworthiness']:.4f}")
-            panels.append((fs.name, coords, y, meta))
-        map_figure(panels, sets[0].classes, method.label, out / f"{m}.png")
-        done[m] = [p[3] for p in panels]
+            else:
+                log(f"{fs.name:>20} {m:<5} cached  5-NN {cached[1]['knn_accuracy']:.4f}  "
+                    f"trust {cached[1]['trustworthiness']:.4f}")
+        for i, (coords, seconds) in zip(todo, _fit_maps(method, [rows[i][0] for i in todo], n_jobs)):
+            fs, (X, y) = sets[i], rows[i]
+            if coords.shape != (len(X), 2) or not np.isfinite(coords).all():
+                raise PipelineError(f"{m} produced no usable 2-D map for {fs.name} (shape {coords.shape})")
+            meta = {"feature_set": fs.name, "method": m, "label": method.label, "params": method.params,
+                    "implementation": type(method).__name__, "fingerprint": fs.fingerprint, "rows": len(X),
+                    "n_train": len(fs.y_train), "n_test": len(fs.y_test), "seconds": round(seconds, 2),
+                    "knn_accuracy": knn_accuracy(coords, y), "knn": KNN,
+                    "trustworthiness": trust(X, coords), "trust_rows": min(len(X), TRUST_ROWS),
+                    "classes": fs.classes}
+            npy, js = _paths(out, fs.name, m)
+            js.unlink(missing_ok=True)  # no record may describe coordinates it did not make
+            atomic_save(npy, coords)
+            atomic_write(js, json.dumps(meta, indent=1))
+            fault_point("project:map")
+            log(f"{fs.name:>20} {m:<5} {seconds:6.1f} s  5-NN {meta['knn_accuracy']:.4f}  "
+                f"trust {meta['trustworthiness']:.4f}")
+            maps[i] = coords, meta
+        map_figure([(fs.name, coords, y, meta) for fs, (coords, meta), (_, y) in zip(sets, maps, rows)],
+                   sets[0].classes, method.label, out / f"{m}.png")
+        done[m] = [meta for _, meta in maps]
     return done
+
+
+PARALLEL_ROWS = 10_000  # smaller maps take seconds: a worker process's start-up would cost more than it saves
+
+
+def _fit_maps(method, Xs: list[np.ndarray], n_jobs: int) -> Iterator[tuple[np.ndarray, float]]:
+    """(coordinates, seconds) of each X, in order, each as soon as it is there (to be saved before the next
+    is done): one after another, or, for a method that runs on one core (seeded UMAP), at once in up to
+    n_jobs worker processes."""
+    if getattr(method, "one_core", False) and n_jobs > 1 and len(Xs) > 1 and min(map(len, Xs)) >= PARALLEL_ROWS:
+        from joblib import Parallel, delayed
+
+        yield from Parallel(n_jobs=min(n_jobs, len(Xs)), return_as="generator")(
+            delayed(_timed_map)(method, X) for X in Xs)
+        return
+    for X in Xs:
+        yield _timed_map(method, X)
+
+
+def _timed_map(method, X: np.ndarray) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    coords = method.fit_transform(X)
+    return coords, time.perf_counter() - t

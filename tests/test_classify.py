@@ -59,6 +59,46 @@ def test_default_grid_searches_and_picks_the_best(tmp_path, store):
     assert rec["best_params"]["C"] in CLASSIFIERS["logreg"].grids["default"]["clf__C"]
 
 
+def test_refits_use_every_core_and_predict_the_same(tmp_path, store):
+    """On n_jobs cores the linear SVC refits as one-vs-rest on threads, the forest grows its trees on n_jobs,
+    the RBF SVC predicts in row chunks: the same predictions as the one-core estimators, and the fitted
+    objects say how they ran."""
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.svm import LinearSVC
+
+    from pipeline.classify import _estimator
+    from pipeline.models import load_model
+
+    fs = load_feature_set(str(store), "fashion-mnist")
+    models = {}
+    recs = {r["classifier"]: r for r in classify([fs], ["linsvc", "rf", "svc"], "quick", 3, n_jobs=2,
+                                                out=tmp_path, progress=False, models=models)}
+    ovr = models[(fs.name, "linsvc")].named_steps["clf"]
+    assert isinstance(ovr, OneVsRestClassifier) and ovr.n_jobs == 2 and len(ovr.estimators_) == 10
+    assert all(type(e) is LinearSVC for e in ovr.estimators_)
+    assert models[(fs.name, "rf")].named_steps["clf"].n_jobs == 2
+    one_core = _estimator("linsvc", False, {}).fit(fs.X_train, fs.y_train).predict(fs.X_test)
+    assert (models[(fs.name, "linsvc")].predict(fs.X_test) == one_core).mean() >= 0.98
+    assert recs["linsvc"]["test_accuracy"] == pytest.approx((one_core == fs.y_test).mean(), abs=0.02)
+    # the record's accuracy (chunked predictions on threads) is that of one predict call
+    assert recs["svc"]["test_accuracy"] == (models[(fs.name, "svc")].predict(fs.X_test) == fs.y_test).mean()
+    saved, _ = load_model(tmp_path / recs["linsvc"]["model"])  # the one-vs-rest model saves and loads
+    assert np.array_equal(saved.predict(fs.X_test), models[(fs.name, "linsvc")].predict(fs.X_test))
+    one = classify([fs], ["linsvc"], "quick", 3, n_jobs=1, progress=False, models=models)
+    assert type(models[(fs.name, "linsvc")].named_steps["clf"]) is LinearSVC and one[0]["test_accuracy"] > 0.5
+
+
+def test_threaded_predict_equals_one_call():
+    from sklearn.datasets import make_classification
+
+    from pipeline.classify import _estimator, _predict
+
+    X, y = make_classification(301, 20, n_informative=10, n_classes=4, random_state=0)
+    est = _estimator("svc", False, {"pca__n_components": 10}).fit(X, y)
+    assert np.array_equal(_predict(est, X, 2), est.predict(X)) and np.array_equal(_predict(est, X[:3], 2),
+                                                                                 est.predict(X[:3]))
+
+
 def test_results_merge_across_runs(tmp_path, store):
     fs = load_feature_set(str(store), "fashion-mnist")
     out = tmp_path / "r"

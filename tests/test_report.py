@@ -54,6 +54,32 @@ def test_maps_are_cached_scored_and_drawn(tmp_path):
     assert load_map(tmp_path, "raw", "pca")[1]["fingerprint"] == sets[0].fingerprint
 
 
+def test_one_core_maps_run_at_once_in_worker_processes(tmp_path, monkeypatch):
+    """A method that runs on one core (seeded UMAP; here PCA, marked so) maps the feature sets at once in
+    worker processes, with the coordinates and records of mapping them one after another."""
+    import joblib
+
+    from pipeline import project as proj
+
+    sets = feature_sets()
+    project(sets, ["pca"], tmp_path / "in_turn", n_jobs=2)
+    calls, real = [], joblib.Parallel
+    monkeypatch.setattr(joblib, "Parallel", lambda **k: calls.append(k) or real(**k))
+    monkeypatch.setattr(proj.PCAMap, "one_core", True, raising=False)
+    monkeypatch.setattr(proj, "PARALLEL_ROWS", 100)
+    logs = []
+    done = project(sets, ["pca"], tmp_path / "at_once", n_jobs=2, log=logs.append)
+    assert [c["n_jobs"] for c in calls] == [2] and len(logs) == 4  # two "mapping ...", two scores
+    for fs, meta in zip(sets, done["pca"]):
+        (a, ma), (b, mb) = (load_map(tmp_path / d, fs.name, "pca") for d in ("in_turn", "at_once"))
+        assert np.allclose(a, b, atol=1e-4) and mb == meta
+        assert {k: v for k, v in ma.items() if k != "seconds"} == {k: v for k, v in mb.items() if k != "seconds"}
+    assert (tmp_path / "at_once" / "pca.png").is_file()
+    calls.clear()
+    project(sets[:1], ["pca"], tmp_path / "one_set", n_jobs=2)  # one map: nothing to run at once
+    assert calls == []
+
+
 def test_map_figure_content():
     sets = feature_sets(60, 20)
     rng = np.random.default_rng(0)
