@@ -49,7 +49,8 @@ class ClassifierSpec:
     # set in the search's fits only, under the candidate's own values: a cheaper fit that ranks the
     # candidates the same (fewer trees, a looser tolerance); the refit on all rows uses the pipeline's own
     search_params: dict = field(default_factory=dict)
-    # the refit on all rows on n cores where the estimator alone would use fewer: (pipeline, n) -> pipeline
+    # the refit on all rows on n cores where the estimator alone would use fewer:
+    # (pipeline, n, training rows) -> pipeline
     refit_on: Callable | None = None
     # test predictions in row chunks on threads: the library predicts on one core and releases the GIL
     threaded_predict: bool = False
@@ -117,20 +118,26 @@ def _linsvc(native: bool = False):
     return _pipe(_scale(), ("clf", LinearSVC(C=0.01, dual=False, tol=1e-2, max_iter=2000)))
 
 
-def _linsvc_on(est, n: int):
+def _linsvc_on(est, n: int, X):
     """liblinear solves the ten one-vs-rest problems one after another on one core. scikit-learn's
     OneVsRestClassifier solves the same ten problems on n threads (liblinear releases the GIL): on 2 cores
-    1.9-2.0x faster on all 60k rows, the same test accuracy, at the price of a copy of the rows per thread
-    (benchmarks/RESULTS.md, "Refits on both cores")."""
+    1.9-2.0x faster on all 60k rows, the same test accuracy (benchmarks/RESULTS.md, "Refits on both cores").
+    Each thread holds liblinear's own copy of the rows (float64 and (index, value) pairs: 24 bytes per value,
+    1.8 GB for 60k x 1280), so no more threads than half the available memory holds."""
     from sklearn.multiclass import OneVsRestClassifier
 
+    from pipeline.compute import available_memory
+
     clf = est.named_steps["clf"]
+    per_thread = X.shape[0] * (X.shape[1] + 2) * 24
+    free = available_memory()
+    n = min(n, max(1, free // 2 // per_thread)) if free else n
     if n < 2 or hasattr(type(clf), "_gpu_class"):  # one core, or a cuml.accel proxy (fits on the GPU)
         return est
     return est.set_params(clf=OneVsRestClassifier(clf, n_jobs=n))
 
 
-def _rf_on(est, n: int):
+def _rf_on(est, n: int, X):
     return est.set_params(clf__n_jobs=n)  # pinned to 1 in the search, whose folds run in parallel
 
 
@@ -436,7 +443,7 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
     params = plan.candidates[best]
     est = _estimator(c, plan.native, params)
     if spec.refit_on is not None:
-        est = spec.refit_on(est, n_jobs)
+        est = spec.refit_on(est, n_jobs, fs.X_train)
     threads = n_jobs if spec.threaded_predict and not (plan.native or backend.cuml) else 1
     context, conv = _on(backend, plan.native)
     try:

@@ -59,7 +59,7 @@ def test_default_grid_searches_and_picks_the_best(tmp_path, store):
     assert rec["best_params"]["C"] in CLASSIFIERS["logreg"].grids["default"]["clf__C"]
 
 
-def test_refits_use_every_core_and_predict_the_same(tmp_path, store):
+def test_refits_use_every_core_and_predict_the_same(tmp_path, store, monkeypatch):
     """On n_jobs cores the linear SVC refits as one-vs-rest on threads, the forest grows its trees on n_jobs,
     the RBF SVC predicts in row chunks: the same predictions as the one-core estimators, and the fitted
     objects say how they ran."""
@@ -82,6 +82,15 @@ def test_refits_use_every_core_and_predict_the_same(tmp_path, store):
     assert recs["linsvc"]["test_accuracy"] == pytest.approx((one_core == fs.y_test).mean(), abs=0.02)
     # the record's accuracy (chunked predictions on threads) is that of one predict call
     assert recs["svc"]["test_accuracy"] == (models[(fs.name, "svc")].predict(fs.X_test) == fs.y_test).mean()
+    from pipeline.classify import _linsvc_on
+
+    def refit_clf(free_bytes):  # what the refit of 1000 x 98 rows on 8 cores fits, with this much memory free
+        monkeypatch.setattr("pipeline.compute.available_memory", lambda: free_bytes)
+        return _linsvc_on(_estimator("linsvc", False, {}), 8, np.zeros((1000, 98))).named_steps["clf"]
+
+    assert refit_clf(3 * 2 * 1000 * 100 * 24).n_jobs == 3  # half the free memory holds three copies
+    assert type(refit_clf(1000 * 100 * 24)) is LinearSVC  # not even two: liblinear on one core
+    assert refit_clf(None).n_jobs == 8  # unknown: every core
     saved, _ = load_model(tmp_path / recs["linsvc"]["model"])  # the one-vs-rest model saves and loads
     assert np.array_equal(saved.predict(fs.X_test), models[(fs.name, "linsvc")].predict(fs.X_test))
     one = classify([fs], ["linsvc"], "quick", 3, n_jobs=1, progress=False, models=models)
