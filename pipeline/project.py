@@ -232,13 +232,12 @@ def _project(sets, methods, out: Path, backend, n_jobs, log) -> dict:
         method = make_method(m, backend, n_jobs)
         maps: list = [load_map(out, fs.name, m) if is_cached(out, fs, method) else None for fs in sets]
         todo = [i for i, cached in enumerate(maps) if cached is None]
-        for fs, (X, _), cached in zip(sets, rows, maps):
-            if cached is None:
-                log(f"{fs.name:>20} {m:<5} mapping {len(X):,} points ...")
-            else:
+        for fs, cached in zip(sets, maps):
+            if cached is not None:
                 log(f"{fs.name:>20} {m:<5} cached  5-NN {cached[1]['knn_accuracy']:.4f}  "
                     f"trust {cached[1]['trustworthiness']:.4f}")
-        for i, (coords, seconds) in zip(todo, _fit_maps(method, [rows[i][0] for i in todo], n_jobs)):
+        starts = [f"{sets[i].name:>20} {m:<5} mapping {len(rows[i][0]):,} points ..." for i in todo]
+        for i, (coords, seconds) in zip(todo, _fit_maps(method, [rows[i][0] for i in todo], n_jobs, starts, log)):
             fs, (X, y) = sets[i], rows[i]
             if coords.shape != (len(X), 2) or not np.isfinite(coords).all():
                 raise PipelineError(f"{m} produced no usable 2-D map for {fs.name} (shape {coords.shape})")
@@ -265,17 +264,21 @@ def _project(sets, methods, out: Path, backend, n_jobs, log) -> dict:
 PARALLEL_ROWS = 10_000  # smaller maps take seconds: a worker process's start-up would cost more than it saves
 
 
-def _fit_maps(method, Xs: list[np.ndarray], n_jobs: int) -> Iterator[tuple[np.ndarray, float]]:
+def _fit_maps(method, Xs: list[np.ndarray], n_jobs: int, starts: list[str],
+              log: Callable[[str], None]) -> Iterator[tuple[np.ndarray, float]]:
     """(coordinates, seconds) of each X, in order, each as soon as it is there (to be saved before the next
     is done): one after another, or, for a method that runs on one core (seeded UMAP), at once in up to
-    n_jobs worker processes."""
+    n_jobs worker processes. `starts[k]` is logged when the k-th begins."""
     if getattr(method, "one_core", False) and n_jobs > 1 and len(Xs) > 1 and min(map(len, Xs)) >= PARALLEL_ROWS:
         from joblib import Parallel, delayed
 
+        for line in starts:
+            log(line)
         yield from Parallel(n_jobs=min(n_jobs, len(Xs)), return_as="generator")(
             delayed(_timed_map)(method, X) for X in Xs)
         return
-    for X in Xs:
+    for line, X in zip(starts, Xs):
+        log(line)
         yield _timed_map(method, X)
 
 
