@@ -200,7 +200,10 @@ def test_timm_weights_file_loads_and_is_checked(tmp_path):
 
 def test_timm_bad_input_is_one_line(idx_dir, tmp_path, runner, monkeypatch):
     pytest.importorskip("timm")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: fail at once instead of after retries
+    # no network here: fail at once instead of after ~40 s of retries. huggingface_hub reads the variable when
+    # it is imported (timm imports it), so its constant is set too
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     base = ["extract", "--data-dir", idx_dir, "--limit", 4, "--out", tmp_path / "s"]
     assert_one_line_error(run_cli(runner, *base, "--backbone", "timm:resnet18"),
                           "ImageNet weights could not be had", "efficientnet_lite0")
