@@ -224,7 +224,6 @@ def project(sets: list[FeatureSet], methods=("pca", "tsne", "umap"), out: Path =
 def _project(sets, methods, out: Path, backend, n_jobs, log) -> dict:
     from pipeline.figures import map_figure
 
-    n_jobs = n_jobs or os.cpu_count() or 1
     done: dict[str, list[dict]] = {}
     rows = [(np.concatenate([fs.X_train, fs.X_test]).astype(np.float32, copy=False),
              np.concatenate([fs.y_train, fs.y_test]).astype(np.int64)) for fs in sets]  # train and test together
@@ -237,7 +236,7 @@ def _project(sets, methods, out: Path, backend, n_jobs, log) -> dict:
                 log(f"{fs.name:>20} {m:<5} cached  5-NN {cached[1]['knn_accuracy']:.4f}  "
                     f"trust {cached[1]['trustworthiness']:.4f}")
         starts = [f"{sets[i].name:>20} {m:<5} mapping {len(rows[i][0]):,} points ..." for i in todo]
-        for i, (coords, seconds) in zip(todo, _fit_maps(method, [rows[i][0] for i in todo], n_jobs, starts, log)):
+        for i, (coords, seconds) in zip(todo, _fit_maps(method, [rows[i][0] for i in todo], starts, log)):
             fs, (X, y) = sets[i], rows[i]
             if coords.shape != (len(X), 2) or not np.isfinite(coords).all():
                 raise PipelineError(f"{m} produced no usable 2-D map for {fs.name} (shape {coords.shape})")
@@ -264,11 +263,12 @@ def _project(sets, methods, out: Path, backend, n_jobs, log) -> dict:
 PARALLEL_ROWS = 10_000  # smaller maps take seconds: a worker process's start-up would cost more than it saves
 
 
-def _fit_maps(method, Xs: list[np.ndarray], n_jobs: int, starts: list[str],
+def _fit_maps(method, Xs: list[np.ndarray], starts: list[str],
               log: Callable[[str], None]) -> Iterator[tuple[np.ndarray, float]]:
     """(coordinates, seconds) of each X, in order, each as soon as it is there (to be saved before the next
     is done): one after another, or, for a method that runs on one core (seeded UMAP), at once in up to
-    n_jobs worker processes. `starts[k]` is logged when the k-th begins."""
+    `method.n_jobs` worker processes. `starts[k]` is logged when the k-th begins."""
+    n_jobs = method.n_jobs  # resolved by make_method
     if getattr(method, "one_core", False) and n_jobs > 1 and len(Xs) > 1 and min(map(len, Xs)) >= PARALLEL_ROWS:
         from joblib import Parallel, delayed
 
