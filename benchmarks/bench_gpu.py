@@ -87,6 +87,9 @@ def main():
     ap.add_argument("--grid", default="default")
     ap.add_argument("--classifiers", default="lda,qda,logreg,linsvc,rf,svc,knn")
     ap.add_argument("--methods", default="pca,tsne,umap")
+    ap.add_argument("--classify-sets", default="raw,resnet18,efficientnet_lite0",
+                    help="feature sets to classify (a long run can be split over calls)")
+    ap.add_argument("--map-sets", default="raw,resnet18,efficientnet_lite0", help="feature sets to map")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--loop-images", type=int, default=60000, help="images for the engine-only loop")
@@ -139,7 +142,7 @@ def main():
 
     sets = [load_feature_set("raw", "fashion-mnist", args.data_dir, args.limit)] + \
         [load_feature_set(str(p), "fashion-mnist") for p in stores.values()]
-    for fs in sets:
+    for fs in [s for s in sets if s.name in args.classify_sets.split(",")]:
         t = time.perf_counter()
         recs = classify([fs], args.classifiers.split(","), args.grid, 3, backend=backend, progress=False,
                         log=lambda m: None)
@@ -149,7 +152,8 @@ def main():
         row("classify", f"{fs.name} all {len(recs)} classifiers", time.perf_counter() - t, backend.device)
 
     for m in args.methods.split(","):
-        done = project(sets, [m], tmp / "maps", backend, log=lambda m: None)[m]
+        mapped = [s for s in sets if s.name in args.map_sets.split(",")]
+        done = project(mapped, [m], tmp / "maps", backend, log=lambda m: None)[m]
         for meta in done:
             row("maps", f"{meta['feature_set']} {m} (5-NN {meta['knn_accuracy']:.3f})", meta["seconds"],
                 "cuda" if meta["implementation"].startswith("Cuml") else "cpu", None, meta["implementation"])

@@ -55,6 +55,8 @@ def test_resnet18_fp32_equals_torchvision_reference(resnet18_file):
 
 @pytest.mark.parametrize("engine", ["torch", "openvino"])
 def test_resnet18_bf16_paths_match_reference(resnet18_file, engine):
+    if engine == "openvino":
+        pytest.importorskip("openvino")
     bb = build_backbone("resnet18", str(resnet18_file), image_size=112)
     batch = _batch(8)
     ref = _reference(resnet18_file, bb.preprocess()(torch.from_numpy(batch)))

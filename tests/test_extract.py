@@ -19,7 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.extract import extract
 from pipeline.store import StoreWriter
 
-FAST = dict(weights="none", image_size=64, precision="fp32", progress=False)
+FAST = dict(weights="none", image_size=64, precision="fp32", device="cpu", progress=False)  # the CPU path, GPU or not
 
 
 def test_extract_writes_a_complete_store(idx_dir, tmp_path):
@@ -91,7 +91,7 @@ def _run_cli_process(args, **kw):
 def test_kill_9_then_rerun_resumes_to_identical_features(tmp_path):
     data = make_idx_dir(tmp_path / "data", n_train=400, n_test=80)
     args = ["extract", "--data-dir", data, "--weights", "none", "--image-size", 96, "--precision", "fp32",
-            "--batch-size", 8]
+            "--batch-size", 8, "--device", "cpu"]
     ref = tmp_path / "ref"
     assert subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args), "--out", ref],
                           capture_output=True).returncode == 0
@@ -159,6 +159,29 @@ def test_efficientnet_lite0_openvino_default_path(idx_dir, tmp_path):
     # Lite0 is more sensitive to bf16 than ResNet-18 (measured on real Fashion-MNIST at 224: per-row cosine
     # mean 0.996, min 0.97, torch and OpenVINO alike); benchmarks/RESULTS.md shows accuracy is unaffected.
     assert cos.mean() >= 0.995 and cos.min() >= 0.98, (cos.mean(), cos.min())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_kill_then_rerun_resumes_within_bf16_precision(tmp_path):
+    """On CUDA a rerun is equal to an unbroken run within bf16 precision, not bit for bit: cuDNN picks its
+    kernels per process (benchmark mode). The store still resumes and records the device that ran."""
+    data = make_idx_dir(tmp_path / "data", n_train=300, n_test=60)
+    args = ["extract", "--data-dir", data, "--weights", "none", "--image-size", 96, "--device", "cuda",
+            "--batch-size", 32]
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_KILL_AT"}
+    cli = [sys.executable, "-m", "pipeline.cli", *map(str, args)]
+    assert subprocess.run([*cli, "--out", str(tmp_path / "ref")], env=env, capture_output=True).returncode == 0
+    killed = subprocess.run([*cli, "--out", str(tmp_path / "s")], env={**env, "PIPELINE_KILL_AT": "extract:commit:1"},
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-1500:]
+    again = subprocess.run([*cli, "--out", str(tmp_path / "s")], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "resuming at" in again.stderr, again.stderr[-1500:]
+    a, b = load_features(tmp_path / "ref"), load_features(tmp_path / "s")
+    assert b.meta["device"]["type"] == "cuda" and b.meta["engine"]["precision"] == "bf16"
+    for x, y in ((a.X_train, b.X_train), (a.X_test, b.X_test)):
+        cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+        assert x.shape == y.shape and cos.min() >= 0.999
 
 
 def test_load_features_on_unfinished_store_explains(tmp_path):

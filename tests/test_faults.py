@@ -30,7 +30,8 @@ def run(tmp, data, weights, kill_at=None):
     if kill_at:
         env["PIPELINE_KILL_AT"] = kill_at
     args = ["run", "--data-dir", data, "--backbone", "resnet18", "--weights", weights, "--image-size", 48,
-            "--limit", 60, "--grid", "quick", "--classifiers", "lda,logreg", "--methods", "pca", "--n-jobs", 1]
+            "--limit", 60, "--grid", "quick", "--classifiers", "lda,logreg", "--methods", "pca", "--n-jobs", 1,
+            "--device", "cpu"]  # bit-identical reruns: the CPU path (cuDNN picks its kernels per process)
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=300)
 

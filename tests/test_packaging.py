@@ -30,7 +30,7 @@ def test_without_openvino_auto_uses_torch_and_asking_for_it_is_one_line(tmp_path
     assert engines.make_engine(bb, "cpu", "bf16").describe()["engine"] == "torch"
     data = make_idx_dir(tmp_path / "fm", n_train=10, n_test=5)
     r = run_cli(runner, "extract", "--data-dir", data, "--weights", "none", "--engine", "openvino",
-                "--precision", "bf16", "--out", tmp_path / "s")
+                "--precision", "bf16", "--device", "cpu", "--out", tmp_path / "s")
     assert_one_line_error(r, "--engine openvino needs `pip install openvino`", "pipeline[openvino]")
 
 

@@ -19,8 +19,9 @@ from pipeline.errors import PipelineError
 from pipeline.extract import extract
 from pipeline.store import atomic_write
 
-FAST = dict(weights="none", image_size=48, precision="fp32", progress=False)
-EXTRACT = ["extract", "--weights", "none", "--image-size", 48, "--precision", "fp32", "--batch-size", 8]
+FAST = dict(weights="none", image_size=48, precision="fp32", device="cpu", progress=False)
+EXTRACT = ["extract", "--device", "cpu",  # the CPU path, GPU or not
+           "--weights", "none", "--image-size", 48, "--precision", "fp32", "--batch-size", 8]
 
 
 @pytest.fixture

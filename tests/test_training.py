@@ -25,7 +25,8 @@ def store(tmp_path) -> Path:
 
 
 def train_args(store, out, *extra):
-    return ["train", "--features", store, "--epochs", 6, "--batch-size", 32, "--out", out, *extra]
+    # the CPU path unless a test asks for another device (reruns compare to 1e-5; CUDA kernels are not bitwise stable)
+    return ["train", "--features", store, "--epochs", 6, "--batch-size", 32, "--device", "cpu", "--out", out, *extra]
 
 
 def records(out: Path) -> dict:
@@ -39,11 +40,12 @@ def test_heads_join_the_results_with_history_model_and_curve(runner, tmp_path, s
 
     out = tmp_path / "out"
     for head in ("linear", "mlp"):
-        r = run_cli(runner, "train", "--features", store, "--head", head, "--batch-size", 32, "--out", out)
+        r = run_cli(runner, "train", "--features", store, "--head", head, "--batch-size", 32, "--device", "cpu",
+                    "--out", out)
         assert r.exit_code == 0, r.output
     # without the refit on all rows the linear head is the model early stopping chose on the validation split
     single = run_cli(runner, "train", "--features", store, "--head", "linear", "--batch-size", 32, "--no-refit",
-                     "--out", tmp_path / "single")
+                     "--device", "cpu", "--out", tmp_path / "single")
     assert single.exit_code == 0, single.output
     recs = records(out)
     X_test, y_test = np.load(store / "X_test.npy"), np.load(store / "y_test.npy")
