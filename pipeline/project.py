@@ -77,6 +77,52 @@ class TSNEMap:
         return np.asarray(emb, dtype=np.float32)
 
 
+def numba_cache_dir() -> Path:
+    """Where UMAP's compiled code is kept: one folder per numba, umap-learn and pynndescent version, so an
+    upgrade of any of them starts afresh (numba's own index only watches a function's source file).
+    PIPELINE_NUMBA_CACHE moves it; deleting it only costs the next UMAP map its compilation."""
+    from importlib.metadata import version
+
+    base = os.environ.get("PIPELINE_NUMBA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pipeline", "numba")
+    return Path(base) / "-".join(f"{d}{version(d)}" for d in ("numba", "umap-learn", "pynndescent"))
+
+
+_CACHED: set[str] = set()
+
+
+def cache_compiled(packages: tuple[str, ...] = ("umap", "pynndescent")) -> Path | None:
+    """Keep the machine code of these packages' numba functions on disk, as if each declared `cache=True`.
+
+    A fresh process otherwise compiles UMAP's functions before its first map: about 50 s on 2 cores, which every
+    `project` run and each worker process pays again. Functions that already cache (much of pynndescent) or
+    cannot (numba warns "dynamic globals"; those compile as before) are left alone. The cached code is the
+    code numba would compile, so maps are bit-identical. Best effort: without a writable folder, nothing changes."""
+    todo = [p for p in packages if p not in _CACHED]
+    if not todo:
+        return None
+    try:
+        from numba.core import config
+        from numba.core.caching import NullCache
+        from numba.core.registry import CPUDispatcher
+
+        path = numba_cache_dir()
+        path.mkdir(parents=True, exist_ok=True)
+        old, config.CACHE_DIR = config.CACHE_DIR, str(path)  # read once, by each cache's locator, below
+        try:
+            for name, mod in list(sys.modules.items()):
+                if mod is not None and name.split(".")[0] in todo:
+                    for f in list(vars(mod).values()):
+                        if isinstance(f, CPUDispatcher) and isinstance(f._cache, NullCache):
+                            f.enable_caching()
+        finally:
+            config.CACHE_DIR = old
+    except (ImportError, OSError, AttributeError):
+        return None
+    _CACHED.update(todo)
+    return path
+
+
 class UMAPMap:
     """umap-learn on the first 50 principal components (seeded, so reruns draw the same map: seeded, it runs
     on one core, so `project` draws the maps of several feature sets at once, in worker processes)."""
@@ -91,10 +137,12 @@ class UMAPMap:
         import warnings
 
         umap = _need("umap", "umap-learn")
+        cache_compiled()
         p = self.params
         Z = _pca(X, p["pca"], standardize=False)
         with warnings.catch_warnings():  # "n_jobs overridden by random_state": seeded runs are serial
             warnings.simplefilter("ignore", UserWarning)
+            warnings.filterwarnings("ignore", "Cannot cache compiled function")  # those compile as before
             out = umap.UMAP(n_neighbors=min(p["n_neighbors"], len(Z) - 1), min_dist=p["min_dist"],
                             random_state=SEED).fit_transform(Z)
         return np.asarray(out, dtype=np.float32)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("SCIPY_ARRAY_API", "1")  # array-API tests need it before scipy is first imported
+# UMAP's compiled code: one cache for the suite and every process it starts, outside the user's home
+os.environ.setdefault("PIPELINE_NUMBA_CACHE", os.path.join(tempfile.gettempdir(), "pipeline-tests-numba"))
 
 import json
 import pickle

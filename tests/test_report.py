@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,44 @@ def test_one_core_maps_run_at_once_in_worker_processes(tmp_path, monkeypatch):
     calls.clear()
     project(sets[:1], ["pca"], tmp_path / "one_set", n_jobs=2)  # one map: nothing to run at once
     assert calls == []
+
+
+UMAP_IN_A_PROCESS = """
+import json, sys
+import numpy as np
+import umap.layouts, umap.umap_
+from pipeline.project import UMAPMap
+X = np.random.default_rng(0).normal(size=(150, 8)).astype(np.float32)
+np.save(sys.argv[1], UMAPMap().fit_transform(X))
+fs = [umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths,
+      umap.layouts._nb_optimize_layout_euclidean_single_epoch]
+print(json.dumps([[f.stats.cache_path, sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())]
+                  for f in fs]))
+"""
+
+
+def test_umap_compiled_code_is_cached_on_disk_and_maps_stay_identical(tmp_path):
+    """UMAP's numba functions keep their machine code in a folder per library version, so a second process
+    loads it instead of compiling (about 50 s on 2 cores), and draws the same map bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.project import numba_cache_dir
+
+    env = {**os.environ, "PIPELINE_NUMBA_CACHE": str(tmp_path / "cache")}
+    runs = []
+    for i in range(2):
+        r = subprocess.run([sys.executable, "-W", "ignore", "-c", UMAP_IN_A_PROCESS, str(tmp_path / f"{i}.npy")],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append(json.loads(r.stdout.splitlines()[-1]))
+    folder = str(tmp_path / "cache" / numba_cache_dir().name)
+    first, second = runs
+    assert all(path.startswith(folder) and misses > 0 for path, _, misses in first)  # compiled, then saved
+    assert all(path.startswith(folder) and hits > 0 and misses == 0 for path, hits, misses in second)
+    assert any(p.suffix == ".nbi" for p in Path(folder).rglob("*"))
+    assert np.array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
 
 
 def test_map_figure_content():
