@@ -6,6 +6,7 @@ fail with an install hint. Every method maps train and test rows together (the s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -91,13 +92,34 @@ def numba_cache_dir() -> Path:
 _CACHED: set[str] = set()
 
 
+def _safe_cache_class():
+    from numba.core.caching import FunctionCache
+
+    class SafeFunctionCache(FunctionCache):
+        """numba's own cache, except that a damaged file or a failed write (full disk, lost permission)
+        means compiling as if there were no cache, never a failed map."""
+
+        def load_overload(self, sig, target_context):
+            try:
+                return super().load_overload(sig, target_context)
+            except Exception:
+                return None
+
+        def save_overload(self, sig, data):
+            with contextlib.suppress(Exception):
+                super().save_overload(sig, data)
+
+    return SafeFunctionCache
+
+
 def cache_compiled(packages: tuple[str, ...] = ("umap", "pynndescent")) -> Path | None:
     """Keep the machine code of these packages' numba functions on disk, as if each declared `cache=True`.
 
-    A fresh process otherwise compiles UMAP's functions before its first map: about 50 s on 2 cores, which every
+    A fresh process otherwise compiles UMAP's functions before its first map: 20-35 s on 2 cores, which every
     `project` run and each worker process pays again. Functions that already cache (much of pynndescent) or
     cannot (numba warns "dynamic globals"; those compile as before) are left alone. The cached code is the
-    code numba would compile, so maps are bit-identical. Best effort: without a writable folder, nothing changes."""
+    code numba would compile, so maps are bit-identical. Best effort: a folder that cannot be written, a damaged
+    cache file or a failed write only means compiling as before."""
     todo = [p for p in packages if p not in _CACHED]
     if not todo:
         return None
@@ -106,19 +128,21 @@ def cache_compiled(packages: tuple[str, ...] = ("umap", "pynndescent")) -> Path 
         from numba.core.caching import NullCache
         from numba.core.registry import CPUDispatcher
 
+        cache_class = _safe_cache_class()
         path = numba_cache_dir()
         path.mkdir(parents=True, exist_ok=True)
-        old, config.CACHE_DIR = config.CACHE_DIR, str(path)  # read once, by each cache's locator, below
-        try:
-            for name, mod in list(sys.modules.items()):
-                if mod is not None and name.split(".")[0] in todo:
-                    for f in list(vars(mod).values()):
-                        if isinstance(f, CPUDispatcher) and isinstance(f._cache, NullCache):
-                            f.enable_caching()
-        finally:
-            config.CACHE_DIR = old
     except (ImportError, OSError, AttributeError):
         return None
+    old, config.CACHE_DIR = config.CACHE_DIR, str(path)  # read once, by each cache's locator, below
+    try:
+        for name, mod in list(sys.modules.items()):
+            if mod is not None and name.split(".")[0] in todo:
+                for f in list(vars(mod).values()):
+                    if isinstance(f, CPUDispatcher) and isinstance(f._cache, NullCache):
+                        with contextlib.suppress(Exception):  # e.g. no usable folder: it compiles as before
+                            f._cache = cache_class(f.py_func)  # what Dispatcher.enable_caching() does
+    finally:
+        config.CACHE_DIR = old
     _CACHED.update(todo)
     return path
 

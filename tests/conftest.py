@@ -6,7 +6,8 @@ import tempfile
 
 os.environ.setdefault("SCIPY_ARRAY_API", "1")  # array-API tests need it before scipy is first imported
 # UMAP's compiled code: one cache for the suite and every process it starts, outside the user's home
-os.environ.setdefault("PIPELINE_NUMBA_CACHE", os.path.join(tempfile.gettempdir(), "pipeline-tests-numba"))
+os.environ.setdefault("PIPELINE_NUMBA_CACHE",
+                      os.path.join(tempfile.gettempdir(), f"pipeline-tests-numba-{os.getuid()}"))
 
 import json
 import pickle

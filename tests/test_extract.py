@@ -171,11 +171,12 @@ def test_cuda_kill_then_rerun_resumes_within_bf16_precision(tmp_path):
             "--batch-size", 32]
     env = {k: v for k, v in os.environ.items() if k != "PIPELINE_KILL_AT"}
     cli = [sys.executable, "-m", "pipeline.cli", *map(str, args)]
-    assert subprocess.run([*cli, "--out", str(tmp_path / "ref")], env=env, capture_output=True).returncode == 0
+    ref = subprocess.run([*cli, "--out", str(tmp_path / "ref")], env=env, capture_output=True, timeout=300)
+    assert ref.returncode == 0
     killed = subprocess.run([*cli, "--out", str(tmp_path / "s")], env={**env, "PIPELINE_KILL_AT": "extract:commit:1"},
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-1500:]
-    again = subprocess.run([*cli, "--out", str(tmp_path / "s")], env=env, capture_output=True, text=True)
+    again = subprocess.run([*cli, "--out", str(tmp_path / "s")], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "resuming at" in again.stderr, again.stderr[-1500:]
     a, b = load_features(tmp_path / "ref"), load_features(tmp_path / "s")
     assert b.meta["device"]["type"] == "cuda" and b.meta["engine"]["precision"] == "bf16"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,25 +96,36 @@ print(json.dumps([[f.stats.cache_path, sum(f.stats.cache_hits.values()), sum(f.s
 
 def test_umap_compiled_code_is_cached_on_disk_and_maps_stay_identical(tmp_path):
     """UMAP's numba functions keep their machine code in a folder per library version (the suite's shared
-    PIPELINE_NUMBA_CACHE, see conftest), so a later process loads it instead of compiling (about 50 s on 2
+    PIPELINE_NUMBA_CACHE, see conftest), so a later process loads it instead of compiling (20-35 s on 2
     cores) and draws the same map bit for bit."""
     import os
+    import shutil
     import subprocess
     import sys
 
     from pipeline.project import numba_cache_dir
 
-    runs = []
-    for i in range(2):  # the first compiles and saves unless an earlier process of the suite already did
+    def umap_in_a_process(i, env):
         r = subprocess.run([sys.executable, "-W", "ignore", "-c", UMAP_IN_A_PROCESS, str(tmp_path / f"{i}.npy")],
-                           env=os.environ, capture_output=True, text=True, timeout=300)
+                           env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
-        runs.append(json.loads(r.stdout.splitlines()[-1]))
-    folder = str(numba_cache_dir())
-    assert folder.startswith(os.environ["PIPELINE_NUMBA_CACHE"])
-    assert all(path.startswith(folder) and hits > 0 and misses == 0 for path, hits, misses in runs[1])
-    assert any(p.suffix == ".nbi" for p in Path(folder).rglob("*"))
+        return json.loads(r.stdout.splitlines()[-1])
+
+    # the first compiles and saves, unless an earlier process of the suite already did
+    runs = [umap_in_a_process(i, os.environ) for i in range(2)]
+    folder = numba_cache_dir()
+    assert str(folder).startswith(os.environ["PIPELINE_NUMBA_CACHE"])
+    assert all(path.startswith(str(folder)) and hits > 0 and misses == 0 for path, hits, misses in runs[1])
+    assert any(p.suffix == ".nbi" for p in folder.rglob("*"))
     assert np.array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
+    # a damaged cache (a copy of it, every file overwritten) is compiled past, not a failed map
+    damaged = tmp_path / "damaged" / folder.name
+    shutil.copytree(folder, damaged)
+    for f in damaged.rglob("*.nb[ic]"):
+        f.write_bytes(b"not a numba cache file")
+    third = umap_in_a_process(2, {**os.environ, "PIPELINE_NUMBA_CACHE": str(damaged.parent)})
+    assert all(path.startswith(str(damaged)) and misses > 0 for path, _, misses in third)
+    assert np.array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "2.npy"))
 
 
 def test_map_figure_content():
