@@ -151,8 +151,8 @@ def main():
                 r["search_seconds"] + r["fit_seconds"] + r["predict_seconds"], r["device"], None, r["backend"])
         row("classify", f"{fs.name} all {len(recs)} classifiers", time.perf_counter() - t, backend.device)
 
+    mapped = [s for s in sets if s.name in args.map_sets.split(",")]
     for m in args.methods.split(","):
-        mapped = [s for s in sets if s.name in args.map_sets.split(",")]
         t = time.perf_counter()
         done = project(mapped, [m], tmp / "maps", backend, log=lambda m: None)[m]
         wall = time.perf_counter() - t

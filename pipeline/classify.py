@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import markdown
-from pipeline.compute import Backend, SklearnCPU, executed_on
+from pipeline.compute import Backend, SklearnCPU, available_memory, executed_on
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.featuresets import FeatureSet, check_comparable
@@ -125,8 +125,6 @@ def _linsvc_on(est, n: int, X):
     Each thread holds liblinear's own copy of the rows (float64 and (index, value) pairs: 24 bytes per value,
     1.8 GB for 60k x 1280), so no more threads than half the available memory holds."""
     from sklearn.multiclass import OneVsRestClassifier
-
-    from pipeline.compute import available_memory
 
     clf = est.named_steps["clf"]
     per_thread = X.shape[0] * (X.shape[1] + 2) * 24

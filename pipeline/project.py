@@ -7,6 +7,7 @@ fail with an install hint. Every method maps train and test rows together (the s
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -89,11 +90,25 @@ def numba_cache_dir() -> Path:
     return Path(base) / "-".join(f"{d}{version(d)}" for d in ("numba", "umap-learn", "pynndescent"))
 
 
-_CACHED: set[str] = set()
+@functools.cache  # once per process
+def cache_compiled() -> None:
+    """Keep the machine code of umap-learn's and pynndescent's numba functions on disk, as if each declared
+    `cache=True`.
 
+    A fresh process otherwise compiles UMAP's functions before its first map: 20-35 s on 2 cores, which every
+    `project` run and each worker process pays again. Functions that already cache (much of pynndescent) or
+    cannot (numba warns "dynamic globals"; those compile as before) are left alone. The cached code is the
+    code numba would compile, so maps are bit-identical. Best effort: a folder that cannot be written, a damaged
+    cache file or a failed write only means compiling as before."""
+    try:
+        from numba.core import config
+        from numba.core.caching import FunctionCache, NullCache
+        from numba.core.registry import CPUDispatcher
 
-def _safe_cache_class():
-    from numba.core.caching import FunctionCache
+        path = numba_cache_dir()
+        path.mkdir(parents=True, exist_ok=True)
+    except (ImportError, OSError, AttributeError):
+        return
 
     class SafeFunctionCache(FunctionCache):
         """numba's own cache, except that a damaged file or a failed write (full disk, lost permission)
@@ -109,42 +124,16 @@ def _safe_cache_class():
             with contextlib.suppress(Exception):
                 super().save_overload(sig, data)
 
-    return SafeFunctionCache
-
-
-def cache_compiled(packages: tuple[str, ...] = ("umap", "pynndescent")) -> Path | None:
-    """Keep the machine code of these packages' numba functions on disk, as if each declared `cache=True`.
-
-    A fresh process otherwise compiles UMAP's functions before its first map: 20-35 s on 2 cores, which every
-    `project` run and each worker process pays again. Functions that already cache (much of pynndescent) or
-    cannot (numba warns "dynamic globals"; those compile as before) are left alone. The cached code is the
-    code numba would compile, so maps are bit-identical. Best effort: a folder that cannot be written, a damaged
-    cache file or a failed write only means compiling as before."""
-    todo = [p for p in packages if p not in _CACHED]
-    if not todo:
-        return None
-    try:
-        from numba.core import config
-        from numba.core.caching import NullCache
-        from numba.core.registry import CPUDispatcher
-
-        cache_class = _safe_cache_class()
-        path = numba_cache_dir()
-        path.mkdir(parents=True, exist_ok=True)
-    except (ImportError, OSError, AttributeError):
-        return None
     old, config.CACHE_DIR = config.CACHE_DIR, str(path)  # read once, by each cache's locator, below
     try:
         for name, mod in list(sys.modules.items()):
-            if mod is not None and name.split(".")[0] in todo:
+            if mod is not None and name.split(".")[0] in ("umap", "pynndescent"):
                 for f in list(vars(mod).values()):
                     if isinstance(f, CPUDispatcher) and isinstance(f._cache, NullCache):
                         with contextlib.suppress(Exception):  # e.g. no usable folder: it compiles as before
-                            f._cache = cache_class(f.py_func)  # what Dispatcher.enable_caching() does
+                            f._cache = SafeFunctionCache(f.py_func)  # what Dispatcher.enable_caching() does
     finally:
         config.CACHE_DIR = old
-    _CACHED.update(todo)
-    return path
 
 
 class UMAPMap:

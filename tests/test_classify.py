@@ -85,7 +85,7 @@ def test_refits_use_every_core_and_predict_the_same(tmp_path, store, monkeypatch
     from pipeline.classify import _linsvc_on
 
     def refit_clf(free_bytes):  # what the refit of 1000 x 98 rows on 8 cores fits, with this much memory free
-        monkeypatch.setattr("pipeline.compute.available_memory", lambda: free_bytes)
+        monkeypatch.setattr("pipeline.classify.available_memory", lambda: free_bytes)
         return _linsvc_on(_estimator("linsvc", False, {}), 8, np.zeros((1000, 98))).named_steps["clf"]
 
     assert refit_clf(3 * 2 * 1000 * 100 * 24).n_jobs == 3  # half the free memory holds three copies
