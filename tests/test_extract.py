@@ -197,7 +197,7 @@ def test_cuda_path_matches_cpu_reference(idx_dir, tmp_path):
     cpu = extract("fashion-mnist", "resnet18", data_dir=idx_dir, out=tmp_path / "cpu", **FAST)
     for precision in ("fp32", "bf16"):
         gpu = extract("fashion-mnist", "resnet18", data_dir=idx_dir, out=tmp_path / f"gpu-{precision}",
-                      device="cuda", **{**FAST, "precision": precision})
+                      **{**FAST, "device": "cuda", "precision": precision})
         a, b = load_features(cpu.path).X_train, load_features(gpu.path).X_train
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cos.min() >= (0.9999 if precision == "fp32" else 0.999)
