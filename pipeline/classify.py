@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import markdown
-from pipeline.compute import Backend, SklearnCPU, available_memory, executed_on
+from pipeline.compute import Backend, SklearnCPU, accel_active, executed_on
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.featuresets import FeatureSet, check_comparable
@@ -113,26 +113,14 @@ def _logreg(native: bool = False):
 def _linsvc(native: bool = False):
     from sklearn.svm import LinearSVC
 
-    # primal (dual=False): on all 60k raw pixels 1.9x faster than the dual (on the embeddings 0.8x); tol 1e-2
-    # instead of 1e-3 saves 17-20 % for at most 0.07 points of test accuracy (benchmarks/RESULTS.md)
-    return _pipe(_scale(), ("clf", LinearSVC(C=0.01, dual=False, tol=1e-2, max_iter=2000)))
+    from pipeline.solvers import DenseLinearSVC
 
-
-def _linsvc_on(est, n: int, X):
-    """liblinear solves the ten one-vs-rest problems one after another on one core. scikit-learn's
-    OneVsRestClassifier solves the same ten problems on n threads (liblinear releases the GIL): on 2 cores
-    1.9-2.0x faster on all 60k rows, the same test accuracy (benchmarks/RESULTS.md, "Refits on both cores").
-    Each thread holds liblinear's own copy of the rows (float64 and (index, value) pairs: 24 bytes per value,
-    1.8 GB for 60k x 1280), so no more threads than half the available memory holds."""
-    from sklearn.multiclass import OneVsRestClassifier
-
-    clf = est.named_steps["clf"]
-    per_thread = X.shape[0] * (X.shape[1] + 2) * 24
-    free = available_memory()
-    n = min(n, max(1, free // 2 // per_thread)) if free else n
-    if n < 2 or hasattr(type(clf), "_gpu_class"):  # one core, or a cuml.accel proxy (fits on the GPU)
-        return est
-    return est.set_params(clf=OneVsRestClassifier(clf, n_jobs=n))
+    if accel_active():  # scikit-learn's LinearSVC is cuML's, on the GPU
+        return _pipe(_scale(), ("clf", LinearSVC(C=0.01, dual=False, tol=1e-2, max_iter=2000)))
+    # LinearSVC(dual=False)'s model and objective by L-BFGS on dense BLAS, every core: on all 60k rows 2x
+    # faster than liblinear's ten one-vs-rest problems on two threads, at a lower objective (tol 3e-4)
+    # (benchmarks/RESULTS.md, "The linear SVC by L-BFGS")
+    return _pipe(_scale(), ("clf", DenseLinearSVC(C=0.01, tol=3e-4, max_iter=2000)))
 
 
 def _rf_on(est, n: int, X):
@@ -174,7 +162,7 @@ CLASSIFIERS = {s.name: s for s in [
     ClassifierSpec("linsvc", "Linear SVC", _linsvc, {
         "quick": {}, "default": {"clf__C": [3e-4, 1e-3, 3e-3]},
         # C >= 0.3 does not converge within max_iter on standardised pixels (and costs minutes per fit)
-        "full": {"clf__C": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1]}}, refit_on=_linsvc_on),
+        "full": {"clf__C": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1]}}),
     ClassifierSpec("rf", "Random forest", _rf, {
         "quick": {"clf__n_estimators": [50]}, "default": {"clf__min_samples_leaf": [1, 2]},
         # more trees never hurt accuracy, so `full` fixes a generous 300 rather than searching the count

@@ -102,16 +102,16 @@ class CumlAccel(SklearnCPU):
     def __init__(self, device: str = "cuda"):
         import cuml.accel
 
-        if "sklearn" in sys.modules and not _accel_active():
+        if "sklearn" in sys.modules and not accel_active():
             raise PipelineError("cuML is installed but scikit-learn was imported before cuml.accel could "
                                 "hook it; build the backend first (as the CLI does) or run under "
                                 "`python -m cuml.accel`")
-        if not _accel_active():
+        if not accel_active():
             cuml.accel.install()
         self.device = device
 
 
-def _accel_active() -> bool:
+def accel_active() -> bool:
     """Whether cuml.accel's proxies replaced scikit-learn's estimators (checked on LogisticRegression)."""
     if "sklearn" not in sys.modules:
         return False

@@ -16,9 +16,10 @@ from pipeline.store import atomic_write, read_json, replacing
 
 MODELS_DIR = "models"
 FORMAT = "pipeline-model/1"
-# Beyond skops' default trusted set (scikit-learn's estimators, numpy arrays): the only type our pipelines
-# hold that skops does not trust by default. Anything else in a file is refused, never loaded.
-TRUSTED = ("sklearn.tree._tree.Tree",)
+# Beyond skops' default trusted set (scikit-learn's estimators, numpy arrays): the only types our pipelines
+# hold that skops does not trust by default (a tree's state, this project's own linear SVC). Anything else
+# in a file is refused, never loaded.
+TRUSTED = ("sklearn.tree._tree.Tree", "pipeline.solvers.DenseLinearSVC")
 _VERSIONS = ("scikit-learn", "numpy", "skops", "torch", "torchvision", "openvino")
 
 
