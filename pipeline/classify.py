@@ -4,7 +4,9 @@
 Search (per preset): candidates x stratified folds are fitted in parallel (joblib: processes here, a Dask
 cluster with --dask), each fit ticking the progress bar; `quick` and `default` tune on a stratified
 subsample of the training split (`TUNE_ROWS`) and refit the best on all of it, `full` tunes on the whole
-training split. The test split is used once, by the refitted model. Knows nothing of how features were made.
+training split. The test split is used once, by the refitted model. Classifiers go one at a time, each over
+every feature set; a refit that runs on one core (the RBF SVC's) runs for all feature sets at once, on threads.
+Knows nothing of how features were made.
 """
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ class ClassifierSpec:
     refit_on: Callable | None = None
     # test predictions in row chunks on threads: the library predicts on one core and releases the GIL
     threaded_predict: bool = False
+    # the refit runs on one core and releases the GIL: the refits of several feature sets run at once
+    one_core_refit: bool = False
 
     def native(self, backend: Backend, custom: bool = False) -> bool:
         """Whether this classifier runs in the backend's array-API formulation. A custom grid (--grid FILE)
@@ -174,7 +178,8 @@ CLASSIFIERS = {s.name: s for s in [
         "quick": {}, "default": {"clf__C": [3.0, 10.0]},
         "full": {"pca__n_components": [50, 100, 200], "clf__C": [1.0, 3.0, 10.0, 30.0],
                  "clf__gamma": ["scale", 1e-3, 3e-3]}},
-        threaded_predict=True),  # libsvm predicts on one core; the fit has no parallel form (one-vs-one)
+        # libsvm fits and predicts on one core (its one-vs-one fit has no parallel form), releasing the GIL
+        threaded_predict=True, one_core_refit=True),
     ClassifierSpec("knn", "k-NN", _knn, {
         # PCA-100 beat PCA-50 by 0.45 points on 10k raw pixels (benchmarks/bench_classify.py): search both
         "quick": {}, "default": {"clf__n_neighbors": [5, 10], "pca__n_components": [50, 100]},
@@ -326,7 +331,8 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
 
 
 def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress, log, models) -> list[dict]:
-    from joblib import Parallel, delayed, parallel_config
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     from pipeline.cluster import dask_client
@@ -341,60 +347,86 @@ def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress,
     records = []
     bar = tqdm(total=total, unit="fit", disable=(not progress) if progress is not None else None,
                file=sys.stderr, dynamic_ncols=True)
+
+    def search(fs, c):
+        plan = plans[(fs.name, c)]
+        bar.set_description(f"{fs.name} {c}")
+        return fs, c, plan, *_search(fs, c, plan, grid, backend, n_jobs, client, bar, log)
+
+    def refit(fs, c, plan, best, best_scores, search_s, errors, cheap):
+        rec, est = _refit_and_test(fs, c, plan, best, best_scores, backend, search_s, n_jobs)
+        rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid),
+                   failed_fits=len(errors), fit_errors=list(dict.fromkeys(errors))[:5], search_params=cheap)
+        return fs, plan, rec, est
+
+    def finish(fs, plan, rec, est):
+        bar.update(1)
+        records.append(rec)
+        if models is not None:
+            models[(fs.name, rec["classifier"])] = est
+        log(f"{fs.name:>20} {rec['classifier']:<7} test {rec['test_accuracy']:.4f}  cv {rec['cv_mean']:.4f}"
+            f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({rec['search_seconds'] + rec['fit_seconds']:.0f} s, "
+            f"{rec['backend']})")
+        if out is not None:
+            _save(out, fs, rec, est, backend if plan.native else None, log)
+            write_results(out, [rec], fs)
+
     try:
         with bar:
-            for fs in sets:
-                for c in classifiers:
-                    plan = plans[(fs.name, c)]
-                    bar.set_description(f"{fs.name} {c}")
-                    # GPU work (array-API, cuML proxies) stays in this process; CPU fits go to workers
-                    in_process = plan.native or backend.cuml or len(plan.candidates) * len(plan.folds) == 1
-                    jobs = 1 if in_process else n_jobs
-                    blas = max(1, (os.cpu_count() or 1) // jobs)
-                    tasks = [(ci, tr, te) for ci in range(len(plan.candidates)) for tr, te in plan.folds]
-                    X = _on(backend, plan.native)[1](fs.X_train)  # array-API: one upload for all fits
-                    t0 = time.perf_counter()
-                    scores = [[] for _ in plan.candidates]
-                    errors = []
-                    cfg = parallel_config(backend="dask") if client is not None and not in_process else \
-                        parallel_config(backend="loky" if jobs > 1 else "sequential", n_jobs=jobs)
-                    cheap = CLASSIFIERS[c].search_params if isinstance(grid, str) else {}
-                    with cfg:
-                        results = Parallel(return_as="generator_unordered")(
-                            delayed(_scored)(ci, _fit_score, backend, c, plan.native,
-                                             {**cheap, **plan.candidates[ci]}, X, fs.y_train, tr, te, blas)
-                            for ci, tr, te in tasks)
-                        for ci, (score, err) in results:
-                            scores[ci].append(score)
-                            errors += [err] if err else []
-                            bar.update(1)
-                    search_s = time.perf_counter() - t0
-                    means = np.array([np.mean(s) for s in scores])  # a candidate with a failed fold is nan
-                    if np.isnan(means).all():
-                        raise PipelineError(f"{c} failed on every candidate for {fs.name} ({errors[0][:200]})")
-                    if errors:
-                        distinct = list(dict.fromkeys(errors))
-                        log(f"{fs.name} {c}: {len(errors)} of {len(tasks)} fits failed and were scored NaN "
-                            f"({'; '.join(distinct[:3])}{' ...' if len(distinct) > 3 else ''})")
-                    best = int(np.nanargmax(means))
-                    rec, est = _refit_and_test(fs, c, plan, best, scores[best], backend, search_s, n_jobs)
-                    rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid),
-                               failed_fits=len(errors), fit_errors=list(dict.fromkeys(errors))[:5],
-                               search_params=cheap)
-                    bar.update(1)
-                    records.append(rec)
-                    if models is not None:
-                        models[(fs.name, c)] = est
-                    log(f"{fs.name:>20} {c:<7} test {rec['test_accuracy']:.4f}  cv {rec['cv_mean']:.4f}"
-                        f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({search_s + rec['fit_seconds']:.0f} s, "
-                        f"{rec['backend']})")
-                    if out is not None:
-                        _save(out, fs, rec, est, backend if plan.native else None, log)
-                        write_results(out, [rec], fs)
+            for c in classifiers:
+                # a refit on one core (libsvm) that releases the GIL: the feature sets' refits run at once,
+                # on threads, once every set's search is done; any other refit follows its own search
+                at_once = min(n_jobs, len(sets)) if CLASSIFIERS[c].one_core_refit and not backend.cuml else 1
+                if at_once > 1:
+                    searched = [search(fs, c) for fs in sets]
+                    with ThreadPoolExecutor(at_once) as pool:
+                        for done in pool.map(lambda a: refit(*a), searched):
+                            finish(*done)
+                else:
+                    for fs in sets:
+                        finish(*refit(*search(fs, c)))
     finally:
         if client is not None:
             client.close()
     return records
+
+
+def _search(fs: FeatureSet, c: str, plan: SearchPlan, grid, backend: Backend, n_jobs: int, client, bar, log):
+    """Every candidate on every fold, in parallel (joblib processes, or the Dask cluster), each fit ticking
+    the progress bar -> (best candidate's index, its fold scores, search seconds, fit errors, search params)."""
+    from joblib import Parallel, delayed, parallel_config
+
+    # GPU work (array-API, cuML proxies) stays in this process; CPU fits go to workers
+    in_process = plan.native or backend.cuml or len(plan.candidates) * len(plan.folds) == 1
+    jobs = 1 if in_process else n_jobs
+    blas = max(1, (os.cpu_count() or 1) // jobs)
+    tasks = [(ci, tr, te) for ci in range(len(plan.candidates)) for tr, te in plan.folds]
+    X = _on(backend, plan.native)[1](fs.X_train)  # array-API: one upload for all fits
+    t0 = time.perf_counter()
+    scores = [[] for _ in plan.candidates]
+    errors = []
+    cfg = parallel_config(backend="dask") if client is not None and not in_process else \
+        parallel_config(backend="loky" if jobs > 1 else "sequential", n_jobs=jobs)
+    cheap = CLASSIFIERS[c].search_params if isinstance(grid, str) else {}
+    with cfg:
+        results = Parallel(return_as="generator_unordered")(
+            delayed(_scored)(ci, _fit_score, backend, c, plan.native, {**cheap, **plan.candidates[ci]}, X,
+                             fs.y_train, tr, te, blas)
+            for ci, tr, te in tasks)
+        for ci, (score, err) in results:
+            scores[ci].append(score)
+            errors += [err] if err else []
+            bar.update(1)
+    search_s = time.perf_counter() - t0
+    means = np.array([np.mean(s) for s in scores])  # a candidate with a failed fold is nan
+    if np.isnan(means).all():
+        raise PipelineError(f"{c} failed on every candidate for {fs.name} ({errors[0][:200]})")
+    if errors:
+        distinct = list(dict.fromkeys(errors))
+        log(f"{fs.name} {c}: {len(errors)} of {len(tasks)} fits failed and were scored NaN "
+            f"({'; '.join(distinct[:3])}{' ...' if len(distinct) > 3 else ''})")
+    best = int(np.nanargmax(means))
+    return best, scores[best], search_s, errors, cheap
 
 
 def _save(out: Path, fs: FeatureSet, rec: dict, est, array_api: Backend | None, log) -> None:

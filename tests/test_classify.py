@@ -80,6 +80,37 @@ def test_refits_use_every_core_and_predict_the_same(tmp_path, store):
     assert np.array_equal(saved.predict(fs.X_test), models[(fs.name, "linsvc")].predict(fs.X_test))
 
 
+def test_one_core_refits_of_the_feature_sets_run_at_once(data_dir, store, monkeypatch):
+    """The RBF SVC refits on one core (libsvm, without the GIL): with two feature sets and two cores, the two
+    refits run at once (each waits at a barrier for the other: one after another would break it), with the
+    records of refitting them one after another; the other classifiers refit each after its own search."""
+    import threading
+
+    from pipeline import classify as cl
+
+    sets = [load_feature_set("raw", "fashion-mnist", data_dir), load_feature_set(str(store), "fashion-mnist")]
+    alone = {(r["feature_set"], r["classifier"]): r for r in classify(sets, ["svc", "lda"], "quick", 3, n_jobs=1,
+                                                                        progress=False)}
+    barrier, real, refitted = threading.Barrier(2, timeout=60), cl._refit_and_test, []
+
+    def at_a_barrier(fs, c, *args):
+        if c == "svc":
+            barrier.wait()  # both feature sets' refits are running
+        refitted.append((fs.name, c))
+        return real(fs, c, *args)
+
+    monkeypatch.setattr(cl, "_refit_and_test", at_a_barrier)
+    together = classify(sets, ["svc", "lda"], "quick", 3, n_jobs=2, progress=False)
+    assert sorted(refitted[:2]) == [("raw", "svc"), ("toynet", "svc")] and refitted[2:] == [("raw", "lda"),
+                                                                                          ("toynet", "lda")]
+    timing = {"fit_seconds", "predict_seconds", "search_seconds"}
+    for r in together:
+        r0 = alone[(r["feature_set"], r["classifier"])]
+        assert {k: v for k, v in r.items() if k not in timing} == {k: v for k, v in r0.items() if k not in timing}
+    assert [(r["feature_set"], r["classifier"]) for r in together] == [
+        ("raw", "svc"), ("toynet", "svc"), ("raw", "lda"), ("toynet", "lda")]
+
+
 def test_threaded_predict_equals_one_call():
     from sklearn.datasets import make_classification
 
