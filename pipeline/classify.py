@@ -484,10 +484,17 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
         "cv_mean": float(np.mean(best_scores)), "cv_std": float(np.std(best_scores)), "cv_folds": len(plan.folds),
         "tune_rows": len(plan.tune_idx), "candidates": len(plan.candidates),
         "fit_seconds": round(fit_s, 3), "predict_seconds": round(pred_s, 3), "search_seconds": round(search_s, 2),
-        "backend": ran_on, "device": device, "device_name": _device_name(device),
+        "backend": ran_on, "device": device, "device_name": _device_name(device), "estimator": _steps(est),
         "n_train": len(fs.y_train), "n_test": len(y),
         "labels_sha256": fs.labels_sha256, **scores(y, pred, fs.classes),
     }, est
+
+
+def _steps(est) -> list[str]:
+    """The fitted pipeline's steps by class (module.Class): which implementation ran, e.g. this project's
+    L-BFGS linear SVC, a cuml.accel proxy, a one-vs-rest wrapper."""
+    steps = [s for _, s in est.steps] if hasattr(est, "steps") else [est]
+    return [f"{type(s).__module__}.{type(s).__qualname__}" for s in steps if s != "passthrough"]
 
 
 def _predict(est, X, threads: int):

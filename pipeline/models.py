@@ -63,7 +63,7 @@ def save_model(out: Path, fs, rec: dict, est, to_numpy=None) -> str:
     with replacing(path) as f:
         sio.dump(est, f, compression=zipfile.ZIP_DEFLATED, compresslevel=3)
     card = _card(path, rec, about_features(fs), ("test_accuracy", "macro_f1", "cv_mean", "best_params", "n_train",
-                                                 "n_test", "grid", "backend", "device"),
+                                                 "n_test", "grid", "backend", "device", "estimator"),
                  scores="probabilities" if _has(est, "predict_proba") else "decision"
                  if _has(est, "decision_function") else None, trusted_types=list(TRUSTED))
     atomic_write(card_path, json.dumps(card, indent=1))

@@ -72,11 +72,14 @@ def test_refits_use_every_core_and_predict_the_same(tmp_path, store):
     svc = models[(fs.name, "linsvc")].named_steps["clf"]
     assert type(svc) is DenseLinearSVC and svc.n_iter_ > 0 and svc.coef_.shape == (10, fs.X_train.shape[1])
     assert recs["linsvc"]["backend"] == "sklearn-cpu" and recs["linsvc"]["test_accuracy"] > 0.5
+    assert recs["linsvc"]["estimator"] == ["sklearn.preprocessing._data.StandardScaler",
+                                           "pipeline.solvers.DenseLinearSVC"]  # what ran, from the fitted model
     assert models[(fs.name, "rf")].named_steps["clf"].n_jobs == 2
     # the record's accuracy (chunked predictions on threads) is that of one predict call
     assert recs["svc"]["test_accuracy"] == (models[(fs.name, "svc")].predict(fs.X_test) == fs.y_test).mean()
     saved, card = load_model(tmp_path / recs["linsvc"]["model"])  # our own estimator saves and loads (skops)
     assert type(saved.named_steps["clf"]) is DenseLinearSVC
+    assert card["record"]["estimator"] == recs["linsvc"]["estimator"]
     assert np.array_equal(saved.predict(fs.X_test), models[(fs.name, "linsvc")].predict(fs.X_test))
 
 
