@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import markdown
-from pipeline.compute import Backend, SklearnCPU, accel_active, executed_on
+from pipeline.compute import Backend, SklearnCPU, accel_active, available_memory, executed_on
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.featuresets import FeatureSet, check_comparable
@@ -331,7 +331,7 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
 
 
 def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress, log, models) -> list[dict]:
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from tqdm.auto import tqdm
 
@@ -376,12 +376,18 @@ def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress,
             for c in classifiers:
                 # a refit on one core (libsvm) that releases the GIL: the feature sets' refits run at once,
                 # on threads, once every set's search is done; any other refit follows its own search
-                at_once = min(n_jobs, len(sets)) if CLASSIFIERS[c].one_core_refit and not backend.cuml else 1
+                at_once = _refits_at_once(c, sets, n_jobs, backend)
                 if at_once > 1:
                     searched = [search(fs, c) for fs in sets]
-                    with ThreadPoolExecutor(at_once) as pool:
-                        for done in pool.map(lambda a: refit(*a), searched):
-                            finish(*done)
+                    failed = None
+                    with ThreadPoolExecutor(at_once) as pool:  # each record saved as its refit ends
+                        for done in as_completed([pool.submit(refit, *a) for a in searched]):
+                            try:
+                                finish(*done.result())
+                            except Exception as e:  # noqa: BLE001 - the others' records are kept first
+                                failed = failed or e
+                    if failed is not None:
+                        raise failed
                 else:
                     for fs in sets:
                         finish(*refit(*search(fs, c)))
@@ -389,6 +395,21 @@ def _classify(sets, classifiers, grid, cv, backend, n_jobs, dask, out, progress,
         if client is not None:
             client.close()
     return records
+
+
+def _refits_at_once(c: str, sets: list[FeatureSet], n_jobs: int, backend: Backend) -> int:
+    """How many feature sets' refits of classifier c run at once: one, unless its refit runs on one core (and
+    on the CPU); then as many as cores, feature sets and half the available memory allow (an RBF SVC's refit
+    holds its kernel cache and a few copies of the rows)."""
+    spec = CLASSIFIERS[c]
+    if not spec.one_core_refit or backend.cuml or spec.native(backend):
+        return 1
+    n = min(n_jobs, len(sets))
+    free = available_memory()
+    if free:
+        cache = spec.make(False).get_params().get("clf__cache_size", 0) * 2 ** 20
+        n = min(n, max(1, free // 2 // max(int(cache + 4 * fs.X_train.nbytes) for fs in sets)))
+    return n
 
 
 def _search(fs: FeatureSet, c: str, plan: SearchPlan, grid, backend: Backend, n_jobs: int, client, bar, log):
@@ -494,7 +515,7 @@ def _steps(est) -> list[str]:
     """The fitted pipeline's steps by class (module.Class): which implementation ran, e.g. this project's
     L-BFGS linear SVC, a cuml.accel proxy, a one-vs-rest wrapper."""
     steps = [s for _, s in est.steps] if hasattr(est, "steps") else [est]
-    return [f"{type(s).__module__}.{type(s).__qualname__}" for s in steps if s != "passthrough"]
+    return [f"{type(s).__module__}.{type(s).__qualname__}" for s in steps if s is not None and s != "passthrough"]
 
 
 def _predict(est, X, threads: int):

@@ -2,8 +2,9 @@
 
 `DenseLinearSVC` is scikit-learn's `LinearSVC(dual=False)` model and objective, solved another way. liblinear
 walks the rows as (index, value) pairs on one core, one class after another; here the ten one-vs-rest problems
-are one L-BFGS problem whose every step is two dense float32 matrix products (BLAS, every core): 2-4x faster
-on Fashion-MNIST, the same optimum (benchmarks/bench_linsvc.py).
+are one L-BFGS problem whose every step is two dense float32 matrix products (BLAS, every core). On
+Fashion-MNIST: the search's fits 6-12x, the refits on all 60,000 rows 1.8-2.9x faster than liblinear, each at
+a lower objective (benchmarks/bench_linsvc.py).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
 
     The intercept is penalised like a weight, as liblinear does (`intercept_scaling=1`). The rows are used in
     float32 (the products' precision; the objective's sums are float64). L-BFGS stops once the gradient's norm
-    has fallen by `tol` from its value at zero weights, or after `max_iter` iterations (a ConvergenceWarning).
+    has fallen by `tol` from its value at zero weights, when float32 allows no more progress, or after `max_iter`
+    iterations (a ConvergenceWarning).
     `coef_`, `intercept_`, `decision_function` and `predict` are LinearSVC's.
     """
 
@@ -87,7 +89,9 @@ class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
         res = minimize(objective, w0, jac=True, method="L-BFGS-B", callback=converged,
                        options={"maxiter": self.max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20})
         self.n_iter_ = int(res.nit)
-        if np.linalg.norm(last["grad"]) > stop and self.n_iter_ >= self.max_iter:
+        # res.jac: the gradient at the solution returned (not at a rejected step). Stopping short of tol because
+        # float32 allows no more progress is as converged as this solver gets: no warning
+        if np.linalg.norm(res.jac) > stop and self.n_iter_ >= self.max_iter:
             warnings.warn(f"L-BFGS did not reach tol={self.tol} in max_iter={self.max_iter} iterations; "
                           "raise max_iter or lower C", ConvergenceWarning, stacklevel=2)
         self.coef_ = res.x[:d * k].reshape(d, k).T.copy()

@@ -10,6 +10,7 @@ from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli, write_
 
 from pipeline.classify import CLASSIFIERS, classify
 from pipeline.compute import make_backend
+from pipeline.errors import PipelineError
 from pipeline.featuresets import load_feature_set
 from pipeline.references import STUDY
 
@@ -110,8 +111,35 @@ def test_one_core_refits_of_the_feature_sets_run_at_once(data_dir, store, monkey
     for r in together:
         r0 = alone[(r["feature_set"], r["classifier"])]
         assert {k: v for k, v in r.items() if k not in timing} == {k: v for k, v in r0.items() if k not in timing}
-    assert [(r["feature_set"], r["classifier"]) for r in together] == [
-        ("raw", "svc"), ("toynet", "svc"), ("raw", "lda"), ("toynet", "lda")]
+    order = [(r["feature_set"], r["classifier"]) for r in together]  # the refits at once: as each ended
+    assert sorted(order[:2]) == [("raw", "svc"), ("toynet", "svc")] and order[2:] == [("raw", "lda"), ("toynet", "lda")]
+
+
+def test_refits_at_once_within_memory_and_a_failed_one_keeps_the_others(tmp_path, data_dir, store, monkeypatch):
+    """As many one-core refits at once as cores, feature sets and half the free memory allow (an RBF SVC's
+    kernel cache is 1000 MiB); one that fails is one line, after the others' records are saved."""
+    from pipeline import classify as cl
+    from pipeline.compute import SklearnCPU
+
+    sets = [load_feature_set("raw", "fashion-mnist", data_dir), load_feature_set(str(store), "fashion-mnist")]
+    for free, n in ((None, 2), (5 * 2 ** 30, 2), (3 * 2 ** 30, 1)):
+        monkeypatch.setattr(cl, "available_memory", lambda free=free: free)
+        assert cl._refits_at_once("svc", sets, 8, SklearnCPU()) == n, free
+    assert cl._refits_at_once("svc", sets, 1, SklearnCPU()) == 1  # one core
+    assert cl._refits_at_once("lda", sets, 8, SklearnCPU()) == 1  # its refit uses every core already
+    monkeypatch.setattr(cl, "available_memory", lambda: None)
+    real = cl._refit_and_test
+
+    def raw_fails(fs, c, *args):
+        if fs.name == "raw":
+            raise PipelineError("svc failed when refitted on all of raw (MemoryError: )")
+        return real(fs, c, *args)
+
+    monkeypatch.setattr(cl, "_refit_and_test", raw_fails)
+    with pytest.raises(PipelineError, match="failed when refitted on all of raw"):
+        classify(sets, ["svc"], "quick", 3, n_jobs=2, out=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["feature_set"], r["classifier"]) for r in saved] == [("toynet", "svc")]
 
 
 def test_threaded_predict_equals_one_call():
