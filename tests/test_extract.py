@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 import torch
@@ -83,20 +84,14 @@ def test_second_writer_is_refused(idx_dir, tmp_path, runner):
         assert_one_line_error(r, "is being written by pipeline extract (pid", "wait for it")
 
 
-def _run_cli_process(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, **kw)
-
-
 def test_kill_9_then_rerun_resumes_to_identical_features(tmp_path):
     data = make_idx_dir(tmp_path / "data", n_train=400, n_test=80)
     args = ["extract", "--data-dir", data, "--weights", "none", "--image-size", 96, "--precision", "fp32",
             "--batch-size", 8, "--device", "cpu"]
     ref = tmp_path / "ref"
-    assert subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args), "--out", ref],
-                          capture_output=True).returncode == 0
+    assert cli_process.run([*args, "--out", ref]).returncode == 0
     out = tmp_path / "killed"
-    p = _run_cli_process(args + ["--out", out])
+    p = cli_process.start([*args, "--out", out])
     progress = Path(f"{out}.partial") / "progress.json"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -107,13 +102,13 @@ def test_kill_9_then_rerun_resumes_to_identical_features(tmp_path):
             pass
         time.sleep(0.05)
     os.kill(p.pid, signal.SIGKILL)
-    p.communicate()
+    assert p.wait().returncode == -signal.SIGKILL
     done = json.loads(progress.read_text())["done"]
     assert 0 < done["train"] < 400, done  # really interrupted mid-run
     assert not out.exists()  # nothing finished-looking left behind
-    p = _run_cli_process(args + ["--out", out])
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
+    r = cli_process.run([*args, "--out", out])
+    err = r.stderr
+    assert r.returncode == 0, err
     assert f"resuming at {done['train'] + done['test']:,}/480" in err
     a, b = load_features(ref), load_features(out)
     np.testing.assert_array_equal(a.X_train, b.X_train)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 from conftest import make_idx_dir
@@ -32,8 +31,7 @@ def run(tmp, data, weights, kill_at=None):
     args = ["run", "--data-dir", data, "--backbone", "resnet18", "--weights", weights, "--image-size", 48,
             "--limit", 60, "--grid", "quick", "--classifiers", "lda,logreg", "--methods", "pca", "--n-jobs", 1,
             "--device", "cpu"]  # bit-identical reruns: the CPU path (cuDNN picks its kernels per process)
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return cli_process.run(args, cwd=tmp, env=env)
 
 
 def outputs(tmp: Path) -> dict:

@@ -48,9 +48,16 @@ def shapes_folder(root, n_per_class: int, seed=0, names=None, **kw):
     return root
 
 
+def study_args(data, weights) -> list:
+    return ["run", "--dataset", "folder", "--data-dir", data, "--backbone", "resnet18", "--weights", weights,
+            "--image-size", 64, "--raw-size", 16, "--grid", "quick", "--classifiers", "lda,logreg,rf", "--methods",
+            "pca", "--n-jobs", 1]
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, resnet18_file):
-    """A folder study (class folders only: split 80/20), random-weight ResNet-18 at 64 px, three classifiers."""
+    """A folder study (class folders only: split 80/20), random-weight ResNet-18 at 64 px, three classifiers; raw
+    pixels at 16 px (768 values: LDA's solve on the default 32 px's 3,072 takes 20 s of the suite)."""
     from click.testing import CliRunner
 
     root = tmp_path_factory.mktemp("study")
@@ -60,9 +67,7 @@ def study(tmp_path_factory, resnet18_file):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        r = run_cli(CliRunner(), "run", "--dataset", "folder", "--data-dir", data, "--backbone", "resnet18",
-                    "--weights", resnet18_file, "--image-size", 64, "--grid", "quick", "--classifiers",
-                    "lda,logreg,rf", "--methods", "pca", "--n-jobs", 1)
+        r = run_cli(CliRunner(), *study_args(data, resnet18_file))
     finally:
         os.chdir(cwd)
     assert r.exit_code == 0, r.output
@@ -78,7 +83,7 @@ def test_folder_study_end_to_end(study):
     assert {(r["feature_set"], r["classifier"]) for r in recs} == {
         (s, c) for s in ("raw", "resnet18") for c in ("lda", "logreg", "rf")}
     raw_card = json.loads((out / "models" / "raw_lda.json").read_text())
-    assert raw_card["features"]["size"] == 32 and raw_card["features"]["channels"] == 3  # colour and gray mixed
+    assert raw_card["features"]["size"] == 16 and raw_card["features"]["channels"] == 3  # colour and gray mixed
     for r in recs:
         card = json.loads((out / "models" / f"{r['feature_set']}_{r['classifier']}.json").read_text())
         assert r["model"] == f"models/{r['feature_set']}_{r['classifier']}.skops"
@@ -88,7 +93,7 @@ def test_folder_study_end_to_end(study):
     assert emb["backbone"] == "resnet18" and emb["image_size"] == 64 and emb["weights"]["sha256"]
     md = (out / "report.md").read_text()
     assert md.startswith("# pipeline report: do pretrained embeddings beat raw pixels on image folder shapes?")
-    assert "Fashion-MNIST" not in md and "(study)" not in md and "32x32 RGB" in md
+    assert "Fashion-MNIST" not in md and "(study)" not in md and "16x16 RGB" in md
     assert (out / "figures" / "confusion.png").exists()
 
 
@@ -99,9 +104,7 @@ def test_rerun_keeps_saved_models_and_refits_a_missing_one(study, runner, monkey
     monkeypatch.chdir(root)
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
     (out / "models" / "raw_rf.skops").unlink()
-    args = ["run", "--dataset", "folder", "--data-dir", data, "--backbone", "resnet18", "--weights", resnet18_file,
-            "--image-size", 64, "--grid", "quick", "--classifiers", "lda,logreg,rf", "--methods", "pca", "--n-jobs", 1]
-    r = run_cli(runner, *args)
+    r = run_cli(runner, *study_args(data, resnet18_file))
     assert r.exit_code == 0, r.output
     stages = {s["stage"]: s for s in json.loads((out / "run.json").read_text())["stages"]}
     assert stages["extract"]["state"] == "skipped" and stages["classify"]["detail"].startswith("1 of 6")
@@ -150,7 +153,7 @@ def test_predict_equals_the_model_on_the_same_features(study, tmp_path, runner):
     r = run_cli(runner, "predict", "--model", raw, *train_files[:9], "--out", tmp_path / "raw.csv")
     assert r.exit_code == 0, r.output
     est, card = load_model(raw)
-    fs = load_feature_set("raw", "folder", data)
+    fs = load_feature_set("raw", "folder", data, raw_size=16)
     want = np.asarray(card["classes"])[est.predict(fs.X_train[:9])]
     assert [x["predicted"] for x in _rows(tmp_path / "raw.csv")] == list(want)
     assert {x["score_kind"] for x in _rows(tmp_path / "raw.csv")} == {"probability"}

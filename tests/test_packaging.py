@@ -40,3 +40,17 @@ def test_declared_python_matches_what_the_dependencies_need():
     assert any(d.startswith("scikit-learn>=1.9") for d in meta["dependencies"])
     lock = (ROOT / "uv.lock").read_text()
     assert 'requires-python = ">=3.11"' in lock  # the committed lock was made from this pyproject
+
+
+def test_the_installed_command_runs_in_a_fresh_process():
+    """The `pipeline` script the install made (other tests call the CLI in-process or from a preloaded fork)."""
+    import shutil
+    import subprocess
+    import sys
+
+    script = shutil.which("pipeline", path=str(Path(sys.executable).parent))
+    cmd = [script] if script else [sys.executable, "-m", "pipeline.cli"]  # an install without scripts
+    r = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    listed = [line.split()[0] for line in r.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed[:3] == ["extract", "classify", "project"]  # data-flow order, not alphabetical

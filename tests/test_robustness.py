@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import cli_process
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli, write_store
@@ -404,8 +405,7 @@ def test_class_names_that_look_like_mathtext_draw(tmp_path):
 def _cli(args, env=None):
     import os
 
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+    return cli_process.run(args, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("point", ["extract:finalize", "extract:replace"])

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_process
 import numpy as np
 import pytest
 import torch
@@ -81,8 +80,7 @@ def _train_subprocess(tmp_path, store, out, *extra, kill_at=None):
     if kill_at:
         env["PIPELINE_KILL_AT"] = kill_at
     args = train_args(store, out, "--head", "mlp", *extra)
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return cli_process.run(args, cwd=tmp_path, env=env)
 
 
 def test_killed_mid_training_resumes_and_ends_where_an_unbroken_run_does(tmp_path, store):
