@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import feature_set_options  # noqa: E402
+
 from pipeline.classify import DEFAULT_CLASSIFIERS, classify  # noqa: E402
 from pipeline.engines import cpu_name  # noqa: E402
 from pipeline.featuresets import load_feature_set  # noqa: E402
@@ -25,10 +27,7 @@ from pipeline.featuresets import load_feature_set  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--features", default="efficientnet_lite0")
-    ap.add_argument("--dataset", default="fashion-mnist")
-    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/FashionMNIST/raw"))
-    ap.add_argument("--limit", type=int, default=None)
+    feature_set_options(ap, "efficientnet_lite0")
     ap.add_argument("--classifiers", default=",".join(DEFAULT_CLASSIFIERS))
     ap.add_argument("--cv", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the records here")

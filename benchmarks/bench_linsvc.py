@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import feature_set_options  # noqa: E402
+
 from pipeline.classify import CLASSIFIERS, stratified_subsample  # noqa: E402
 from pipeline.compute import cpu_name  # noqa: E402
 from pipeline.featuresets import load_feature_set  # noqa: E402
@@ -55,10 +57,7 @@ def main():
     from sklearn.svm import LinearSVC
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--features", default="raw,efficientnet_lite0")
-    ap.add_argument("--dataset", default="fashion-mnist")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--limit", type=int, default=None)
+    feature_set_options(ap)
     a = ap.parse_args()
     cores = os.cpu_count() or 1
     new = CLASSIFIERS["linsvc"].make(False)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import feature_set_options  # noqa: E402
+
 from pipeline.engines import cpu_name  # noqa: E402
 from pipeline.featuresets import load_feature_set  # noqa: E402
 from pipeline.project import SEED, TSNEMap, UMAPMap, _pca, knn_accuracy  # noqa: E402
@@ -32,12 +34,10 @@ def sklearn_tsne(X):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--features", default="efficientnet_lite0")
-    ap.add_argument("--dataset", default="fashion-mnist")
-    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/FashionMNIST/raw"))
+    feature_set_options(ap, "efficientnet_lite0")
     ap.add_argument("--rows", type=int, default=10000, help="first N rows of train+test")
     a = ap.parse_args()
-    fs = load_feature_set(a.features, a.dataset, a.data_dir)
+    fs = load_feature_set(a.features, a.dataset, a.data_dir, a.limit)
     X = np.concatenate([fs.X_train, fs.X_test])[:a.rows].astype(np.float32)
     y = np.concatenate([fs.y_train, fs.y_test])[:a.rows].astype(np.int64)
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; {fs.name}: {len(X):,} points, {X.shape[1]} features",

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import feature_set_options  # noqa: E402
+
 from pipeline.classify import CLASSIFIERS, classify  # noqa: E402
 from pipeline.compute import cpu_name  # noqa: E402
 from pipeline.featuresets import load_feature_set  # noqa: E402
@@ -24,10 +26,7 @@ TIMING = {"fit_seconds", "predict_seconds", "search_seconds"}
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--features", default="raw,efficientnet_lite0")
-    ap.add_argument("--dataset", default="fashion-mnist")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--limit", type=int, default=None)
+    feature_set_options(ap)
     ap.add_argument("--classifiers", default="svc")
     a = ap.parse_args()
     sets = [load_feature_set(f, a.dataset, a.data_dir, a.limit) for f in a.features.split(",")]
