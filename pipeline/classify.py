@@ -54,8 +54,8 @@ class ClassifierSpec:
     # the refit on all rows on n cores where the estimator alone would use fewer:
     # (pipeline, n, training rows) -> pipeline
     refit_on: Callable | None = None
-    # test predictions in row chunks on threads: the library predicts on one core and releases the GIL
-    threaded_predict: bool = False
+    # (fitted pipeline, X) -> the pipeline's own predictions, computed faster than its predict (numpy only)
+    fast_predict: Callable | None = None
     # the refit runs on one core and releases the GIL: the refits of several feature sets run at once
     one_core_refit: bool = False
 
@@ -143,6 +143,19 @@ def _svc(native: bool = False):
     return _pipe(_scale(), _pca(100), ("clf", SVC(C=10, gamma="scale", cache_size=1000)))
 
 
+def _svc_predict(est, X):
+    from sklearn.svm import SVC
+
+    from pipeline.solvers import rbf_svc_predict
+
+    clf = est[-1]
+    if type(clf) is not SVC or clf.kernel != "rbf" or accel_active():  # cuML's SVC predicts on the GPU
+        return est.predict(X)
+    # libsvm computes the kernel one test row and one support vector at a time, on one core; dense BLAS gives
+    # the same votes (benchmarks/RESULTS.md, "The RBF SVC's predictions by BLAS")
+    return rbf_svc_predict(clf, est[:-1].transform(X))
+
+
 def _knn(native: bool = False):
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -178,8 +191,8 @@ CLASSIFIERS = {s.name: s for s in [
         "quick": {}, "default": {"clf__C": [3.0, 10.0]},
         "full": {"pca__n_components": [50, 100, 200], "clf__C": [1.0, 3.0, 10.0, 30.0],
                  "clf__gamma": ["scale", 1e-3, 3e-3]}},
-        # libsvm fits and predicts on one core (its one-vs-one fit has no parallel form), releasing the GIL
-        threaded_predict=True, one_core_refit=True),
+        # libsvm fits on one core (its one-vs-one fit has no parallel form), releasing the GIL
+        fast_predict=_svc_predict, one_core_refit=True),
     ClassifierSpec("knn", "k-NN", _knn, {
         # PCA-100 beat PCA-50 by 0.45 points on 10k raw pixels (benchmarks/bench_classify.py): search both
         "quick": {}, "default": {"clf__n_neighbors": [5, 10], "pca__n_components": [50, 100]},
@@ -483,7 +496,7 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
     est = _estimator(c, plan.native, params)
     if spec.refit_on is not None:
         est = spec.refit_on(est, n_jobs, fs.X_train)
-    threads = n_jobs if spec.threaded_predict and not (plan.native or backend.cuml) else 1
+    fast = spec.fast_predict if not (plan.native or backend.cuml) else None
     context, conv = _on(backend, plan.native)
     try:
         with context, parallel_config(backend="threading"):
@@ -492,7 +505,7 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
             est.fit(Xtr, ytr)
             fit_s = time.perf_counter() - t
             t = time.perf_counter()
-            pred = np.asarray(backend.tonumpy(_predict(est, conv(fs.X_test), threads)))
+            pred = np.asarray(backend.tonumpy(fast(est, fs.X_test) if fast else est.predict(conv(fs.X_test))))
             pred_s = time.perf_counter() - t
     except Exception as e:  # noqa: BLE001 - the best candidate failing on all rows is the user's problem
         raise PipelineError(f"{c} with {params} failed when refitted on all of {fs.name} "
@@ -516,17 +529,6 @@ def _steps(est) -> list[str]:
     L-BFGS linear SVC, a cuml.accel proxy, a one-vs-rest wrapper."""
     steps = [s for _, s in est.steps] if hasattr(est, "steps") else [est]
     return [f"{type(s).__module__}.{type(s).__qualname__}" for s in steps if s is not None and s != "passthrough"]
-
-
-def _predict(est, X, threads: int):
-    """est.predict(X), in `threads` row chunks at once (for a library that predicts on one core and releases
-    the GIL while it does)."""
-    if threads < 2 or len(X) < 2 * threads:
-        return est.predict(X)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads) as pool:
-        return np.concatenate(list(pool.map(est.predict, np.array_split(X, threads))))
 
 
 def scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:

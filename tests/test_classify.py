@@ -62,7 +62,7 @@ def test_default_grid_searches_and_picks_the_best(tmp_path, store):
 
 def test_refits_use_every_core_and_predict_the_same(tmp_path, store):
     """The linear SVC is this project's L-BFGS solver (BLAS on every core) and its saved model loads; the
-    forest grows its trees on n_jobs; the RBF SVC predicts in row chunks with the predictions of one call."""
+    forest grows its trees on n_jobs; the RBF SVC's test predictions (by BLAS) are its own predict's."""
     from pipeline.models import load_model
     from pipeline.solvers import DenseLinearSVC
 
@@ -76,7 +76,7 @@ def test_refits_use_every_core_and_predict_the_same(tmp_path, store):
     assert recs["linsvc"]["estimator"] == ["sklearn.preprocessing._data.StandardScaler",
                                            "pipeline.solvers.DenseLinearSVC"]  # what ran, from the fitted model
     assert models[(fs.name, "rf")].named_steps["clf"].n_jobs == 2
-    # the record's accuracy (chunked predictions on threads) is that of one predict call
+    # the record's accuracy (the kernel by BLAS) is that of the model's own predict (libsvm)
     assert recs["svc"]["test_accuracy"] == (models[(fs.name, "svc")].predict(fs.X_test) == fs.y_test).mean()
     saved, card = load_model(tmp_path / recs["linsvc"]["model"])  # our own estimator saves and loads (skops)
     assert type(saved.named_steps["clf"]) is DenseLinearSVC
@@ -142,15 +142,14 @@ def test_refits_at_once_within_memory_and_a_failed_one_keeps_the_others(tmp_path
     assert [(r["feature_set"], r["classifier"]) for r in saved] == [("toynet", "svc")]
 
 
-def test_threaded_predict_equals_one_call():
+def test_svc_predictions_by_blas_are_the_models_own():
     from sklearn.datasets import make_classification
 
-    from pipeline.classify import _estimator, _predict
+    from pipeline.classify import CLASSIFIERS, _estimator
 
     X, y = make_classification(301, 20, n_informative=10, n_classes=4, random_state=0)
     est = _estimator("svc", False, {"pca__n_components": 10}).fit(X, y)
-    assert np.array_equal(_predict(est, X, 2), est.predict(X)) and np.array_equal(_predict(est, X[:3], 2),
-                                                                                 est.predict(X[:3]))
+    assert np.array_equal(CLASSIFIERS["svc"].fast_predict(est, X), est.predict(X))
 
 
 def test_results_merge_across_runs(tmp_path, store):

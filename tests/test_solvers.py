@@ -57,3 +57,18 @@ def test_tolerance_and_max_iter():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         DenseLinearSVC(C=1.0, tol=1e-3).fit(X, y)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_rbf_svc_predict_is_libsvms_vote(n_classes):
+    """The same predictions as SVC.predict (libsvm's one-vs-one vote), for any class labels and chunking."""
+    from sklearn.datasets import make_classification
+    from sklearn.svm import SVC
+
+    from pipeline.solvers import rbf_svc_predict
+
+    X, y = make_classification(400, 20, n_informative=10, n_classes=n_classes, random_state=n_classes)
+    names = np.array(["shirt", "bag", "coat", "boot", "dress"])[y]  # not in sorted order
+    for C, gamma in ((0.1, "scale"), (10.0, "scale"), (1.0, 0.3)):
+        svc = SVC(C=C, gamma=gamma).fit(X[:300], names[:300])
+        assert np.array_equal(rbf_svc_predict(svc, X[300:], chunk=7), svc.predict(X[300:])), (C, gamma)
