@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import feature_set_options  # noqa: E402
+from common import each_feature_set, feature_set_options  # noqa: E402
 
 from pipeline.compute import cpu_name  # noqa: E402
-from pipeline.featuresets import load_feature_set  # noqa: E402
 
 VARIANTS = {  # name: RandomForestClassifier parameters (random_state 0 for all, as the pipeline's)
     "200 trees (pipeline)": {"n_estimators": 200},
@@ -40,8 +39,7 @@ def main():
     print(f"CPU: {cpu_name()}, {cores} cores (n_jobs={cores})", flush=True)
     print("\n| features | forest | fit s | ÷ pipeline's | test accuracy | Δ points |")
     print("|---|---|---|---|---|---|")
-    for name, leaf in zip(a.features.split(","), map(int, a.leaf.split(","))):
-        fs = load_feature_set(name, a.dataset, a.data_dir, a.limit)
+    for fs, leaf in each_feature_set(a, a.leaf, int):
         base = None
         for variant, params in VARIANTS.items():
             rf = RandomForestClassifier(min_samples_leaf=leaf, n_jobs=cores, random_state=0, **params)
@@ -50,7 +48,7 @@ def main():
             s = time.perf_counter() - t
             acc = float((rf.predict(fs.X_test) == fs.y_test).mean())
             base = base or (s, acc)
-            print(f"| {name} (leaf {leaf}) | {variant} | {s:.1f} | {s / base[0]:.2f} | {acc:.4f} | "
+            print(f"| {fs.name} (leaf {leaf}) | {variant} | {s:.1f} | {s / base[0]:.2f} | {acc:.4f} | "
                   f"{100 * (acc - base[1]):+.2f} |", flush=True)
             del rf
 

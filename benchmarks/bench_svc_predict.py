@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import feature_set_options  # noqa: E402
+from common import each_feature_set, feature_set_options  # noqa: E402
 
 from pipeline.classify import CLASSIFIERS  # noqa: E402
 from pipeline.compute import cpu_name  # noqa: E402
-from pipeline.featuresets import load_feature_set  # noqa: E402
 from pipeline.solvers import rbf_svc_predict  # noqa: E402
 
 
@@ -48,15 +47,14 @@ def main():
     print("\n| features | C | support vectors | fit s | libsvm, one call s | libsvm, chunks on threads s "
           "| BLAS s | speed-up vs chunks | same predictions | test accuracy |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, C in zip(a.features.split(","), map(float, a.C.split(","))):
-        fs = load_feature_set(name, a.dataset, a.data_dir, a.limit)
+    for fs, C in each_feature_set(a, a.C, float):
         est, fit_s = timed(CLASSIFIERS["svc"].make(False).set_params(clf__C=C).fit, fs.X_train, fs.y_train)
         svc, Z = est[-1], est[:-1].transform(fs.X_test)
         one, one_s = timed(svc.predict, Z)
         chunks, chunks_s = timed(chunked, svc, Z, cores)
         blas, blas_s = timed(rbf_svc_predict, svc, Z)
         same = (blas == one).mean()
-        print(f"| {name} | {C:g} | {len(svc.support_vectors_):,} | {fit_s:.1f} | {one_s:.1f} | {chunks_s:.1f} | "
+        print(f"| {fs.name} | {C:g} | {len(svc.support_vectors_):,} | {fit_s:.1f} | {one_s:.1f} | {chunks_s:.1f} | "
               f"{blas_s:.2f} | {chunks_s / blas_s:.1f}× | {same:.2%} ({(blas != one).sum()} differ; chunks "
               f"{(chunks == one).mean():.2%}) | {(blas == fs.y_test).mean():.4f} |", flush=True)
 

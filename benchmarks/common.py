@@ -11,3 +11,15 @@ def feature_set_options(ap: argparse.ArgumentParser, features: str = "raw,effici
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--limit", type=int, default=None, help="the first N images of each split")
+
+
+def each_feature_set(a: argparse.Namespace, per_set: str, kind=float):
+    """The feature sets --features names, loaded one at a time, each with its value of a comma-separated
+    per-set option (e.g. --C 10,3); one value per feature set, or the script stops saying so."""
+    from pipeline.featuresets import load_feature_set
+
+    names, values = a.features.split(","), [kind(v) for v in per_set.split(",")]
+    if len(values) != len(names):
+        raise SystemExit(f"{per_set!r}: give one value per feature set in --features {a.features}")
+    for name, value in zip(names, values):
+        yield load_feature_set(name, a.dataset, a.data_dir, a.limit), value

@@ -47,7 +47,7 @@ def _main(args: list[str], cwd: str, env: dict, out: str, err: str) -> None:  # 
 
 
 class Command:
-    """A started command: `.pid`, `.kill()`, `.wait(timeout)` -> a CompletedProcess."""
+    """A started command: `.pid`, `.kill()` (SIGKILL), `.wait(timeout)` -> a CompletedProcess."""
 
     def __init__(self, args, cwd=None, env=None):
         self.args = [str(a) for a in args]

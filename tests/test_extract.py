@@ -101,7 +101,7 @@ def test_kill_9_then_rerun_resumes_to_identical_features(tmp_path):
         except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.05)
-    os.kill(p.pid, signal.SIGKILL)
+    p.kill()
     assert p.wait().returncode == -signal.SIGKILL
     done = json.loads(progress.read_text())["done"]
     assert 0 < done["train"] < 400, done  # really interrupted mid-run
