@@ -6,7 +6,7 @@ search+refit seconds, the time ratio, and the test-accuracy gap.
 `default` tunes its small grids on a stratified subsample (10k rows) and refits on the whole training split;
 `full` tunes the bigger grids on the whole training split. Both use the same folds (--cv, 3 by default), so
 the comparison is of the presets. On 2 cores `full` at 60k rows takes hours, so pass --limit to compare at a
-size that fits (say which in RESULTS.md).
+size that fits (say which in LOG.md).
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import feature_set_options  # noqa: E402
 
-from pipeline.classify import DEFAULT_CLASSIFIERS, classify  # noqa: E402
-from pipeline.engines import cpu_name  # noqa: E402
-from pipeline.featuresets import load_feature_set  # noqa: E402
+from pipeline.classical.search import classify  # noqa: E402
+from pipeline.classical.specs import DEFAULT_CLASSIFIERS  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
+from pipeline.store.featuresets import load_feature_set  # noqa: E402
 
 
 def main():

@@ -14,12 +14,15 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.engines import cpu_name  # noqa: E402
-from pipeline.extract import extract  # noqa: E402
-from pipeline.store import ShardedStoreWriter, load_features  # noqa: E402
+from pipeline.embed.extract import extract  # noqa: E402
+from pipeline.embed.request import ExtractRequest  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
+from pipeline.store import load_features  # noqa: E402
+from pipeline.store.format import ShardedStoreWriter  # noqa: E402
 
 
 def noop(i):
@@ -37,12 +40,14 @@ def main():
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dask-"))
     try:
-        kw = dict(data_dir=a.data_dir, limit=a.limit, weights="imagenet", progress=False, log=lambda m: None)
-        local = extract("fashion-mnist", "efficientnet_lite0", out=tmp / "local", **kw)
+        req = ExtractRequest(dataset="fashion-mnist", data_dir=a.data_dir, limit=a.limit, backbone="efficientnet_lite0",
+                             weights="imagenet")
+        quiet = dict(progress=False, log=lambda m: None)
+        local = extract(replace(req, out=tmp / "local"), **quiet)
         with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as c, \
                 Client(c) as client:
-            sharded = extract("fashion-mnist", "efficientnet_lite0", out=tmp / "dask", dask=c.scheduler_address,
-                              shard_rows=a.shard_rows, **kw)
+            sharded = extract(replace(req, out=tmp / "dask", dask=c.scheduler_address, shard_rows=a.shard_rows),
+                              **quiet)
             t = time.perf_counter()
             client.gather(client.map(noop, range(1000), pure=False))
             task_rate = 1000 / (time.perf_counter() - t)

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.backbones import build_backbone  # noqa: E402
-from pipeline.datasets import load_dataset  # noqa: E402
-from pipeline.engines import cpu_name  # noqa: E402
+from pipeline.data import load_dataset  # noqa: E402
+from pipeline.embed.backbones import build_backbone  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
 
 BATCH, SIZE = 64, 224
 
@@ -71,7 +71,7 @@ def model_only(name, weights, n_images):
                 return model(b.contiguous(memory_format=torch.channels_last) if cl else b)
 
         results[label] = rate(fwd, batches)
-    from pipeline.engines import _import_openvino, _no_telemetry
+    from pipeline.embed.engines import _import_openvino, _no_telemetry
 
     ov = _import_openvino()  # usage telemetry declined
     with _no_telemetry():

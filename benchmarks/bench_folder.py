@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.compute import cpu_name  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
 
 CLASSES = [f"class{i}" for i in range(10)]
 
@@ -79,7 +79,8 @@ def main():
             s = make_folder(root, a.n)
             rows.append(("write N JPEGs (2 processes)", s, a.n / s, "img/s"))
         size = sum(p.stat().st_size for p in root.rglob("*.jpg"))
-        from pipeline.datasets import _decode, load_dataset
+        from pipeline.data import load_dataset
+        from pipeline.data.images import decode_image
 
         rss0 = rss_mb()
         t = time.perf_counter()
@@ -95,17 +96,19 @@ def main():
         files = ds.splits["train"].files[:5000]
         t = time.perf_counter()
         for f in files:
-            _decode(f)
+            decode_image(f)
         s = time.perf_counter() - t
         decode_rate = len(files) / s
         rows.append((f"decode {len(files):,} JPEGs, one thread (PIL)", s, decode_rate, "img/s"))
         if a.extract:
-            from pipeline.extract import extract
+            from pipeline.embed.extract import extract
+            from pipeline.embed.request import ExtractRequest
 
             sub = load_dataset("folder", root, limit=a.extract, test_fraction=0.2)
             out = Path(tempfile.mkdtemp(prefix="bench-folder-store-")) / "s"
             t = time.perf_counter()
-            r = extract(sub, "efficientnet_lite0", out=out, progress=False, log=lambda m: None)
+            r = extract(ExtractRequest(dataset="folder", backbone="efficientnet_lite0", out=out), dataset=sub,
+                        progress=False, log=lambda m: None)
             s = time.perf_counter() - t
             rows.append((f"extract {r.images:,} images, EfficientNet-Lite0 224 px (auto engine)", s, r.img_per_s,
                          f"img/s; decoding ~{100 * r.img_per_s / decode_rate:.0f} % of one core's time"))

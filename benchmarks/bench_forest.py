@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import each_feature_set, feature_set_options  # noqa: E402
 
-from pipeline.compute import cpu_name  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
 
 VARIANTS = {  # name: RandomForestClassifier parameters (random_state 0 for all, as the pipeline's)
     "200 trees (pipeline)": {"n_estimators": 200},

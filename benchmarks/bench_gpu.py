@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.compute import make_backend  # noqa: E402  (first: cuml.accel must precede scikit-learn)
+from pipeline.classical.backends import make_backend  # noqa: E402  (first: cuml.accel must precede scikit-learn)
 
 
 def hardware(device) -> str:
     import torch
 
-    from pipeline.compute import cpu_name
+    from pipeline.hardware import cpu_name
 
     cpu = f"{cpu_name()} ({os.cpu_count()} cores)"
     if device.type == "cuda":
@@ -44,7 +44,7 @@ def synthetic_idx(root: Path, n_train: int, n_test: int) -> Path:
     """A tiny Fashion-MNIST-shaped IDX dataset whose images depend on the label (for --smoke)."""
     import numpy as np
 
-    from pipeline.datasets import write_idx
+    from pipeline.data import write_idx
 
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def loop_rate(backbone, dataset, device: str, precision: str, max_images: int) -
     """Engine-only img/s over uint8 batches in memory (two warm-up batches not counted)."""
     import torch
 
-    from pipeline.engines import make_engine
+    from pipeline.embed.engines import make_engine
 
     eng = make_engine(backbone, device, precision)
     bs = eng.default_batch_size()
@@ -99,13 +99,14 @@ def main():
 
     backend = make_backend(args.device)  # before scikit-learn is imported
 
-    from pipeline.backbones import build_backbone
-    from pipeline.classify import classify
-    from pipeline.compute import resolve_device
-    from pipeline.datasets import load_dataset
-    from pipeline.extract import extract
-    from pipeline.featuresets import load_feature_set
-    from pipeline.project import project
+    from pipeline.classical.search import classify
+    from pipeline.data import load_dataset
+    from pipeline.embed.backbones import build_backbone
+    from pipeline.embed.extract import extract
+    from pipeline.embed.request import ExtractRequest
+    from pipeline.hardware import resolve_device
+    from pipeline.maps.project import project
+    from pipeline.store.featuresets import load_feature_set
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_gpu-"))
     if args.smoke:
@@ -134,8 +135,10 @@ def main():
         row("extract", f"{name} loop (batch {bs}, {desc['precision']}, {desc['engine']})", None,
             desc["device_name"], rate)
         t = time.perf_counter()
-        res = extract(dataset, bb, device=args.device, precision=args.precision, out=tmp / "features" / name,
-                      progress=False, log=lambda m: None)
+        req = ExtractRequest(data_dir=args.data_dir, limit=args.limit, backbone=name, weights=weights,
+                             image_size=args.image_size, device=args.device, precision=args.precision,
+                             out=tmp / "features" / name)
+        res = extract(req, dataset=dataset, backbone=bb, progress=False, log=lambda m: None)
         row("extract", f"{name} all {res.images:,} images into a store", time.perf_counter() - t,
             desc["device_name"], res.img_per_s)
         stores[name] = res.path

@@ -21,9 +21,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import feature_set_options  # noqa: E402
 
-from pipeline.classify import CLASSIFIERS, stratified_subsample  # noqa: E402
-from pipeline.compute import cpu_name  # noqa: E402
-from pipeline.featuresets import load_feature_set  # noqa: E402
+from pipeline.classical.search import stratified_subsample  # noqa: E402
+from pipeline.classical.specs import CLASSIFIERS  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
+from pipeline.store.featuresets import load_feature_set  # noqa: E402
 
 
 def objective(coef, intercept, X, y, classes, C):

@@ -20,9 +20,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import feature_set_options  # noqa: E402
 
-from pipeline.engines import cpu_name  # noqa: E402
-from pipeline.featuresets import load_feature_set  # noqa: E402
-from pipeline.project import SEED, TSNEMap, UMAPMap, _pca, knn_accuracy  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
+from pipeline.maps.methods import SEED, TSNEMap, UMAPMap, _pca  # noqa: E402
+from pipeline.maps.project import knn_accuracy  # noqa: E402
+from pipeline.store.featuresets import load_feature_set  # noqa: E402
 
 
 def sklearn_tsne(X):

@@ -23,14 +23,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.engines import cpu_name  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
 
 PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
         "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
         "sys.exit(r.returncode)")
 
 
-STAGE1 = ["pipeline/extract.py", "pipeline/engines.py", "pipeline/backbones.py", "pipeline/store.py",
+STAGE1 = ["pipeline/embed", "pipeline/data", "pipeline/store/format.py", "pipeline/files.py",  # the stage-1 code
+          # and where it lived before pipeline/ had subpackages (a revision on either side of that still compares)
+          "pipeline/extract.py", "pipeline/engines.py", "pipeline/backbones.py", "pipeline/store.py",
           "pipeline/datasets.py"]
 
 

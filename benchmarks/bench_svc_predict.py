@@ -1,5 +1,5 @@
 """The RBF SVC's test predictions: libsvm (scikit-learn's SVC.predict; one call, and the test rows in chunks on
-one thread per core, as this project predicted before) against `pipeline.solvers.rbf_svc_predict` (the same
+one thread per core, as this project predicted before) against `pipeline.classical.solvers.rbf_svc_predict` (the same
 one-vs-one vote, the kernel by dense BLAS), side by side in one run, on the pipeline's RBF SVC refitted on all
 training rows at the `default` grid's chosen C.
 
@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import each_feature_set, feature_set_options  # noqa: E402
 
-from pipeline.classify import CLASSIFIERS  # noqa: E402
-from pipeline.compute import cpu_name  # noqa: E402
-from pipeline.solvers import rbf_svc_predict  # noqa: E402
+from pipeline.classical.solvers import rbf_svc_predict  # noqa: E402
+from pipeline.classical.specs import CLASSIFIERS  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
 
 
 def timed(f, *a):

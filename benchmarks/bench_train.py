@@ -24,8 +24,8 @@ def _step(net, pre, opt, x8, y, gen, device, prec, channels_last) -> None:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.finetune import augment_batch
-    from pipeline.training import autocast
+    from pipeline.train.finetune import augment_batch
+    from pipeline.train.loop import autocast
 
     x = augment_batch(pre.resize(x8.to(device)), ("crop", "flip", "rotate"), gen)
     x = pre.normalize(x)
@@ -41,10 +41,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from pipeline.backbones import build_backbone
-    from pipeline.compute import cpu_name, resolve_device
-    from pipeline.engines import cpu_has_bf16, device_name
-    from pipeline.finetune import FinetuneNet, split_blocks
+    from pipeline.embed.backbones import build_backbone
+    from pipeline.hardware import cpu_has_bf16, cpu_name, device_name, resolve_device
+    from pipeline.train.config import FinetuneRequest
+    from pipeline.train.finetune import FinetuneNet, split_blocks
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
@@ -70,7 +70,8 @@ def main() -> None:
             bb = build_backbone("efficientnet_lite0", "imagenet", image_size=S)
             blocks = split_blocks("efficientnet_lite0", bb.model)
             k = len(blocks) if mode == "all" else int(mode)
-            net = FinetuneNet(blocks, bb.dim, 10, frozen=len(blocks) - k).to(device)
+            net = FinetuneNet(blocks, bb.dim, 10, frozen=len(blocks) - k,
+                              dropout=FinetuneRequest.head_dropout).to(device)
             pre = bb.preprocess().to(device)
             cl = prec == "bf16" or device.type == "cuda"
             if cl:

@@ -16,7 +16,7 @@ def feature_set_options(ap: argparse.ArgumentParser, features: str = "raw,effici
 def each_feature_set(a: argparse.Namespace, per_set: str, kind=float):
     """The feature sets --features names, loaded one at a time, each with its value of a comma-separated
     per-set option (e.g. --C 10,3); one value per feature set, or the script stops saying so."""
-    from pipeline.featuresets import load_feature_set
+    from pipeline.store.featuresets import load_feature_set
 
     names, values = a.features.split(","), [kind(v) for v in per_set.split(",")]
     if len(values) != len(names):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pipeline.datasets import FASHION_MNIST_CLASSES, load_dataset
+from pipeline.data import FASHION_MNIST_CLASSES, load_dataset
 
 
 def photo(img28: np.ndarray, rng: np.random.Generator) -> Image.Image:

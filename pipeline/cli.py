@@ -5,8 +5,31 @@ import sys
 
 import click
 
-from pipeline.datasets import dataset_slug
+from pipeline.apply import PREDICTIONS, TOP_K
+from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS
+from pipeline.data import DATASET, DATASETS, TEST_FRACTION, dataset_slug
+from pipeline.data.idx import DEBIAN_FASHION_MNIST
+from pipeline.embed.request import BACKBONE, ENGINES, IMAGE_SIZE, PRECISIONS, WEIGHTS, ExtractRequest
 from pipeline.errors import PipelineError
+from pipeline.maps.methods import DEFAULT_METHODS, METHODS
+from pipeline.models.heads import HEADS, TRANSFORMS, HeadSpec
+from pipeline.results import REPORTS_ROOT, report_dir
+from pipeline.store import FEATURES_ROOT
+from pipeline.store.featuresets import RAW_SIZE
+from pipeline.train.config import (
+    DEFAULT_AUGMENT,
+    FINETUNE_BATCH,
+    FINETUNE_EPOCHS,
+    FINETUNE_HEAD_LR,
+    FINETUNE_LR,
+    HEAD_BATCH,
+    HEAD_EPOCHS,
+    HEAD_LR,
+    SCHEDULES,
+    TRAIN_PRECISIONS,
+    FinetuneRequest,
+    TrainConfig,
+)
 
 
 class _Group(click.Group):
@@ -28,24 +51,27 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
-_DATASETS = click.Choice(["fashion-mnist", "mnist", "cifar10", "folder"])
+_DATASETS = click.Choice(DATASETS)
+_CLASSIFIERS = ",".join(DEFAULT_CLASSIFIERS)
+_METHODS = ",".join(DEFAULT_METHODS)
+_STUDY_OUT = str(report_dir(DATASET))  # report and evaluate: the default study's folder
 
 
 def dataset_options(raw: bool = True):
     """--dataset, --data-dir, --limit, --test-fraction (and --raw-size where raw pixels are made): the same
     options, help and defaults in every command that reads a dataset."""
     opts = [
-        click.option("--dataset", type=_DATASETS, default="fashion-mnist", show_default=True,
+        click.option("--dataset", type=_DATASETS, default=DATASET, show_default=True,
                      help="folder: --data-dir DIR/{train,test}/<class>/<images>, or DIR/<class>/<images> (split)."),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
-                     help="Dataset folder. Fashion-MNIST default: $PIPELINE_DATA_DIR, then "
-                          "/usr/share/datasets/fashion-mnist, then torchvision's download."),
+                     help=f"Dataset folder. Fashion-MNIST default: $PIPELINE_DATA_DIR, then "
+                          f"{DEBIAN_FASHION_MNIST}, then torchvision's download."),
         click.option("--limit", type=int, default=None, help="Only the first N images of each split."),
-        click.option("--test-fraction", type=float, default=0.2, show_default=True,
+        click.option("--test-fraction", type=float, default=TEST_FRACTION, show_default=True,
                      help="An image folder without test/: this share of each class held out (seeded)."),
     ]
     if raw:
-        opts.append(click.option("--raw-size", type=int, default=32, show_default=True,
+        opts.append(click.option("--raw-size", type=int, default=RAW_SIZE, show_default=True,
                                  help="An image folder's raw pixels: each image resized to this square."))
 
     def wrap(f):
@@ -58,7 +84,7 @@ def dataset_options(raw: bool = True):
 def dask_option(what: str):
     """--dask ADDRESS, worded for what the command runs on the cluster."""
     return click.option("--dask", default=None, metavar="ADDRESS",
-                        help=f"A Dask scheduler (tcp://host:8786): {what} (README: Dask cluster).")
+                        help=f"A Dask scheduler (tcp://host:8786): {what} (docs/commands.md: Dask cluster).")
 
 
 def _names(csv: str) -> list[str]:
@@ -67,12 +93,12 @@ def _names(csv: str) -> list[str]:
 
 
 def _feature_sets(features: str, dataset: str, data_dir, limit, raw_size: int, test_fraction: float) -> list:
-    from pipeline.featuresets import load_feature_set
+    from pipeline.store.featuresets import load_feature_set
 
     sets = [load_feature_set(f, dataset, data_dir, limit, raw_size=raw_size, test_fraction=test_fraction)
             for f in _names(features)]
     if not sets:
-        raise PipelineError("--features names no feature set; e.g. --features raw,efficientnet_lite0")
+        raise PipelineError(f"--features names no feature set; e.g. --features raw,{BACKBONE}")
     return sets
 
 
@@ -84,73 +110,74 @@ def main():
 
 @main.command()
 @dataset_options(raw=False)
-@click.option("--backbone", default="resnet18", show_default=True,
+@click.option("--backbone", default=BACKBONE, show_default=True,
               help="efficientnet_lite0, any torchvision classification model (resnet18, vgg16, ...), or "
                    "timm:NAME (a timm model).")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a state dict.")
+@click.option("--weights", default=WEIGHTS, show_default=True, help="imagenet | none | PATH to a state dict.")
 @click.option("--layer", default=None, help="Graph node to take features from (default: penultimate layer).")
-@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--image-size", type=int, default=IMAGE_SIZE, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
               show_default=True, help="auto: bf16 where the hardware has it, else fp32 (CPU) / fp16 (GPU).")
-@click.option("--engine", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help="auto: OpenVINO on CPU for bf16/fp16, torch otherwise.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch engine).")
 @click.option("--batch-size", default="auto", show_default=True,
               help="Images per forward pass; auto: 64 on the CPU, 128-512 on CUDA by the device's memory.")
 @click.option("--out", type=click.Path(path_type=str), default=None,
-              help="Store folder [default: features/<dataset>/<backbone>; a folder: features/folder-<name>/...].")
+              help=f"Store folder [default: {FEATURES_ROOT}/<dataset>/<backbone>; an image folder: "
+                   f"{FEATURES_ROOT}/folder-<name>/...].")
 @click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings.")
 @dask_option("its workers extract the images in shards, each choosing its own engine")
-@click.option("--shard-rows", type=int, default=2048, show_default=True,
+@click.option("--shard-rows", type=int, default=ExtractRequest.shard_rows, show_default=True,
               help="With --dask: images per shard (the unit of work, progress and resume).")
 def extract(dataset, data_dir, limit, test_fraction, backbone, weights, layer, image_size, device, precision, engine,
             compile_, batch_size, out, overwrite, dask, shard_rows):
     """Turn an image dataset into pretrained-CNN embeddings on disk (resumable)."""
-    from pipeline.extract import extract as run_extract
+    from pipeline.embed.extract import extract as run_extract
 
-    run_extract(dataset, backbone, data_dir=data_dir, limit=limit, test_fraction=test_fraction, weights=weights,
-                layer=layer,
-                image_size=image_size, device=device, precision=precision, engine=engine, compile=compile_,
-                batch_size=batch_size, out=out, overwrite=overwrite, dask=dask, shard_rows=shard_rows)
+    run_extract(ExtractRequest(dataset=dataset, data_dir=data_dir, limit=limit, test_fraction=test_fraction,
+                               backbone=backbone, weights=weights, layer=layer, image_size=image_size, device=device,
+                               precision=precision, engine=engine, compile=compile_, batch_size=batch_size, out=out,
+                               overwrite=overwrite, dask=dask, shard_rows=shard_rows))
 
 
 @main.command()
-@click.option("--features", default="raw,efficientnet_lite0", show_default=True,
-              help="Comma-separated: raw | a backbone name (its store under features/<dataset>/; resnet = "
-                   "resnet18) | a store PATH.")
+@click.option("--features", default=f"raw,{BACKBONE}", show_default=True,
+              help=f"Comma-separated: raw | a backbone name (its store under {FEATURES_ROOT}/<dataset>/; resnet = "
+                   f"resnet18) | a store PATH.")
 @dataset_options()
-@click.option("--classifiers", default="lda,qda,logreg,linsvc,rf,svc,knn", show_default=True)
-@click.option("--grid", default="default", show_default=True,
+@click.option("--classifiers", default=_CLASSIFIERS, show_default=True)
+@click.option("--grid", default=DEFAULT_GRID, show_default=True,
               help="quick (tests, demos) | default (the README's numbers) | full (exhaustive) | a JSON file "
                    "{classifier: {param: [values]}}.")
-@click.option("--cv", type=int, default=3, show_default=True, help="Cross-validation folds.")
+@click.option("--cv", type=int, default=DEFAULT_CV, show_default=True, help="Cross-validation folds.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--n-jobs", type=int, default=None, help="Parallel fits [default: all cores].")
 @dask_option("the grid search's fits run on its workers")
-@click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>]")
+@click.option("--out", type=click.Path(path_type=str), default=None, help=f"[default: {REPORTS_ROOT}/<dataset>]")
 def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classifiers, grid, cv, device, n_jobs, dask,
              out):
     """Grid-searched classifiers on embeddings vs raw pixels; results.json/.csv/.md and confusion matrices."""
     import json
     from pathlib import Path
 
-    from pipeline.compute import make_backend
+    from pipeline.classical.backends import make_backend
 
     backend = make_backend(device)  # first: cuML must hook scikit-learn before it is imported
-    from pipeline import classify as stage
+    from pipeline.classical import search as stage
 
-    if grid not in stage.PRESETS:
+    if grid not in PRESETS:
         try:
             grid_file, grid = grid, json.loads(Path(grid).read_text())
         except (OSError, ValueError) as e:
-            raise PipelineError(f"--grid {grid}: not a preset ({', '.join(stage.PRESETS)}) nor a readable "
+            raise PipelineError(f"--grid {grid}: not a preset ({', '.join(PRESETS)}) nor a readable "
                                 f"JSON file of grids ({e})") from None
         if not isinstance(grid, dict):
             raise PipelineError(f"--grid {grid_file}: expected a JSON object {{classifier: {{param: [values]}}}}, "
                                 f"not a {type(grid).__name__}")
     sets = _feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
-    out = Path(out) if out else Path("reports") / dataset_slug(dataset, data_dir)
+    out = Path(out) if out else report_dir(dataset_slug(dataset, data_dir))
     stage.classify(sets, _names(classifiers), grid, cv, backend, n_jobs, dask, out)
     click.echo((out / "results.md").read_text())
     click.echo(f"results in {out}/results.json, .csv, .md; confusion matrices in {out}/confusion/; models in "
@@ -167,47 +194,58 @@ def _command_line(ctx) -> str:
 
 
 @main.command()
-@click.option("--features", default="raw,efficientnet_lite0", show_default=True,
-              help="Comma-separated: raw | a backbone name (its store under features/<dataset>/) | a store PATH.")
-@click.option("--methods", default="pca,tsne,umap", show_default=True, help="Comma-separated: pca, tsne, umap.")
+@click.option("--features", default=f"raw,{BACKBONE}", show_default=True,
+              help=f"Comma-separated: raw | a backbone name (its store under {FEATURES_ROOT}/<dataset>/) | a store "
+                   f"PATH.")
+@click.option("--methods", default=_METHODS, show_default=True, help=f"Comma-separated: {', '.join(METHODS)}.")
 @dataset_options()
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda (cuML's t-SNE/UMAP if installed)")
 @click.option("--n-jobs", type=int, default=None, help="Threads for t-SNE [default: all cores].")
-@click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>/maps]")
+@click.option("--out", type=click.Path(path_type=str), default=None, help=f"[default: {REPORTS_ROOT}/<dataset>/maps]")
 def project(features, methods, dataset, data_dir, limit, test_fraction, raw_size, device, n_jobs, out):
     """2-D maps (PCA, t-SNE, UMAP) of each feature set side by side, with 5-NN accuracy and trustworthiness."""
     from pathlib import Path
 
-    from pipeline import project as stage
-    from pipeline.compute import make_backend
+    from pipeline.classical.backends import make_backend
+    from pipeline.maps import project as stage
 
     backend = make_backend(device)
     sets = _feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
-    out = Path(out) if out else Path("reports") / dataset_slug(dataset, data_dir) / "maps"
+    out = Path(out) if out else report_dir(dataset_slug(dataset, data_dir)) / "maps"
     stage.project(sets, _names(methods), out, backend, n_jobs)
     click.echo(f"maps in {out}/: <set>_<method>.npy coordinates (+ .json scores), <method>.png figures", err=True)
+
+
+def _sci(x: float) -> str:
+    """3e-3, as a learning rate is written."""
+    m, e = f"{x:.0e}".split("e")
+    return f"{m}e{int(e)}"
 
 
 def training_options(f):
     """How to train: the same options, help and defaults for `train` and `finetune`."""
     opts = [
-        click.option("--epochs", type=int, default=None, help="Most epochs [default: 20 for heads, 10 for finetune]."),
-        click.option("--batch-size", type=int, default=None, help="[default: 512 for heads, 64 for finetune]"),
-        click.option("--lr", default="auto", show_default=True,
-                     help="Peak learning rate; auto: 1e-2 linear head, 3e-3 MLP head; fine-tuning 1e-3, and 3e-3 "
-                          "for a head on a frozen backbone or from scratch."),
-        click.option("--lr-schedule", type=click.Choice(["onecycle", "cyclic", "constant"]), default="onecycle",
+        click.option("--epochs", type=int, default=None,
+                     help=f"Most epochs [default: {HEAD_EPOCHS} for heads, {FINETUNE_EPOCHS} for finetune]."),
+        click.option("--batch-size", type=int, default=None,
+                     help=f"[default: {HEAD_BATCH} for heads, {FINETUNE_BATCH} for finetune]"),
+        click.option("--lr", default=TrainConfig.lr, show_default=True,
+                     help=f"Peak learning rate; auto: {_sci(HEAD_LR['linear'])} linear head, {_sci(HEAD_LR['mlp'])} "
+                          f"MLP head; fine-tuning {_sci(FINETUNE_LR)}, and {_sci(FINETUNE_HEAD_LR)} for a head on a "
+                          f"frozen backbone or from scratch."),
+        click.option("--lr-schedule", type=click.Choice(SCHEDULES), default=TrainConfig.lr_schedule,
                      show_default=True, help="cyclic: triangular between lr/10 and lr, 4 epochs a cycle."),
-        click.option("--patience", type=int, default=5, show_default=True,
+        click.option("--patience", type=int, default=TrainConfig.patience, show_default=True,
                      help="Stop after this many epochs without a better validation accuracy (0: never)."),
-        click.option("--val-fraction", type=float, default=0.1, show_default=True,
+        click.option("--val-fraction", type=float, default=TrainConfig.val_fraction, show_default=True,
                      help="Share of each class of the training split held out for early stopping."),
         click.option("--max-minutes", type=float, default=None,
                      help="Stop at the epoch boundary that would overrun this budget; the best epoch is kept."),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]"),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+        click.option("--precision", type=click.Choice(TRAIN_PRECISIONS), default=TrainConfig.precision,
+                     show_default=True,
                      help="auto: bf16 autocast where the hardware has it (GPUs; CPUs with AVX-512-bf16 or AMX)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
         click.option("--overwrite", is_flag=True, help="Start over instead of resuming a checkpoint (and replace "
                                                        "a finished record)."),
     ]
@@ -218,7 +256,7 @@ def training_options(f):
 
 def _train_config(epochs, batch_size, lr, lr_schedule, patience, val_fraction, max_minutes, device, precision,
                   seed, default_epochs, default_batch):
-    from pipeline.training import TrainConfig, parse_lr
+    from pipeline.train.config import parse_lr
 
     return TrainConfig(epochs=default_epochs if epochs is None else epochs,
                        batch_size=default_batch if batch_size is None else batch_size, lr=parse_lr(lr),
@@ -227,28 +265,32 @@ def _train_config(epochs, batch_size, lr, lr_schedule, patience, val_fraction, m
 
 
 @main.command()
-@click.option("--features", default="efficientnet_lite0", show_default=True,
-              help="A backbone name (its store under features/<dataset>/), a store PATH, or raw.")
-@click.option("--head", type=click.Choice(["linear", "mlp"]), default="mlp", show_default=True,
+@click.option("--features", default=BACKBONE, show_default=True,
+              help=f"A backbone name (its store under {FEATURES_ROOT}/<dataset>/), a store PATH, or raw.")
+@click.option("--head", type=click.Choice(HEADS), default=HeadSpec.kind, show_default=True,
               help="linear: softmax regression; mlp: hidden layer(s) with batch norm and dropout.")
-@click.option("--hidden", default="512", show_default=True, help="MLP hidden widths, comma-separated.")
-@click.option("--dropout", type=float, default=0.3, show_default=True, help="MLP dropout after each hidden layer.")
-@click.option("--input-dropout", type=float, default=0.2, show_default=True, help="MLP dropout on the inputs.")
-@click.option("--input-transform", type=click.Choice(["auto", "sqrt", "none"]), default="auto", show_default=True,
+@click.option("--hidden", default=",".join(map(str, HeadSpec.hidden)), show_default=True,
+              help="MLP hidden widths, comma-separated.")
+@click.option("--dropout", type=float, default=HeadSpec.dropout, show_default=True,
+              help="MLP dropout after each hidden layer.")
+@click.option("--input-dropout", type=float, default=HeadSpec.input_dropout, show_default=True,
+              help="MLP dropout on the inputs.")
+@click.option("--input-transform", type=click.Choice(TRANSFORMS), default=HeadSpec.transform, show_default=True,
               help="sqrt: power-normalise the features (sign(x)*sqrt(|x|)) before standardising them; auto: sqrt "
                    "when every training feature is >= 0 (pooled CNN activations), else none.")
 @click.option("--refit/--no-refit", default=True, show_default=True,
               help="After early stopping chose the epochs: train a fresh head on all training rows for that many.")
 @dataset_options()
 @training_options
-@click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>]")
+@click.option("--out", type=click.Path(path_type=str), default=None, help=f"[default: {REPORTS_ROOT}/<dataset>]")
 def train(features, head, hidden, dropout, input_dropout, input_transform, refit, dataset, data_dir, limit,
           test_fraction, raw_size, epochs, batch_size, lr, lr_schedule, patience, val_fraction, max_minutes, device,
           precision, seed, overwrite, out):
     """Train a torch head (linear or MLP) on stored features; its record joins classify's results.json."""
     from pathlib import Path
 
-    from pipeline.heads import DEFAULT_BATCH, DEFAULT_EPOCHS, HeadSpec, TrainRequest, train_head
+    from pipeline.train.config import TrainRequest
+    from pipeline.train.heads import train_head
 
     try:
         widths = tuple(int(h) for h in _names(hidden))
@@ -256,13 +298,13 @@ def train(features, head, hidden, dropout, input_dropout, input_transform, refit
         raise PipelineError(f"--hidden {hidden!r}: give layer widths as integers, e.g. 1024,512") from None
     spec = HeadSpec(head, widths, input_dropout, dropout, input_transform)
     cfg = _train_config(epochs, batch_size, lr, lr_schedule, patience, val_fraction, max_minutes, device, precision,
-                        seed, DEFAULT_EPOCHS[head], DEFAULT_BATCH)
+                        seed, HEAD_EPOCHS, HEAD_BATCH)
     spec.check()
     cfg.check()
     sets = _feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
     if len(sets) != 1:
         raise PipelineError(f"--features {features}: `pipeline train` trains on one feature set at a time")
-    out = Path(out) if out else Path("reports") / dataset_slug(dataset, data_dir)
+    out = Path(out) if out else report_dir(dataset_slug(dataset, data_dir))
     rec = train_head(sets[0], TrainRequest(spec, cfg, out, overwrite, refit))
     click.echo(f"{rec['label']} on {rec['feature_set']}: test accuracy {rec['test_accuracy']:.4f} (validation "
                f"{rec['cv_mean']:.4f}, epoch {rec['best_epoch']} of {rec['epochs_run']} kept), "
@@ -272,29 +314,29 @@ def train(features, head, hidden, dropout, input_dropout, input_transform, refit
 
 @main.command()
 @dataset_options(raw=False)
-@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+@click.option("--backbone", default=FinetuneRequest.backbone, show_default=True,
               help="efficientnet_lite0 (9 blocks), a torchvision ResNet (5 blocks), or another backbone "
                    "(one block: frozen or all).")
-@click.option("--weights", default="imagenet", show_default=True,
+@click.option("--weights", default=FinetuneRequest.weights, show_default=True,
               help="imagenet | none (random init: with --unfreeze all, the from-scratch baseline) | PATH.")
-@click.option("--unfreeze", default="2", show_default=True,
+@click.option("--unfreeze", default=FinetuneRequest.unfreeze, show_default=True,
               help="Blocks trained, counted from the top: 0 (frozen backbone, head only) .. N, or all.")
-@click.option("--augment", default="crop,flip,rotate", show_default=True,
+@click.option("--augment", default=DEFAULT_AUGMENT, show_default=True,
               help="On the device, per batch: any of crop (random resized crop/shift), flip, rotate; or none "
                    "(then frozen blocks' output is computed once and cached).")
-@click.option("--image-size", type=int, default=224, show_default=True, help="Network input size.")
+@click.option("--image-size", type=int, default=FinetuneRequest.image_size, show_default=True,
+              help="Network input size.")
 @training_options
-@click.option("--out", type=click.Path(path_type=str), default=None, help="[default: reports/<dataset>]")
+@click.option("--out", type=click.Path(path_type=str), default=None, help=f"[default: {REPORTS_ROOT}/<dataset>]")
 def finetune(dataset, data_dir, limit, test_fraction, backbone, weights, unfreeze, augment, image_size, epochs,
              batch_size, lr, lr_schedule, patience, val_fraction, max_minutes, device, precision, seed, overwrite, out):
     """Fine-tune a backbone (last N blocks) with a new head on the images; its record joins results.json."""
     from pathlib import Path
 
-    from pipeline.finetune import FinetuneRequest
-    from pipeline.finetune import finetune as run_finetune
+    from pipeline.train.finetune import finetune as run_finetune
 
     cfg = _train_config(epochs, batch_size, lr, lr_schedule, patience, val_fraction, max_minutes, device, precision,
-                        seed, 10, 64)
+                        seed, FINETUNE_EPOCHS, FINETUNE_BATCH)
     req = FinetuneRequest(dataset=dataset, data_dir=data_dir, limit=limit, test_fraction=test_fraction,
                           backbone=backbone, weights=weights, unfreeze=unfreeze, augment=augment,
                           image_size=image_size, train=cfg, out=Path(out) if out else None, overwrite=overwrite)
@@ -306,7 +348,7 @@ def finetune(dataset, data_dir, limit, test_fraction, backbone, weights, unfreez
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=str), default="reports/fashion-mnist", show_default=True,
+@click.option("--out", type=click.Path(path_type=str), default=_STUDY_OUT, show_default=True,
               help="The folder classify/project/run wrote to.")
 def report(out):
     """One self-contained HTML report (and Markdown) from what classify, project and run left in --out."""
@@ -318,15 +360,15 @@ def report(out):
 
 @main.command()
 @dataset_options()
-@click.option("--backbone", default="resnet18", show_default=True,
+@click.option("--backbone", default=BACKBONE, show_default=True,
               help="efficientnet_lite0 (ImageNet weights offline), a torchvision model, or timm:NAME.")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a state dict.")
-@click.option("--image-size", type=int, default=224, show_default=True,
-              help="Backbone input size (the ablation; not 224: its own store and report folders).")
-@click.option("--grid", default="default", show_default=True, help="quick | default | full")
-@click.option("--cv", type=int, default=3, show_default=True)
-@click.option("--classifiers", default="lda,qda,logreg,linsvc,rf,svc,knn", show_default=True)
-@click.option("--methods", default="pca,tsne,umap", show_default=True, help="Map methods.")
+@click.option("--weights", default=WEIGHTS, show_default=True, help="imagenet | none | PATH to a state dict.")
+@click.option("--image-size", type=int, default=IMAGE_SIZE, show_default=True,
+              help=f"Backbone input size (the ablation; not {IMAGE_SIZE}: its own store and report folders).")
+@click.option("--grid", default=DEFAULT_GRID, show_default=True, help=" | ".join(PRESETS))
+@click.option("--cv", type=int, default=DEFAULT_CV, show_default=True)
+@click.option("--classifiers", default=_CLASSIFIERS, show_default=True)
+@click.option("--methods", default=_METHODS, show_default=True, help="Map methods.")
 @click.option("--wild", type=click.Path(file_okay=False, path_type=str), default=None,
               help="A folder of <class>/<images> to score every saved model on, as a last stage (in the wild).")
 @click.option("--match-domain", is_flag=True, help="With --wild: also score the photos mapped toward the training "
@@ -336,13 +378,13 @@ def report(out):
                                                     "(comma-separated; `pipeline train` for more options).")
 @click.option("--finetune", default="", help="Also fine-tune the backbone: unfreeze levels (0, 1, 2, ..., all) "
                                              "and/or scratch, comma-separated (`pipeline finetune` for more).")
-@click.option("--finetune-image-size", type=int, default=224, show_default=True)
-@click.option("--finetune-epochs", type=int, default=10, show_default=True)
+@click.option("--finetune-image-size", type=int, default=FinetuneRequest.image_size, show_default=True)
+@click.option("--finetune-epochs", type=int, default=FINETUNE_EPOCHS, show_default=True)
 @click.option("--finetune-minutes", type=float, default=None, help="--max-minutes of each fine-tuning run.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--n-jobs", type=int, default=None, help="Parallel fits / threads [default: all cores].")
 @click.option("--out", type=click.Path(path_type=str), default=None,
-              help="[default: reports/<dataset>, or reports/<dataset>-first<N> with --limit]")
+              help=f"[default: {REPORTS_ROOT}/<dataset>, or {REPORTS_ROOT}/<dataset>-first<N> with --limit]")
 @click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings (e.g. the "
                                                 "folder's images changed).")
 @dask_option("extraction (in shards) and the grid search run on its workers")
@@ -370,9 +412,8 @@ def run(dataset, data_dir, limit, test_fraction, raw_size, backbone, weights, im
 @click.option("--model", "model", required=True, type=click.Path(path_type=str),
               help="A saved model: <out>/models/<features>_<classifier>.skops")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default="predictions.csv",
-              show_default=True)
-@click.option("--top-k", type=int, default=3, show_default=True, help="Classes (with scores) per image.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=PREDICTIONS, show_default=True)
+@click.option("--top-k", type=int, default=TOP_K, show_default=True, help="Classes (with scores) per image.")
 @click.option("--match-domain", is_flag=True, help="Map each photo toward the training images' look first.")
 @click.option("--weights", default=None, help="PATH to the backbone's weights file when it is not where the "
                                               "store found it (checked by sha256).")
@@ -381,7 +422,7 @@ def predict(model, images, out, top_k, match_domain, weights, device):
     """Predict IMAGES (files or folders) with a saved model: a CSV of path, predicted class, top-k scores."""
     from collections import Counter
 
-    from pipeline.predict import predict as run_predict
+    from pipeline.apply.predict import predict as run_predict
 
     rows = run_predict(model, images, out, top_k, device, weights, match_domain)
     counts = Counter(r["predicted"] for r in rows).most_common(5)
@@ -393,14 +434,14 @@ def predict(model, images, out, top_k, match_domain, weights, device):
 @click.option("--folder", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Photos in the wild: <class>/<images>, class names as the study's (case, spaces, _ and / "
                    "do not matter).")
-@click.option("--out", type=click.Path(path_type=str), default="reports/fashion-mnist", show_default=True,
+@click.option("--out", type=click.Path(path_type=str), default=_STUDY_OUT, show_default=True,
               help="The study whose saved models to score (its results.json gains wild_* fields).")
 @click.option("--match-domain", is_flag=True, help="Also score the photos mapped toward the training images' look.")
 @click.option("--weights", default=None, help="PATH to the backbone's weights when not where the store found it.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 def evaluate(folder, out, match_domain, weights, device):
     """The in-the-wild test: score every saved model of a study on a folder of new photos; rewrites the report."""
-    from pipeline.predict import evaluate as run_evaluate
+    from pipeline.apply.evaluate import evaluate as run_evaluate
     from pipeline.report import write_report
 
     recs = run_evaluate(out, folder, match_domain, device, weights)

@@ -10,19 +10,19 @@ import json
 import os
 import platform
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from urllib.parse import quote
 
-from pipeline import markdown
-from pipeline.classify import CLASSIFIERS, ORDER, read_results
-from pipeline.compute import cpu_name
+from pipeline.classical.specs import CLASSIFIERS
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
-from pipeline.figures import accuracy_figure, confusion_grid, feature_title, transfer_figure
-from pipeline.models import curve_path
+from pipeline.files import atomic_write, folder_lock, has_fields, read_json
+from pipeline.hardware import cpu_name, versions
+from pipeline.maps.methods import DEFAULT_METHODS
 from pipeline.references import BENCHMARK, STUDY
-from pipeline.store import atomic_write, folder_lock, has_fields
+from pipeline.render import markdown
+from pipeline.render.figures import accuracy_figure, confusion_grid, feature_title, transfer_figure
+from pipeline.results import ORDER, curve_path, read_results
 
 SECTIONS = [("accuracy", "Accuracy"), ("bars", "Raw pixels vs embeddings"), ("confusion", "Confusion matrices"),
             ("transfer", "Transfer modes"), ("wild", "In the wild"), ("maps", "Maps"),
@@ -32,12 +32,9 @@ VERSIONS = ("numpy", "scikit-learn", "torch", "torchvision", "openvino", "openTS
 
 
 def _read_json(path: Path, default=None):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return default
-    except ValueError as e:
-        raise PipelineError(f"{path} is not valid JSON ({e}); rerun the stage that writes it") from None
+    """A file the report shows: missing is `default`; unreadable or damaged is one line."""
+    obj = read_json(path, kind=object, strict=True)
+    return default if obj is None else obj
 
 
 MAP_KEYS = {"feature_set": str, "method": str, "label": str, "knn_accuracy": float, "trustworthiness": float,
@@ -56,7 +53,7 @@ def gather(out: Path) -> dict:
     """Everything the report shows, as plain data."""
     out = Path(out)
     records = read_results(out)
-    order = ["pca", "tsne", "umap"]
+    order = list(DEFAULT_METHODS)
     maps = sorted((_map_meta(p) for p in (out / "maps").glob("*.json")),  # by method, raw pixels first
                   key=lambda m: (order.index(m["method"]) if m["method"] in order else 9, m["feature_set"] != "raw",
                                  m["feature_set"]))
@@ -71,18 +68,13 @@ def gather(out: Path) -> dict:
         meta = _read_json(Path(path) / "meta.json")
         if meta:
             stores[path] = meta
-    versions = {}
-    for pkg in VERSIONS:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+    installed = {k: v for k, v in versions(*VERSIONS).items() if k != "python"}  # python: in the hardware
     cards = {}
     for path in sorted((out / "models").glob("*.json")):
         card = _read_json(path)
         if isinstance(card, dict) and isinstance(card.get("features"), dict):
             cards[(card.get("feature_set"), card.get("classifier"))] = card
-    return {"out": out, "records": records, "maps": maps, "run": run, "stores": stores, "versions": versions,
+    return {"out": out, "records": records, "maps": maps, "run": run, "stores": stores, "versions": installed,
             "cards": cards,
             "hardware": _hardware(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
 

@@ -14,27 +14,44 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.datasets import dataset_slug
+from pipeline.classical.backends import make_backend
+from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS
+from pipeline.data import DATASET, TEST_FRACTION, dataset_slug
+from pipeline.data.domain import domain_for
+from pipeline.embed.request import BACKBONE, IMAGE_SIZE, WEIGHTS, ExtractRequest, default_store, run_suffix
 from pipeline.errors import PipelineError
-from pipeline.featuresets import RAW_SIZE
-from pipeline.store import atomic_write, folder_lock, read_json
+from pipeline.files import atomic_write, folder_lock, read_json
+from pipeline.maps.methods import DEFAULT_METHODS, check_methods
+from pipeline.models.heads import HEADS, HeadSpec
+from pipeline.results import read_results, report_dir, write_results
+from pipeline.store.featuresets import RAW_SIZE
+from pipeline.train.config import (
+    FINETUNE_BATCH,
+    FINETUNE_EPOCHS,
+    HEAD_BATCH,
+    HEAD_EPOCHS,
+    FinetuneRequest,
+    TrainConfig,
+    TrainRequest,
+)
 
 
 @dataclass
 class RunConfig:
-    """What `pipeline run` does: the dataset, the backbone, the search, the maps, and where it all goes."""
-    dataset: str = "fashion-mnist"
+    """What `pipeline run` does: the dataset, the backbone, the search, the maps, and where it all goes.
+    Defaults are each stage's own (read from where they live)."""
+    dataset: str = DATASET
     data_dir: str | None = None
-    backbone: str = "resnet18"
-    weights: str = "imagenet"
+    backbone: str = BACKBONE
+    weights: str = WEIGHTS
     limit: int | None = None
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     raw_size: int = RAW_SIZE  # an image folder's raw pixels: resized to this square
-    test_fraction: float = 0.2  # an image folder without test/: this share of each class held out
-    grid: str = "default"
-    cv: int = 3
-    classifiers: list[str] | None = None
-    methods: tuple[str, ...] = ("pca", "tsne", "umap")
+    test_fraction: float = TEST_FRACTION  # an image folder without test/: this share of each class held out
+    grid: str = DEFAULT_GRID
+    cv: int = DEFAULT_CV
+    classifiers: list[str] | None = None  # None: DEFAULT_CLASSIFIERS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     device: str = "auto"
     n_jobs: int | None = None
     dask: str | None = None  # a Dask scheduler: extraction in shards and the grid search run on its workers
@@ -45,58 +62,71 @@ class RunConfig:
     overwrite: bool = False  # replace a finished store made with other settings (the folder changed)
     train: tuple[str, ...] = ()  # heads trained on the embeddings: linear, mlp
     finetune: tuple[str, ...] = ()  # fine-tuning runs: unfreeze levels 0..N, all, or scratch
-    finetune_image_size: int = 224
-    finetune_epochs: int = 10
+    finetune_image_size: int = IMAGE_SIZE
+    finetune_epochs: int = FINETUNE_EPOCHS
     finetune_minutes: float | None = None  # --max-minutes of each fine-tuning run
 
+    def paths(self) -> tuple[Path, Path]:
+        """(store, report folder): the given ones, else the defaults. A --limit run (or another --image-size)
+        gets its own, so it never collides with the full run's; an image folder is named after its
+        directory (folder-<name>)."""
+        store = default_store(self.dataset, self.backbone, self.limit, self.image_size, self.data_dir)
+        out = report_dir(dataset_slug(self.dataset, self.data_dir), run_suffix(self.limit, self.image_size))
+        return Path(self.store or store), Path(self.out or out)
 
-def default_paths(dataset: str, backbone: str, limit: int | None, image_size: int = 224,
-                  data_dir=None) -> tuple[Path, Path]:
-    """(store, report folder). A --limit run (or another --image-size) gets its own, so it never collides
-    with the full run's; an image folder is named after its directory (folder-<name>)."""
-    from pipeline.store import store_dirname
+    def extract_request(self, store: Path) -> ExtractRequest:
+        return ExtractRequest(dataset=self.dataset, data_dir=self.data_dir, limit=self.limit,
+                              test_fraction=self.test_fraction, backbone=self.backbone, weights=self.weights,
+                              image_size=self.image_size, device=self.device, out=store, overwrite=self.overwrite,
+                              dask=self.dask)
 
-    name = dataset_slug(dataset, data_dir)
-    suffix = (f"-first{limit}" if limit else "") + (f"-{image_size}px" if image_size != 224 else "")
-    return Path("features") / name / f"{store_dirname(backbone)}{suffix}", Path("reports") / f"{name}{suffix}"
+    def finetune_request(self, level: str, out: Path) -> FinetuneRequest:
+        """`--finetune LEVEL` as a fine-tuning request: LEVEL is an unfreeze level (0..N, all) of the run's
+        backbone and weights, or `scratch` (all blocks, random init)."""
+        scratch = level == "scratch"
+        return FinetuneRequest(dataset=self.dataset, data_dir=self.data_dir, limit=self.limit,
+                               test_fraction=self.test_fraction, backbone=self.backbone,
+                               weights="none" if scratch else self.weights, unfreeze="all" if scratch else level,
+                               image_size=self.finetune_image_size,
+                               train=TrainConfig(epochs=self.finetune_epochs, batch_size=FINETUNE_BATCH,
+                                                 max_minutes=self.finetune_minutes, device=self.device), out=out)
+
+    def check(self) -> None:
+        """Every refusal `pipeline run` can make before any work (the map libraries: in `run`)."""
+        if self.grid not in PRESETS:
+            raise PipelineError(f"--grid {self.grid!r}: `pipeline run` takes a preset ({', '.join(PRESETS)}); "
+                                f"use `pipeline classify --grid FILE.json` for custom grids")
+        if self.match_domain:
+            if not self.wild:
+                raise PipelineError("--match-domain applies to the in-the-wild test: give --wild DIR too")
+            domain_for(self.dataset)
+        if self.wild and not Path(self.wild).is_dir():
+            raise PipelineError(f"--wild {self.wild}: not a folder; expected {self.wild}/<class>/<images>")
+        bad = [h for h in self.train if h not in HEADS]
+        if bad:
+            raise PipelineError(f"--train {','.join(bad)}: heads are {', '.join(HEADS)}")
+        bad = [f for f in self.finetune if not (f in ("all", "scratch") or f.isdigit())]
+        if bad:
+            raise PipelineError(f"--finetune {','.join(bad)}: give unfreeze levels (0, 1, 2, ..., all) or scratch")
 
 
 def run(cfg: RunConfig, command: str | None = None,
         log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
-    from pipeline.compute import make_backend
-
-    check_grid(cfg.grid)
+    cfg.check()
     backend = make_backend(cfg.device)  # first: cuML must hook scikit-learn before it is imported
-    from pipeline import classify as cls
-    from pipeline import project as proj
-    from pipeline.extract import extract
-    from pipeline.featuresets import check_comparable, load_feature_set
+    from pipeline.classical import search as cls
+    from pipeline.embed.extract import extract
+    from pipeline.maps import project as proj
     from pipeline.report import write_report
+    from pipeline.store.featuresets import check_comparable, load_feature_set
 
-    proj.check_methods(cfg.methods, backend)  # a missing map library is said now, not after the fits
-    if cfg.match_domain:
-        from pipeline.domain import domain_for
-
-        if not cfg.wild:
-            raise PipelineError("--match-domain applies to the in-the-wild test: give --wild DIR too")
-        domain_for(cfg.dataset)
-    if cfg.wild and not Path(cfg.wild).is_dir():
-        raise PipelineError(f"--wild {cfg.wild}: not a folder; expected {cfg.wild}/<class>/<images>")
-    classifiers = list(cfg.classifiers or cls.DEFAULT_CLASSIFIERS)
-    from pipeline.heads import HEADS
-
-    bad = [h for h in cfg.train if h not in HEADS]
-    if bad:
-        raise PipelineError(f"--train {','.join(bad)}: heads are {', '.join(HEADS)}")
-    bad = [f for f in cfg.finetune if not (f in ("all", "scratch") or f.isdigit())]
-    if bad:
-        raise PipelineError(f"--finetune {','.join(bad)}: give unfreeze levels (0, 1, 2, ..., all) or scratch")
-    d_store, d_out = default_paths(cfg.dataset, cfg.backbone, cfg.limit, cfg.image_size, cfg.data_dir)
-    store, out = Path(cfg.store or d_store), Path(cfg.out or d_out)
+    check_methods(cfg.methods, backend)  # a missing map library is said now, not after the fits
+    classifiers = list(cfg.classifiers or DEFAULT_CLASSIFIERS)
+    store, out = cfg.paths()
     dataset, data_dir, limit, grid, cv = cfg.dataset, cfg.data_dir, cfg.limit, cfg.grid, cfg.cv
     # one writer per report folder and its maps, held through every stage (not taken hours later)
     with folder_lock(out, "pipeline run"), folder_lock(out / "maps", "pipeline run"):
-        cls.read_results(out)  # a damaged or foreign results file stops the run before any work
+        read_results(out)  # a damaged or foreign results file stops the run before any work
         info = {"command": command,
                 "started": datetime.now(UTC).isoformat(timespec="seconds"), "stores": [str(store)],
                 "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "backbone": cfg.backbone,
@@ -126,9 +156,7 @@ def run(cfg: RunConfig, command: str | None = None,
             atomic_write(out / "run.json", json.dumps(info, indent=1))
 
         def do_extract():
-            r = extract(dataset, cfg.backbone, data_dir=data_dir, limit=limit, test_fraction=cfg.test_fraction,
-                        weights=cfg.weights, device=cfg.device, out=store, image_size=cfg.image_size,
-                        overwrite=cfg.overwrite, dask=cfg.dask)
+            r = extract(cfg.extract_request(store))
             state = {"complete": "skipped", "resume": "resumed", "new": "ran"}.get(r.state, r.state)
             if state == "skipped":
                 return state, f"{r.path} already holds these embeddings"
@@ -142,7 +170,7 @@ def run(cfg: RunConfig, command: str | None = None,
                          load_feature_set(str(store), dataset)])
             check_comparable(sets)
             if cfg.wild:  # a wild folder whose names match no class is said now, not after the fits
-                from pipeline.predict import wild_folder
+                from pipeline.apply.evaluate import wild_folder
 
                 wild_folder(cfg.wild, sets[0].classes)
             todo = {fs.name: cls.pending(out, fs, classifiers, grid, cv) for fs in sets}
@@ -154,25 +182,24 @@ def run(cfg: RunConfig, command: str | None = None,
                 cls.classify(group, list(todo_c), grid, cv, backend, cfg.n_jobs, cfg.dask, out=out, log=log)
             n = sum(map(len, todo.values()))
             if not n:
-                cls.write_results(out, [])  # derived files (CSV, Markdown, figures) up to date after a crash
+                write_results(out, [])  # derived files (CSV, Markdown, figures) up to date after a crash
             return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(classifiers)} (features, classifier) fits"
 
         def do_train():
-            from pipeline.heads import DEFAULT_BATCH, DEFAULT_EPOCHS, HeadSpec, TrainRequest, pending, train_head
-            from pipeline.training import TrainConfig
+            from pipeline.train.heads import pending, train_head
 
             todo = pending(out, sets[1], cfg.train)
             for h in todo:
-                tc = TrainConfig(epochs=DEFAULT_EPOCHS[h], batch_size=DEFAULT_BATCH, device=cfg.device)
+                tc = TrainConfig(epochs=HEAD_EPOCHS, batch_size=HEAD_BATCH, device=cfg.device)
                 train_head(sets[1], TrainRequest(HeadSpec(h), tc, out), log=log)
             return ("ran" if todo else "skipped"), f"{len(todo)} of {len(cfg.train)} heads trained on {sets[1].name}"
 
         def do_finetune():
-            from pipeline.finetune import finetune
+            from pipeline.train.finetune import finetune
 
-            done = {json.dumps(r.get("request"), sort_keys=True) for r in cls.read_results(out)
+            done = {json.dumps(r.get("request"), sort_keys=True) for r in read_results(out)
                     if r["classifier"] == "finetune"}
-            reqs = [finetune_request(cfg, level, out) for level in cfg.finetune]
+            reqs = [cfg.finetune_request(level, out) for level in cfg.finetune]
             todo = [q for q in reqs if json.dumps(q.key(), sort_keys=True) not in done]
             for q in todo:
                 finetune(q, log=log)
@@ -184,7 +211,7 @@ def run(cfg: RunConfig, command: str | None = None,
             return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(cfg.methods)} maps computed"
 
         def do_evaluate():
-            from pipeline.predict import evaluate
+            from pipeline.apply.evaluate import evaluate
 
             recs = evaluate(out, cfg.wild, cfg.match_domain, cfg.device, log=log, skip_done=True)
             if recs is None:
@@ -206,25 +233,3 @@ def run(cfg: RunConfig, command: str | None = None,
         stage("report", lambda: ("ran", ", ".join(p.name for p in write_report(out))))
         write_report(out)  # once more, so the report's provenance includes the report stage's own time
         return info
-
-
-def finetune_request(cfg: RunConfig, level: str, out: Path):
-    """`--finetune LEVEL` of `pipeline run` as a fine-tuning request: LEVEL is an unfreeze level (0..N, all) of
-    the run's backbone and weights, or `scratch` (all blocks, random init)."""
-    from pipeline.finetune import FinetuneRequest
-    from pipeline.training import TrainConfig
-
-    scratch = level == "scratch"
-    return FinetuneRequest(dataset=cfg.dataset, data_dir=cfg.data_dir, limit=cfg.limit, test_fraction=cfg.test_fraction,
-                           backbone=cfg.backbone, weights="none" if scratch else cfg.weights,
-                           unfreeze="all" if scratch else level, image_size=cfg.finetune_image_size,
-                           train=TrainConfig(epochs=cfg.finetune_epochs, batch_size=64,
-                                             max_minutes=cfg.finetune_minutes, device=cfg.device), out=out)
-
-
-def check_grid(grid: str):
-    from pipeline.classify import PRESETS
-
-    if grid not in PRESETS:
-        raise PipelineError(f"--grid {grid!r}: `pipeline run` takes a preset ({', '.join(PRESETS)}); use "
-                            f"`pipeline classify --grid FILE.json` for custom grids")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 # imported once in the server: the libraries every command needs (not OpenVINO, which starts threads)
 PRELOAD = ["numpy", "scipy.linalg", "torch", "torchvision", "sklearn.pipeline", "skops.io", "matplotlib.pyplot",
-           "click", "pipeline.cli", "pipeline.run", "pipeline.extract", "pipeline.classify", "pipeline.project",
-           "pipeline.report", "pipeline.training"]
+           "click", "pipeline.cli", "pipeline.run", "pipeline.embed.extract", "pipeline.classical.search",
+           "pipeline.maps.project", "pipeline.report", "pipeline.train.loop"]
 
 _context = None
 

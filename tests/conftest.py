@@ -1,4 +1,5 @@
-"""Small data the tests make: tiny IDX / CIFAR / folder datasets and a random-weight ResNet-18 file."""
+"""Fixtures: tiny IDX / CIFAR / folder datasets, a random-weight ResNet-18 file, the CLI runner. Plain
+helpers are in helpers.py."""
 from __future__ import annotations
 
 import os
@@ -9,39 +10,13 @@ os.environ.setdefault("SCIPY_ARRAY_API", "1")  # array-API tests need it before 
 os.environ.setdefault("PIPELINE_NUMBA_CACHE",
                       os.path.join(tempfile.gettempdir(), f"pipeline-tests-numba-{os.getuid()}"))
 
-import json
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from pipeline.datasets import write_idx
-
-N_TRAIN, N_TEST = 48, 24
-
-
-def class_images(labels: np.ndarray, size=28, channels=None, seed=0) -> np.ndarray:
-    """Images whose content depends on the label (a bright band at a class-specific row) plus noise."""
-    rng = np.random.default_rng(seed)
-    shape = (len(labels), size, size) + ((channels,) if channels else ())
-    x = rng.integers(0, 60, size=shape, dtype=np.uint8)
-    for i, c in enumerate(labels):
-        r = 2 + (int(c) * (size - 6)) // 10
-        x[i, r:r + 3] = 220
-    return x
-
-
-def make_idx_dir(root: Path, n_train=N_TRAIN, n_test=N_TEST, gz=True, seed=0) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    ext = ".gz" if gz else ""
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        write_idx(root / f"{prefix}-images-idx3-ubyte{ext}", class_images(y, seed=seed + n))
-        write_idx(root / f"{prefix}-labels-idx1-ubyte{ext}", y)
-    return root
+from helpers import class_images, make_idx_dir
 
 
 @pytest.fixture
@@ -98,39 +73,3 @@ def runner():
     return CliRunner()
 
 
-def run_cli(runner, *args):
-    from pipeline.cli import main
-
-    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, (result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert err.startswith("error: "), err
-    assert "\n" not in err, f"not one line: {err!r}"
-    assert "Traceback" not in result.output
-    for frag in fragments:
-        assert frag in err, (frag, err)
-
-
-def write_store(path: Path, X_train, y_train, X_test, y_test, dataset="fashion-mnist", backbone="toynet",
-                classes=None) -> Path:
-    """A finished store written directly (the format features/README.md documents)."""
-    from pipeline.datasets import FASHION_MNIST_CLASSES
-
-    path.mkdir(parents=True)
-    for name, a in (("X_train", X_train), ("y_train", y_train), ("X_test", X_test), ("y_test", y_test)):
-        np.save(path / f"{name}.npy", a)
-    meta = {"rows": {"train": len(y_train), "test": len(y_test)}, "backbone": {"name": backbone},
-            "dataset": {"name": dataset, "classes": classes or FASHION_MNIST_CLASSES}}
-    (path / "meta.json").write_text(json.dumps(meta))
-    return path
-
-
-def blobs(n, dim=16, classes=10, seed=0, spread=1.0):
-    """Class-separable Gaussian blobs (float32 features, int64 labels)."""
-    rng = np.random.default_rng(seed)
-    centres = np.random.default_rng(99).normal(0, 3, (classes, dim))
-    y = np.arange(n) % classes
-    return (centres[y] + rng.normal(0, spread, (n, dim))).astype(np.float32), y.astype(np.int64)

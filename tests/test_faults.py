@@ -17,7 +17,7 @@ from pathlib import Path
 import cli_process
 import numpy as np
 import pytest
-from conftest import make_idx_dir
+from helpers import make_idx_dir
 
 from pipeline import load_features
 

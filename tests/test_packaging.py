@@ -4,16 +4,16 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from conftest import assert_one_line_error, make_idx_dir, run_cli
+from helpers import assert_one_line_error, make_idx_dir, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_missing_map_library_is_one_line_before_any_work(tmp_path, runner, monkeypatch):
-    from pipeline import compute
+    from pipeline.maps import methods
 
-    real = compute.importable
-    monkeypatch.setattr(compute, "importable", lambda m: m != "umap" and real(m))
+    real = methods.importable
+    monkeypatch.setattr(methods, "importable", lambda m: m != "umap" and real(m))
     monkeypatch.chdir(tmp_path)
     data = make_idx_dir(tmp_path / "fm", n_train=30, n_test=10)
     r = run_cli(runner, "run", "--data-dir", data, "--weights", "none", "--limit", 20, "--grid", "quick")
@@ -22,8 +22,8 @@ def test_a_missing_map_library_is_one_line_before_any_work(tmp_path, runner, mon
 
 
 def test_without_openvino_auto_uses_torch_and_asking_for_it_is_one_line(tmp_path, runner, monkeypatch):
-    from pipeline import engines
-    from pipeline.backbones import build_backbone
+    from pipeline.embed import engines
+    from pipeline.embed.backbones import build_backbone
 
     monkeypatch.setattr(engines, "_openvino_available", lambda: False)
     bb = build_backbone("resnet18", "none", image_size=32)

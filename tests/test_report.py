@@ -6,16 +6,18 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli
+from helpers import assert_one_line_error, blobs, make_idx_dir, run_cli
 from PIL import Image
 
-from pipeline.classify import CLASSIFIERS, classify
-from pipeline.datasets import FASHION_MNIST_CLASSES
+from pipeline.classical.search import classify
+from pipeline.classical.specs import CLASSIFIERS
+from pipeline.data import FASHION_MNIST_CLASSES
 from pipeline.errors import PipelineError
-from pipeline.featuresets import FeatureSet
-from pipeline.figures import STUDY_COLOURS, draw_accuracy_bars, draw_maps
-from pipeline.project import METHODS, knn_accuracy, load_map, project, trust
+from pipeline.maps.methods import METHODS
+from pipeline.maps.project import knn_accuracy, load_map, project, trust
+from pipeline.render.figures import STUDY_COLOURS, draw_accuracy_bars, draw_maps
 from pipeline.report import BENCHMARK, SECTIONS, write_report
+from pipeline.store.featuresets import FeatureSet
 
 
 def feature_sets(n_train=150, n_test=50):
@@ -59,13 +61,14 @@ def test_one_core_maps_run_at_once_in_worker_processes(tmp_path, monkeypatch):
     worker processes, with the coordinates and records of mapping them one after another."""
     import joblib
 
-    from pipeline import project as proj
+    from pipeline.maps import methods
+    from pipeline.maps import project as proj
 
     sets = feature_sets()
     project(sets, ["pca"], tmp_path / "in_turn", n_jobs=2)
     calls, real = [], joblib.Parallel
     monkeypatch.setattr(joblib, "Parallel", lambda **k: calls.append(k) or real(**k))
-    monkeypatch.setattr(proj.PCAMap, "one_core", True, raising=False)
+    monkeypatch.setattr(methods.PCAMap, "one_core", True, raising=False)
     monkeypatch.setattr(proj, "PARALLEL_ROWS", 100)
     logs = []
     done = project(sets, ["pca"], tmp_path / "at_once", n_jobs=2, log=logs.append)
@@ -84,7 +87,7 @@ UMAP_IN_A_PROCESS = """
 import json, sys
 import numpy as np
 import umap.layouts, umap.umap_
-from pipeline.project import UMAPMap
+from pipeline.maps.methods import UMAPMap
 X = np.random.default_rng(0).normal(size=(150, 8)).astype(np.float32)
 np.save(sys.argv[1], UMAPMap().fit_transform(X))
 fs = [umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths,
@@ -103,7 +106,7 @@ def test_umap_compiled_code_is_cached_on_disk_and_maps_stay_identical(tmp_path):
     import subprocess
     import sys
 
-    from pipeline.project import numba_cache_dir
+    from pipeline.maps.methods import numba_cache_dir
 
     def umap_in_a_process(i, env):
         r = subprocess.run([sys.executable, "-W", "ignore", "-c", UMAP_IN_A_PROCESS, str(tmp_path / f"{i}.npy")],
@@ -278,8 +281,9 @@ def test_cuml_maps_on_cuda(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     pytest.importorskip("cuml", reason="cuML is not installed")
-    from pipeline.compute import make_backend
-    from pipeline.project import CumlTSNEMap, is_cached, make_method
+    from pipeline.classical.backends import make_backend
+    from pipeline.maps.methods import CumlTSNEMap, make_method
+    from pipeline.maps.project import is_cached
 
     backend = make_backend("cuda")
     assert isinstance(make_method("tsne", backend), CumlTSNEMap)

@@ -13,16 +13,13 @@ import time
 import cli_process
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, blobs, make_idx_dir, run_cli, write_store
+from helpers import FAST_ARGS, assert_one_line_error, blobs, extract, make_idx_dir, run_cli, write_store
 
 from pipeline import load_features
 from pipeline.errors import PipelineError
-from pipeline.extract import extract
-from pipeline.store import atomic_write
+from pipeline.files import atomic_write
 
-FAST = dict(weights="none", image_size=48, precision="fp32", device="cpu", progress=False)
-EXTRACT = ["extract", "--device", "cpu",  # the CPU path, GPU or not
-           "--weights", "none", "--image-size", 48, "--precision", "fp32", "--batch-size", 8]
+EXTRACT = ["extract", *FAST_ARGS]  # the CPU path, GPU or not
 
 
 @pytest.fixture
@@ -32,8 +29,7 @@ def data(tmp_path):
 
 @pytest.fixture
 def reference(data, tmp_path):
-    return load_features(extract("fashion-mnist", "resnet18", data_dir=data, out=tmp_path / "ref", batch_size=8,
-                                 **FAST).path)
+    return load_features(extract("fashion-mnist", "resnet18", data_dir=data, out=tmp_path / "ref", batch_size=8).path)
 
 
 def same_features(a, b):
@@ -78,7 +74,7 @@ def test_short_writes_are_completed_not_committed_half(data, tmp_path, monkeypat
         return real(fd, bytes(buf)[: max(1, len(buf) // 3)], offset)
 
     monkeypatch.setattr(os, "pwrite", short)
-    res = extract("fashion-mnist", "resnet18", data_dir=data, out=tmp_path / "s", batch_size=8, **FAST)
+    res = extract("fashion-mnist", "resnet18", data_dir=data, out=tmp_path / "s", batch_size=8)
     same_features(load_features(res.path), reference)
 
 
@@ -134,7 +130,7 @@ def test_damaged_progress_starts_over_and_damaged_meta_is_one_line(data, tmp_pat
 
 def _partial(data, out):
     """Leave an unfinished store of ours at out.partial (as a crash would)."""
-    from pipeline import engines
+    from pipeline.embed import engines
 
     real = engines.TorchEngine.map
 
@@ -146,7 +142,7 @@ def _partial(data, out):
 
     engines.TorchEngine.map = crash_after_one
     try:
-        extract("fashion-mnist", "resnet18", data_dir=data, out=out, batch_size=8, **FAST)
+        extract("fashion-mnist", "resnet18", data_dir=data, out=out, batch_size=8)
     finally:
         engines.TorchEngine.map = real
 
@@ -224,7 +220,7 @@ def test_atomic_write_from_concurrent_writers_never_tears(tmp_path):
 # --- CIFAR batches -------------------------------------------------------------------------------------
 
 def test_cifar_batch_pickled_with_protocol_5_loads(cifar_dir):
-    from pipeline.datasets import load_dataset
+    from pipeline.data import load_dataset
 
     batch = cifar_dir / "cifar-10-batches-py" / "data_batch_1"
     with open(batch, "rb") as f:
@@ -265,7 +261,7 @@ def test_fine_tuned_checkpoint_with_another_head_extracts(data, tmp_path, refere
     path = tmp_path / "finetuned-10-classes.pth"
     torch.save(sd, path)
     res = extract("fashion-mnist", "resnet18", data_dir=data, out=tmp_path / "s", batch_size=8,
-                  **{**FAST, "weights": str(path)})
+                  weights=str(path))
     f = load_features(res.path)
     assert "fc.weight" in f.meta["backbone"]["weights"]["unused_head"]
     assert f.X_train.shape == reference.X_train.shape
@@ -282,7 +278,7 @@ class _Stuck:
 
 def test_openvino_waits_are_bounded(data, tmp_path, monkeypatch, runner):
     pytest.importorskip("openvino")
-    from pipeline import engines
+    from pipeline.embed import engines
 
     monkeypatch.setattr(engines, "REQUEST_TIMEOUT_S", 0.2)
     monkeypatch.setattr(engines.OpenVINOEngine, "_new_request", lambda self, compiled: _Stuck())
@@ -296,8 +292,8 @@ def test_openvino_engines_built_one_after_another_do_not_deadlock(tmp_path):
     AsyncInferQueue callbacks this deadlocked on the GIL; each run here finishes, in a child process with a
     bound so a regression fails instead of hanging the suite."""
     pytest.importorskip("openvino")
-    code = ("import gc, numpy as np\nfrom pipeline.backbones import build_backbone\n"
-            "from pipeline.engines import make_engine\n"
+    code = ("import gc, numpy as np\nfrom pipeline.embed.backbones import build_backbone\n"
+            "from pipeline.embed.engines import make_engine\n"
             "x = np.random.default_rng(0).integers(0, 255, (64, 3, 40, 40), dtype=np.uint8)\n"
             "for i in range(12):\n"
             "    eng = make_engine(build_backbone('resnet18', 'none', image_size=32), 'cpu', 'fp32', 'openvino')\n"
@@ -312,9 +308,9 @@ def test_openvino_engines_built_one_after_another_do_not_deadlock(tmp_path):
 # --- Markdown ----------------------------------------------------------------------------------------------
 
 def test_data_strings_are_escaped_in_markdown(tmp_path):
-    from pipeline.classify import classify
-    from pipeline.featuresets import FeatureSet
+    from pipeline.classical.search import classify
     from pipeline.report import write_report
+    from pipeline.store.featuresets import FeatureSet
 
     classes = ["$5_$", "a|b", "*bold*", "<b>x</b>", "[link](http://x)", "_u_", "ok", "T-shirt/top", "8", "9"]
     X, y = blobs(100)
@@ -345,7 +341,7 @@ def _extract_folder(runner, root, out):
 def test_hidden_entries_fifos_and_non_utf8_names(folder_dir, tmp_path, runner):
     import os
 
-    from pipeline.datasets import load_dataset
+    from pipeline.data import load_dataset
 
     before = {s: len(v) for s, v in load_dataset("folder", folder_dir).splits.items()}
     for split in ("train", "test"):
@@ -383,8 +379,9 @@ def test_decompression_bomb_and_truncated_jpeg_fail_up_front(folder_dir, tmp_pat
 
 
 def test_store_of_a_test_only_folder_loads(folder_dir, tmp_path):
-    from pipeline.datasets import load_dataset
-    from pipeline.extract import extract
+    from helpers import extract
+
+    from pipeline.data import load_dataset
 
     ds = load_dataset("folder", folder_dir / "test")  # class folders, no split asked for: a test set only
     extract(ds, "resnet18", weights="none", image_size=48, precision="fp32", batch_size=8, out=tmp_path / "s",
@@ -394,7 +391,7 @@ def test_store_of_a_test_only_folder_loads(folder_dir, tmp_path):
 
 
 def test_class_names_that_look_like_mathtext_draw(tmp_path):
-    from pipeline.figures import confusion_figure
+    from pipeline.render.figures import confusion_figure
 
     path = confusion_figure(np.eye(3, dtype=int) * 5, ["$5_$", "a^b", r"\frac"], "t", tmp_path / "cm.png")
     assert path.stat().st_size > 5000
@@ -440,7 +437,7 @@ def test_users_hidden_tmp_files_in_out_are_not_swept(tmp_path, runner, store):
 
 
 def test_cifar_labels_as_numpy_integers_load(cifar_dir):
-    from pipeline.datasets import load_dataset
+    from pipeline.data import load_dataset
 
     batch = cifar_dir / "cifar-10-batches-py" / "data_batch_3"
     with open(batch, "rb") as f:
@@ -460,7 +457,7 @@ def test_headless_checkpoint_extracts(data, tmp_path, reference):
     path = tmp_path / "trunk-only.pth"
     torch.save(sd, path)
     res = extract("fashion-mnist", "resnet18", data_dir=data, out=tmp_path / "s", batch_size=8,
-                  **{**FAST, "weights": str(path)})
+                  weights=str(path))
     f = load_features(res.path)
     same_features(f, reference)  # the same trunk as --weights none (seed 0)
     assert "not loaded" in f.meta["backbone"]["weights"]["unused_head"]
@@ -470,8 +467,8 @@ def test_openvino_usage_telemetry_is_declined():
     """OpenVINO's import and model conversion would send usage events (from a forked process); pipeline's
     engine declines them, and leaves the environment as it was."""
     pytest.importorskip("openvino")
-    code = ("import os, torch\nfrom pipeline.backbones import build_backbone\n"
-            "from pipeline.engines import make_engine\n"
+    code = ("import os, torch\nfrom pipeline.embed.backbones import build_backbone\n"
+            "from pipeline.embed.engines import make_engine\n"
             "make_engine(build_backbone('resnet18', 'none', image_size=32), 'cpu', 'fp32', 'openvino')\n"
             "import openvino_telemetry as tm\nprint(tm.Telemetry().consent, os.environ.get('CI'))\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "CI"}

@@ -1,0 +1,154 @@
+"""Where classical ML runs, chosen once from `--device` and passed down. Knows nothing of the estimators.
+
+A backend is a small class with a name, built by one factory, `make_backend(device)`:
+
+- `sklearn-cpu`: scikit-learn on numpy arrays.
+- `sklearn-array-api-<device>`: scikit-learn's Array API dispatch on torch tensors (CUDA, or CPU tensors in
+  tests), for the classifiers that have an array-API formulation (the classifier spec says which); the rest
+  stay on numpy.
+- `cuml`: cuML's `cuml.accel`, installed before scikit-learn is imported, so that every scikit-learn
+  estimator that cuML covers runs on the GPU, and the rest (or unsupported parameters) fall back to the CPU.
+
+What a record calls its backend is never the backend's name: `executed_on(fitted_estimator)` reads it from
+the fitted object (torch tensors in its fitted attributes, a cuml.accel proxy that did or did not fit on
+the GPU, or plain numpy).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from pipeline.errors import PipelineError
+from pipeline.hardware import importable, resolve_device
+
+CPU = "sklearn-cpu"
+
+
+class SklearnCPU:
+    """scikit-learn on numpy arrays, fits in parallel processes."""
+    name = CPU
+    array_api = False  # whether classifiers with an array-API formulation should use it
+    cuml = False  # whether cuML's own t-SNE / UMAP may draw the maps
+    device = "cpu"
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def asarray(self, X):
+        return X
+
+    @staticmethod
+    def tonumpy(y):
+        if hasattr(y, "detach"):
+            return y.detach().cpu().numpy()
+        if hasattr(y, "get"):  # cupy
+            return y.get()
+        return y
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device}
+
+
+class ArrayAPI(SklearnCPU):
+    """scikit-learn's Array API dispatch on torch tensors on `device` (cuda, or cpu as the tests use it)."""
+    array_api = True
+
+    def __init__(self, device: str = "cuda"):
+        _need_scipy_array_api()
+        self.device = device
+        self.name = f"sklearn-array-api-{device.split(':')[0]}"
+
+    def context(self):
+        import sklearn
+
+        return sklearn.config_context(array_api_dispatch=True)
+
+    def asarray(self, X):
+        import numpy as np
+        import torch
+
+        if isinstance(X, torch.Tensor):  # already converted (once per classifier, not per fit)
+            return X
+        X = np.asarray(X)
+        return torch.as_tensor(X if X.flags.writeable else X.copy(), device=self.device)
+
+
+class CumlAccel(SklearnCPU):
+    """cuML's zero-code-change accelerator: scikit-learn estimators become proxies that fit on the GPU where
+    cuML supports them (estimator and parameters) and on the CPU otherwise. Must be installed before
+    scikit-learn is imported, which is why the CLI builds the backend first."""
+    name = "cuml"
+    cuml = True
+
+    def __init__(self, device: str = "cuda"):
+        import cuml.accel
+
+        if "sklearn" in sys.modules and not accel_active():
+            raise PipelineError("cuML is installed but scikit-learn was imported before cuml.accel could "
+                                "hook it; build the backend first (as the CLI does) or run under "
+                                "`python -m cuml.accel`")
+        if not accel_active():
+            cuml.accel.install()
+        self.device = device
+
+
+def accel_active() -> bool:
+    """Whether cuml.accel's proxies replaced scikit-learn's estimators (checked on LogisticRegression)."""
+    if "sklearn" not in sys.modules:
+        return False
+    from sklearn.linear_model import LogisticRegression
+
+    return hasattr(LogisticRegression, "_gpu_class")
+
+
+Backend = SklearnCPU  # the type every backend satisfies
+
+
+def make_backend(device: str = "auto", array_api: bool | None = None, cuml: bool | None = None):
+    """auto: CUDA if torch sees one (cuML if installed, else array-API), else scikit-learn on the CPU.
+
+    `array_api=True` forces array-API dispatch even on the CPU (torch CPU tensors), as the tests do;
+    `cuml=False` skips cuML where it is installed.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        # cuml.accel works on the current device; on another card than the first, the array-API path runs
+        if cuml is not False and importable("cuml") and (dev.index or 0) == 0:
+            try:
+                return CumlAccel(str(dev))
+            except PipelineError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a broken cuML install (driver, rmm) must not stop the run
+                print(f"cuML is installed but could not start ({type(e).__name__}: {str(e)[:120]}); "
+                      f"using scikit-learn's Array API on the GPU instead", file=sys.stderr)
+        return ArrayAPI(str(dev))
+    if array_api:
+        return ArrayAPI("cpu")
+    return SklearnCPU()
+
+
+def executed_on(estimator) -> tuple[str, str]:
+    """(backend, device) a fitted estimator (or a Pipeline's final step) actually ran on, read from the
+    fitted object: a cuml.accel proxy knows whether it fitted on the GPU, array-API estimators hold their
+    fitted arrays where they computed them, anything else is scikit-learn on numpy."""
+    est = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    if hasattr(type(est), "_gpu_class"):  # a cuml.accel proxy: `_gpu` is set only after a GPU fit
+        return ("cuml", "cuda") if vars(est).get("_gpu") is not None else (f"{CPU} (cuml.accel fallback)", "cpu")
+    for name, value in vars(est).items():
+        if not name.endswith("_") or name.startswith("_"):
+            continue
+        kind = type(value).__module__.split(".")[0]
+        if kind == "torch":
+            return f"sklearn-array-api-{value.device.type}", str(value.device)
+        if kind == "cupy":
+            return "sklearn-array-api-cuda", f"cuda:{value.device.id}"
+    return CPU, "cpu"
+
+
+def _need_scipy_array_api():
+    if os.environ.get("SCIPY_ARRAY_API") != "1":
+        if "scipy" in sys.modules:
+            raise PipelineError("array-API dispatch needs SCIPY_ARRAY_API=1 set before scipy is imported; "
+                                "export SCIPY_ARRAY_API=1 and run again")
+        os.environ["SCIPY_ARRAY_API"] = "1"

@@ -1,0 +1,342 @@
+"""Engines: how a forward pass runs, chosen once from (device, precision, engine name).
+
+Each engine maps an iterator of uint8 NCHW batches to float32 feature arrays, in order, preprocessing on its
+own device (`Preprocess`: resize/normalise batched, never per-image PIL). Knows nothing of which model.
+
+- `torch`: CPU or CUDA; fp32 is the exact reference path; bf16/fp16 via autocast, channels_last,
+  optional torch.compile; on CUDA, pinned uploads and one batch in flight while the previous is copied back.
+- `openvino`: CPU only; the model converted once, run asynchronously (infer requests overlap preprocessing
+  of the next batch). Fastest on this kind of CPU (AMX / AVX-512-bf16) in bf16.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from pipeline.embed.backbones import Backbone, Normalized
+from pipeline.embed.request import ENGINES, IMAGE_SIZE, PRECISIONS
+from pipeline.errors import PipelineError
+from pipeline.hardware import auto_precision, cpu_name, device_name, resolve_device
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+REQUEST_IMAGES = 32
+REQUEST_TIMEOUT_S = 600.0  # one OpenVINO request of 32 images takes well under a second; this means "hung"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """What `--precision` means here: auto is bf16 where the hardware has it (docs/decisions.md#bf16-features),
+    fp16 on a GPU without bf16, else fp32."""
+    if precision not in PRECISIONS:
+        raise PipelineError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return auto_precision(device, half=True) if precision == "auto" else precision
+
+
+def _openvino_available() -> bool:
+    try:
+        _import_openvino()
+    except ImportError:
+        return False
+    return True
+
+
+def _import_openvino():
+    """`import openvino`, its usage telemetry declined (its import sends an event unless told otherwise)."""
+    with _no_telemetry():
+        import openvino
+
+    return openvino
+
+
+def make_engine(backbone: Backbone, device: str = "auto", precision: str = "auto", engine: str = "auto",
+                compile: bool = False, channels: int = 3) -> TorchEngine | OpenVINOEngine:
+    """Pick device, precision and engine once; return an engine ready to `map` batches (of `channels`)."""
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if engine not in ENGINES:
+        raise PipelineError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        # CPU: OpenVINO, in bf16 where the CPU has it and in f32 elsewhere (7.8x torch's fp32 for Lite0 on an
+        # AVX2-only EPYC, cosine to torch's features >= 0.9999998; docs/decisions.md#openvino-auto). An explicit
+        # --precision fp32 asks for the exact reference: torch.
+        engine = "openvino" if dev.type == "cpu" and _openvino_available() and (
+            precision == "auto" or prec != "fp32") else "torch"
+    if engine == "openvino":
+        if dev.type != "cpu":
+            raise PipelineError("--engine openvino runs on the CPU only; use --engine torch with --device cuda")
+        if not _openvino_available():
+            raise PipelineError("--engine openvino needs `pip install openvino` (or pipeline's extra: "
+                                "`pip install 'pipeline[openvino]'`)")
+        return OpenVINOEngine(backbone, prec, channels)
+    return TorchEngine(backbone, dev, prec, compile=compile)
+
+
+class TorchEngine:
+    name = "torch"
+
+    def __init__(self, backbone: Backbone, device: torch.device, precision: str, compile: bool = False):
+        self.device, self.precision, self.compiled = device, precision, compile
+        if device.type == "cpu" and precision == "fp16":
+            warnings.warn("fp16 on the CPU is slow and inexact; bf16 or fp32 are better there", stacklevel=2)
+        self.preprocess = backbone.preprocess().to(device)
+        self.image_size = backbone.image_size
+        self.channels_last = precision != "fp32" or device.type == "cuda"
+        model = backbone.model.to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model = torch.compile(model) if compile else model
+
+    def default_batch_size(self) -> int:
+        """64 on the CPU (measured: larger gains nothing there); on CUDA, by the device's memory."""
+        if self.device.type != "cuda":
+            return 64
+        free, _ = torch.cuda.mem_get_info(self.device)  # what is free now, not what the card has
+        gib = free / 2**30 * (IMAGE_SIZE / self.image_size) ** 2  # activations grow with the image's area
+        return 512 if gib >= 40 else 256 if gib >= 16 else 128 if gib >= 6 else 32
+
+    def describe(self) -> dict:
+        return {"engine": "torch", "precision": self.precision, "channels_last": self.channels_last,
+                "compile": self.compiled, "device": self.device.type, "device_name": device_name(self.device)}
+
+    @torch.inference_mode()
+    def _forward(self, batch) -> torch.Tensor:
+        x = _to_tensor(batch, self.device, self.preprocess)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision == "fp32":
+            return self.model(x).float()
+        with torch.autocast(self.device.type, dtype=_DTYPES[self.precision]):
+            return self.model(x).float()
+
+    def map(self, batches: Iterable) -> Iterator[np.ndarray]:
+        if self.device.type == "cpu":
+            for b in batches:
+                yield self._forward(b).numpy()
+            return
+        # CUDA: copy results back asynchronously and keep the next batch queued behind it.
+        pending: deque = deque()
+        for b in batches:
+            out = self._forward(b)
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record()
+            pending.append((host, ev))
+            if len(pending) > 1:
+                h, e = pending.popleft()
+                e.synchronize()
+                yield h.numpy()
+        while pending:
+            h, e = pending.popleft()
+            e.synchronize()
+            yield h.numpy()
+
+
+class OpenVINOEngine:
+    """Torch resizes each batch exactly (float32, the image's own channels); the OpenVINO graph does the
+    rest (channels -> 3, normalise, model): measured fastest here, with features identical to feeding it
+    fully preprocessed float input (docs/decisions.md#openvino-split)."""
+
+    name = "openvino"
+
+    def __init__(self, backbone: Backbone, precision: str, channels: int = 3):
+        ov = _import_openvino()
+        self._ov, self.precision, self.device = ov, precision, torch.device("cpu")
+        self.preprocess = backbone.preprocess()
+        self.graph = Normalized(self.preprocess, backbone.model).eval()
+        self.size = backbone.image_size
+        self._compiled: dict[int, object] = {}
+        self.nreq = 1
+        self._compile(channels)
+
+    def _compile(self, channels: int):
+        if channels not in self._compiled:
+            s = self.size
+            with warnings.catch_warnings(), _no_telemetry():
+                warnings.simplefilter("ignore")
+                model = self._ov.convert_model(self.graph, example_input=torch.zeros(1, channels, s, s),
+                                               input=[(-1, channels, s, s)])
+            hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[self.precision]
+            compiled = self._ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                                     "PERFORMANCE_HINT": "THROUGHPUT"})
+            self.nreq = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            # what OpenVINO runs, not what was asked: a bf16 hint on a CPU without bf16 runs f32
+            ran = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
+                compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+            self.precision = ran or self.precision
+            self._compiled[channels] = compiled
+        return self._compiled[channels]
+
+    def default_batch_size(self) -> int:
+        return 64
+
+    def describe(self) -> dict:
+        import openvino
+
+        return {"engine": "openvino", "precision": self.precision, "infer_requests": self.nreq,
+                "request_images": REQUEST_IMAGES, "device": "cpu", "device_name": cpu_name(),
+                "openvino": openvino.__version__,
+                "split": "resize in torch (float32); channels->3, normalise and model in OpenVINO"}
+
+    def map(self, batches: Iterable) -> Iterator[np.ndarray]:
+        """Each batch goes out as requests of at most REQUEST_IMAGES images (a request larger than that gains
+        no speed here and costs ~13 MB of activations per image, measured), run by `nreq` Python threads that
+        each own one infer request per graph: `infer` releases the GIL while OpenVINO computes, so they run in
+        parallel, one per stream. No Python callback ever runs on OpenVINO's own threads: with AsyncInferQueue
+        callbacks, freeing a compiled model while a callback waited for the GIL deadlocked (seen in
+        `pipeline evaluate`, which builds one engine after another). Results come back in order; at most
+        2 x nreq requests are in flight; every wait is bounded by REQUEST_TIMEOUT_S."""
+        workers = _Workers(self.nreq, self._new_request)
+        pending: deque = deque()  # (batch's futures), oldest first
+        try:
+            for b in batches:
+                with torch.inference_mode():
+                    x = _to_tensor(b, self.device, self.preprocess.resize).numpy()
+                compiled = self._compile(x.shape[1])
+                parts = np.array_split(x, max(1, -(-len(x) // REQUEST_IMAGES)))
+                pending.append([workers.submit(compiled, part) for part in parts])
+                while sum(map(len, pending)) > 2 * self.nreq:
+                    yield _gather(pending.popleft())
+            while pending:
+                yield _gather(pending.popleft())
+        except _Hung:
+            workers.hung = True  # abandon the stuck request's thread (a daemon): never wait for it
+            raise
+        finally:
+            workers.stop()
+
+    def _new_request(self, compiled):
+        return compiled.create_infer_request()
+
+
+class _Workers:
+    """Daemon threads running OpenVINO requests synchronously: a hung request can be abandoned (it never
+    blocks the interpreter's exit, as a ThreadPoolExecutor's join would)."""
+
+    def __init__(self, n: int, new_request):
+        self.jobs: queue.Queue = queue.Queue()
+        self.new_request, self.hung = new_request, False
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def submit(self, compiled, part: np.ndarray):
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        self.jobs.put((fut, compiled, part))
+        return fut
+
+    def _loop(self):
+        requests: dict[int, object] = {}  # this thread's request per compiled graph
+        while (job := self.jobs.get()) is not None:
+            fut, compiled, part = job
+            try:
+                req = requests.get(id(compiled))
+                if req is None:
+                    req = requests[id(compiled)] = self.new_request(compiled)
+                req.infer({0: part}, share_inputs=True)
+                fut.set_result(req.get_output_tensor(0).data.copy())
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                fut.set_exception(e)
+
+    def stop(self):
+        """Let the threads finish and free their requests here, not at interpreter exit (where OpenVINO's
+        threads may already be gone: std::terminate)."""
+        for _ in self.threads:
+            self.jobs.put(None)
+        if not self.hung:
+            for t in self.threads:
+                t.join(REQUEST_TIMEOUT_S)
+
+
+def _gather(futures) -> np.ndarray:
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    try:
+        return np.concatenate([f.result(timeout=REQUEST_TIMEOUT_S) for f in futures])
+    except FutureTimeout:
+        raise _hung() from None
+
+
+@contextlib.contextmanager
+def _no_telemetry():
+    """OpenVINO's import and model conversion send usage telemetry over the network unless told otherwise
+    (from a forked process, which also upsets numba's TBB pool after a UMAP map in the same process). It
+    declines in CI jobs: both run as one here, the variable restored after."""
+    old = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = old
+
+
+class _Hung(PipelineError):
+    pass
+
+
+def _hung() -> PipelineError:
+    return _Hung(f"the OpenVINO engine did not finish a request within {REQUEST_TIMEOUT_S:.0f} s (hung); "
+                         f"run the same command again to resume, or use --engine torch (which starts the "
+                         f"extraction over: the engine is part of the store's settings)")
+
+
+def _to_tensor(batch, device: torch.device, preprocess) -> torch.Tensor:
+    """uint8 batch (array, or list of differently sized images) -> preprocessed float on `device`."""
+    if isinstance(batch, list):
+        xs = [_to_tensor(b[None], device, preprocess) for b in batch]
+        if len({x.shape[1] for x in xs}) > 1:  # grayscale and colour mixed (image folders)
+            xs = [x.expand(-1, 3, -1, -1) for x in xs]
+        return torch.cat(xs)
+    x = torch.from_numpy(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    return preprocess(x)
+
+
+def prefetch(it: Iterable, depth: int = 2) -> Iterator:
+    """Produce items in a background thread (decoding, pinning) while the consumer computes."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

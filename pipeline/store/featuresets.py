@@ -1,0 +1,185 @@
+"""Feature sets: what the classifiers and maps compare. `raw` (pixels / 255, from the dataset) or a feature
+store (embeddings), loaded as a `FeatureSet` with the recipe that made it, so the same features can be made
+again for new images (`pipeline predict`, `pipeline evaluate`).
+
+Raw pixels of an array dataset are its images as they are (Fashion-MNIST: 28 x 28 grayscale); of an image
+folder, every image resized to a fixed small square (`raw_size`, default 32; grayscale when every image is,
+else RGB), flattened, 0..1.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import DATASET, TEST_FRACTION, dataset_slug, load_dataset
+from pipeline.data.images import from_pil, show_path, to_pil
+from pipeline.errors import PipelineError
+from pipeline.store.format import FEATURES_ROOT, load_features, store_path
+
+ALIASES = {"resnet": "resnet18"}
+RAW_SIZE = 32  # a folder's raw pixels: images resized to this square
+RAW_RESIZE = "PIL bilinear (antialiased), aspect ratio not kept (no crop), as the backbones see images"
+
+
+def labels_sha256(y_train, y_test) -> str:
+    """What ties records to their data: results made from other labels are never mixed in one table."""
+    h = hashlib.sha256()
+    for y in (y_train, y_test):
+        h.update(np.asarray(y, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class FeatureSet:
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    dataset: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def labels_sha256(self) -> str:
+        return labels_sha256(self.y_train, self.y_test)
+
+    @property
+    def fingerprint(self) -> str:
+        """What results and maps were computed from: the store's config (or the raw dataset's content), the
+        rows and the labels. Equal fingerprints mean a cached output can be reused."""
+        src = self.meta.get("config_hash") or self.meta.get("dataset", {}).get("content_sha256")
+        key = [self.name, src, len(self.y_train), len(self.y_test), self.labels_sha256]
+        raw = self.meta.get("raw", {})
+        if raw.get("resize"):  # a folder's raw pixels depend on the size they were resized to
+            key.append([raw["size"], raw["channels"]])
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+    @property
+    def recipe(self) -> dict:
+        """How to make these features again from an image: raw pixels' size and channels, or the backbone,
+        weights, layer, image size and preprocessing of the store (from its meta)."""
+        if self.name == "raw":
+            return {"kind": "raw", **self.meta["raw"]}
+        m = self.meta
+        return {"kind": "embeddings", "store": m.get("path"), "config_hash": m.get("config_hash"),
+                "backbone": m["backbone"]["name"], "weights": m["backbone"].get("weights", {}),
+                "layer": m["backbone"].get("layer"), "image_size": m.get("image_size"),
+                "preprocessing": m.get("preprocessing"), "engine": m.get("engine", {}).get("engine"),
+                "precision": m.get("precision"), "device": m.get("device", {}).get("type"),
+                "feature_dim": m["backbone"].get("feature_dim")}
+
+
+def raw_pixels(images, size: int | None, channels: int) -> np.ndarray:
+    """uint8 images ((N, C, H, W) array, or a list of (C, H, W) of varied sizes) -> (N, channels*size*size)
+    float32 in 0..1: converted to `channels` (PIL's ITU-R 601 luma for grayscale) and resized to `size`
+    (None: as they are, which must then be one size)."""
+    from PIL import Image
+
+    rows = []
+    for img in images:
+        c, h, w = img.shape
+        if (c == channels and (size is None or (h, w) == (size, size))):
+            rows.append(np.asarray(img, dtype=np.uint8).reshape(-1))
+            continue
+        im = to_pil(img).convert("L" if channels == 1 else "RGB")
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
+        rows.append(from_pil(im).reshape(-1))
+    if not rows:
+        return np.empty((0, channels * (size or 0) ** 2), np.float32)
+    return np.stack(rows).astype(np.float32) / 255
+
+
+def _raw_folder(ds, raw_size: int, progress: bool | None = None) -> tuple[dict, dict]:
+    """A folder's raw pixels: every image decoded once, resized at its own channels, then grayscale kept
+    only when every image is grayscale."""
+    from tqdm.auto import tqdm
+
+    total = sum(len(s) for s in ds.splits.values())
+    small = {}
+    with tqdm(total=total, unit="img", desc=f"raw pixels {raw_size}px", file=sys.stderr, dynamic_ncols=True,
+              disable=(not progress) if progress is not None else None) as bar:
+        for name, split in ds.splits.items():
+            small[name] = []
+            for a in range(0, len(split), 256):
+                for img in split.batch(a, min(a + 256, len(split))):
+                    small[name].append(raw_pixels([img], raw_size, img.shape[0]).reshape(img.shape[0], -1))
+                    bar.update(1)
+    channels = 1 if all(x.shape[0] == 1 for xs in small.values() for x in xs) else 3
+    spec = {"size": raw_size, "channels": channels, "resize": RAW_RESIZE, "scale": "x / 255, flattened (C, H, W)"}
+    parts = {n: np.stack([np.repeat(x, channels // x.shape[0], axis=0).reshape(-1) for x in xs])
+             if xs else np.empty((0, channels * raw_size * raw_size), np.float32) for n, xs in small.items()}
+    return parts, spec
+
+
+def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: int | None = None,
+                     features_root: Path = FEATURES_ROOT, raw_size: int = RAW_SIZE,
+                     test_fraction: float | None = TEST_FRACTION) -> FeatureSet:
+    """'raw' (pixels / 255 from the dataset), a backbone name (its store under features/), or a store path."""
+    if spec == "raw":
+        ds = load_dataset(dataset, data_dir, limit, test_fraction=test_fraction if dataset == "folder" else None)
+        for s in ("train", "test"):
+            if s not in ds.splits:
+                raise PipelineError(f"--features raw needs a dataset with train and test images; {ds.source} "
+                                    f"has {', '.join(ds.splits)} only")
+        if all(split.images is not None for split in ds.splits.values()):
+            c, h, w = ds.splits["train"].images.shape[1:]
+            parts = {s: ds.splits[s].images.reshape(len(ds.splits[s]), -1).astype(np.float32) / 255
+                     for s in ("train", "test")}
+            raw = {"size": int(h) if h == w else None, "channels": int(c), "resize": None,
+                   "scale": "x / 255, flattened (C, H, W)", "image_shape": [int(c), int(h), int(w)]}
+        else:
+            if raw_size < 1:
+                raise PipelineError(f"--raw-size must be a positive number of pixels, not {raw_size}")
+            parts, raw = _raw_folder(ds, raw_size)
+        return FeatureSet("raw", parts["train"], ds.splits["train"].labels, parts["test"], ds.splits["test"].labels,
+                          ds.classes, dataset, {"dataset": ds.describe(), "raw": raw})
+    path = Path(spec)
+    name = ALIASES.get(spec, spec)
+    if not path.exists():
+        path = store_path(dataset_slug(dataset, data_dir), name, root=features_root)
+        if not path.exists():
+            where = f" --data-dir {data_dir}" if dataset == "folder" and data_dir else ""
+            raise PipelineError(f"no feature store for {spec!r} at {path}; run `pipeline extract --dataset "
+                                f"{dataset}{where} --backbone {name}` first, or pass a store path")
+    f = load_features(path)
+    made_from = f.meta.get("dataset", {}).get("name")
+    if made_from != dataset:
+        raise PipelineError(f"{path} holds {made_from} features, not {dataset}; pass --dataset {made_from} "
+                            f"or another store")
+    source = f.meta.get("dataset", {}).get("source")
+    if dataset == "folder" and data_dir is not None and source is not None \
+            and os.path.abspath(source) != os.path.abspath(Path(data_dir).expanduser()):
+        raise PipelineError(f"{path} holds features of the folder {show_path(Path(source))}, not of "
+                            f"{show_path(Path(data_dir))}; extract this folder into its own store (--out) and pass its "
+                            f"path")
+    sl = slice(None, limit)
+    fs = FeatureSet(f.meta.get("backbone", {}).get("name", path.name), np.asarray(f.X_train[sl]),
+                    np.asarray(f.y_train[sl]), np.asarray(f.X_test[sl]), np.asarray(f.y_test[sl]),
+                    f.meta["dataset"]["classes"], dataset, {**f.meta, "path": str(path)})
+    for split, X in (("X_train", fs.X_train), ("X_test", fs.X_test)):
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            raise PipelineError(f"{path}/{split}.npy has non-finite values (row {int(np.argmax(bad))} and "
+                                f"{int(bad.sum()) - 1} more); re-extract it, e.g. with --precision fp32")
+    return fs
+
+
+def check_comparable(sets: list[FeatureSet]) -> None:
+    """Feature sets compared in one table must describe the same images: same dataset, rows and labels."""
+    ref = sets[0]
+    for fs in sets[1:]:
+        if (fs.dataset, len(fs.y_train), len(fs.y_test)) != (ref.dataset, len(ref.y_train), len(ref.y_test)) \
+                or fs.labels_sha256 != ref.labels_sha256:
+            raise PipelineError(
+                f"{fs.name} ({fs.dataset}, {len(fs.y_train):,}/{len(fs.y_test):,} rows) does not match "
+                f"{ref.name} ({ref.dataset}, {len(ref.y_train):,}/{len(ref.y_test):,} rows) or its labels "
+                f"differ: they were made from different data; re-extract with the same --dataset, --data-dir, "
+                f"--limit and --test-fraction")

@@ -1,0 +1,92 @@
+"""Plain helpers the tests share: small data they make (IDX files, class-dependent images, stores, blobs), the
+CLI driven through click's runner, the one-line-error check, and one set of fast extraction settings."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import FASHION_MNIST_CLASSES, write_idx
+
+N_TRAIN, N_TEST = 48, 24
+
+# the fast CPU path of extraction, GPU or not: random weights, small images, exact fp32, small batches
+FAST = dict(weights="none", image_size=48, precision="fp32", device="cpu", batch_size=8)
+FAST_ARGS = ["--device", "cpu", "--weights", "none", "--image-size", 48, "--precision", "fp32", "--batch-size", 8]
+
+
+def extract(dataset, backbone: str = "resnet18", progress: bool = False, log=None, **fields):
+    """`pipeline.embed.extract.extract` with the request built from keywords (FAST's defaults where not
+    given); `dataset` is a name, or a Dataset already read (passed on as the one to embed)."""
+    from pipeline.embed.extract import extract as run
+    from pipeline.embed.request import ExtractRequest
+
+    ds = None if isinstance(dataset, str) else dataset
+    req = ExtractRequest(dataset=dataset if ds is None else ds.name, backbone=backbone, **{**FAST, **fields})
+    return run(req, dataset=ds, progress=progress, **({"log": log} if log else {}))
+
+
+def class_images(labels: np.ndarray, size=28, channels=None, seed=0) -> np.ndarray:
+    """Images whose content depends on the label (a bright band at a class-specific row) plus noise."""
+    rng = np.random.default_rng(seed)
+    shape = (len(labels), size, size) + ((channels,) if channels else ())
+    x = rng.integers(0, 60, size=shape, dtype=np.uint8)
+    for i, c in enumerate(labels):
+        r = 2 + (int(c) * (size - 6)) // 10
+        x[i, r:r + 3] = 220
+    return x
+
+
+def make_idx_dir(root: Path, n_train=N_TRAIN, n_test=N_TEST, gz=True, seed=0) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ext = ".gz" if gz else ""
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte{ext}", class_images(y, seed=seed + n))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte{ext}", y)
+    return root
+
+
+def run_cli(runner, *args):
+    from pipeline.cli import main
+
+    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    err = result.stderr.strip()
+    assert err.startswith("error: "), err
+    assert "\n" not in err, f"not one line: {err!r}"
+    assert "Traceback" not in result.output
+    for frag in fragments:
+        assert frag in err, (frag, err)
+
+
+def write_store(path: Path, X_train, y_train, X_test, y_test, dataset="fashion-mnist", backbone="toynet",
+                classes=None) -> Path:
+    """A finished store written directly (the format features/README.md documents)."""
+    path.mkdir(parents=True)
+    for name, a in (("X_train", X_train), ("y_train", y_train), ("X_test", X_test), ("y_test", y_test)):
+        np.save(path / f"{name}.npy", a)
+    meta = {"rows": {"train": len(y_train), "test": len(y_test)}, "backbone": {"name": backbone},
+            "dataset": {"name": dataset, "classes": classes or FASHION_MNIST_CLASSES}}
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def blobs(n, dim=16, classes=10, seed=0, spread=1.0):
+    """Class-separable Gaussian blobs (float32 features, int64 labels)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(0, 3, (classes, dim))
+    y = np.arange(n) % classes
+    return (centres[y] + rng.normal(0, spread, (n, dim))).astype(np.float32), y.astype(np.int64)
+
+
+def fits_on_cluster(cluster) -> int:
+    """How many grid-search fits a (local) Dask cluster's scheduler has run to completion: its tasks are named
+    after the search's per-fit function (`_scored`), batched by joblib's Dask backend."""
+    return sum(p.state_counts.get("memory", 0) for name, p in cluster.scheduler.task_prefixes.items()
+               if "_scored" in name)

@@ -1,0 +1,195 @@
+"""One contract over every classifier x preset x backend that can run here.
+
+Each record must come from fits that all worked (a grid invalid for the formulation a backend runs fails
+here), have finite scores, and name the backend that *actually* fitted it: checked on the fitted estimator
+itself (torch tensors in its fitted attributes, a cuml.accel proxy with a GPU model), never on a label.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_one_line_error, blobs, run_cli, write_store
+
+from pipeline.classical.backends import executed_on, make_backend
+from pipeline.classical.search import classify
+from pipeline.classical.specs import CLASSIFIERS, PRESETS
+from pipeline.errors import PipelineError
+from pipeline.hardware import resolve_device
+from pipeline.store.featuresets import FeatureSet
+
+
+def _has_cuml() -> bool:
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("cuml") is not None
+
+
+BACKENDS = [
+    pytest.param("sklearn-cpu", id="sklearn-cpu"),
+    pytest.param("array-api-cpu", id="array-api-torch-cpu"),
+    pytest.param("array-api-cuda", id="array-api-torch-cuda", marks=[
+        pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]),
+]
+
+
+def _backend(name: str):
+    return {"sklearn-cpu": lambda: make_backend("cpu"),
+            "array-api-cpu": lambda: make_backend("cpu", array_api=True),
+            "array-api-cuda": lambda: make_backend("cuda", cuml=False)}[name]()
+
+
+def tiny_set(n_train=300, n_test=100, dim=16) -> FeatureSet:
+    from pipeline.data import FASHION_MNIST_CLASSES
+
+    X, y = blobs(n_train, dim=dim, spread=1.5)
+    Xt, yt = blobs(n_test, dim=dim, seed=1, spread=1.5)
+    return FeatureSet("toy", X, y, Xt, yt, FASHION_MNIST_CLASSES, "fashion-mnist", {"config_hash": "toy"})
+
+
+def _fitted_arrays(model) -> list:
+    final = model.steps[-1][1]
+    return [v for k, v in vars(final).items() if k.endswith("_") and not k.startswith("_")]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_every_classifier_and_preset_on_every_backend(backend_name, preset):
+    backend = _backend(backend_name)
+    fs = tiny_set()
+    models, logs = {}, []
+    recs = classify([fs], list(CLASSIFIERS), preset, 3, backend=backend, n_jobs=2, progress=False,
+                    models=models, log=logs.append)
+    assert [r["classifier"] for r in recs] == list(CLASSIFIERS)
+    for r in recs:
+        c = r["classifier"]
+        assert r["failed_fits"] == 0, (c, preset, r["fit_errors"])
+        assert np.isfinite([r["cv_mean"], r["cv_std"], r["test_accuracy"], r["macro_f1"]]).all(), r
+        assert r["test_accuracy"] > 0.5, r  # the blobs are separable: chance is 0.1
+        arrays = _fitted_arrays(models[(fs.name, c)])
+        on_torch = [a for a in arrays if isinstance(a, torch.Tensor)]
+        # which formulation ran is read off the fitted object ...
+        assert bool(on_torch) == CLASSIFIERS[c].native(backend), (c, backend.name)
+        # ... and the record says exactly that
+        if on_torch:
+            assert r["backend"] == f"sklearn-array-api-{on_torch[0].device.type}", r["backend"]
+            assert r["device"] == str(on_torch[0].device)
+        else:
+            assert r["backend"] == "sklearn-cpu" and r["device"] == "cpu", (c, r["backend"])
+    if backend.array_api:
+        assert {r["classifier"] for r in recs if r["backend"] != "sklearn-cpu"} == {"lda", "logreg"}
+
+
+def test_failed_fits_are_counted_and_all_failing_is_one_line(tmp_path):
+    """A fit that raises (here: an invalid C, on the array-API formulation) is scored NaN and counted; the
+    search goes on; only every candidate failing is an error."""
+    fs = tiny_set()
+    backend = make_backend("cpu", array_api=True)
+    logs = []
+    rec, = classify([fs], ["logreg"], {"logreg": {"clf__C": [-1.0, 1.0]}}, 3, backend=backend, progress=False,
+                    log=logs.append)
+    assert rec["failed_fits"] == 3 and "InvalidParameterError" in rec["fit_errors"][0]
+    assert rec["best_params"] == {"C": 1.0} and np.isfinite(rec["cv_mean"])
+    assert rec["backend"] == "sklearn-array-api-cpu"
+    assert any("3 of 6 fits failed and were scored NaN" in m for m in logs), logs
+    with pytest.raises(PipelineError, match="logreg failed on every candidate .*InvalidParameterError"):
+        classify([fs], ["logreg"], {"logreg": {"clf__C": [-1.0]}}, 3, backend=backend, progress=False)
+
+
+def test_a_custom_grid_keeps_the_formulation_it_was_written_for():
+    """The bug a CUDA user without cuML hit: shrinkage in an SVD (array-API) LDA raised NotImplementedError.
+    Presets have a grid per formulation; a custom grid (written for scikit-learn's LDA) runs that LDA."""
+    fs = tiny_set()
+    backend = make_backend("cpu", array_api=True)
+    rec, = classify([fs], ["lda"], {"lda": {"clf__shrinkage": ["auto", 0.1]}}, 3, backend=backend,
+                    progress=False)
+    assert rec["failed_fits"] == 0 and rec["backend"] == "sklearn-cpu"
+    rec, = classify([fs], ["lda"], "default", 3, backend=backend, progress=False)
+    assert rec["failed_fits"] == 0 and rec["backend"] == "sklearn-array-api-cpu" and "tol" in rec["best_params"]
+
+
+def test_all_candidates_failing_is_one_line_from_the_cli(tmp_path, runner, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    X, y = blobs(120)
+    store = write_store(tmp_path / "s", X, y, *blobs(40, seed=1))
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps({"linsvc": {"clf__C": [-1.0]}}))
+    r = run_cli(runner, "classify", "--features", store, "--classifiers", "linsvc", "--grid", grid,
+                "--out", tmp_path / "o")
+    assert_one_line_error(r, "linsvc failed on every candidate", "InvalidParameterError")
+    assert not (tmp_path / "o" / "results.json").exists()
+    grid.write_text("[1, 2]")
+    r = run_cli(runner, "classify", "--features", store, "--grid", grid, "--out", tmp_path / "o")
+    assert_one_line_error(r, "expected a JSON object", "not a list")
+
+
+def test_one_device_parser():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "cuda:x", "tpu:0"):
+        with pytest.raises(PipelineError, match="use auto, cpu, cuda or cuda:N"):
+            make_backend(bad)
+    if not torch.cuda.is_available():
+        for dev in ("cuda", "cuda:1"):  # the same answer from classify's and extract's parser
+            with pytest.raises(PipelineError, match="no CUDA device is visible"):
+                make_backend(dev)
+            from pipeline.embed.engines import resolve_device as engines_parser
+            with pytest.raises(PipelineError, match="no CUDA device is visible"):
+                engines_parser(dev)
+
+
+def test_executed_on_reads_the_fitted_object():
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = blobs(60)
+    assert executed_on(LogisticRegression().fit(X, y)) == ("sklearn-cpu", "cpu")
+
+    class Proxy:  # what cuml.accel makes of an estimator: `_gpu` holds the GPU model after a GPU fit
+        _gpu_class = object
+
+        def __init__(self, gpu):
+            self._gpu = gpu
+
+    assert executed_on(Proxy(object())) == ("cuml", "cuda")
+    assert executed_on(Proxy(None)) == ("sklearn-cpu (cuml.accel fallback)", "cpu")
+
+
+CUML_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, "tests")
+from pipeline.classical.backends import make_backend
+backend = make_backend("cuda")  # installs cuml.accel before scikit-learn is imported
+from sklearn.linear_model import LogisticRegression
+assert hasattr(LogisticRegression, "_gpu_class"), "cuml.accel is not active"
+from pipeline.classical.search import classify
+from pipeline.classical.specs import CLASSIFIERS
+from test_backends import tiny_set
+fs = tiny_set()
+models = {}
+recs = classify([fs], list(CLASSIFIERS), "quick", 3, backend=backend, progress=False, models=models)
+out = {}
+for r in recs:
+    final = models[(fs.name, r["classifier"])].steps[-1][1]
+    gpu = vars(final).get("_gpu") is not None if hasattr(type(final), "_gpu_class") else None
+    out[r["classifier"]] = [r["backend"], gpu, r["failed_fits"], r["test_accuracy"]]
+print(json.dumps({"backend": backend.name, "records": out}))
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuml(), reason="needs cuML and a CUDA device")
+def test_cuml_accel_is_turned_on_and_labels_come_from_the_estimator():
+    """In a fresh process, as the CLI runs: cuml.accel hooks scikit-learn, and each record says whether
+    its estimator fitted on the GPU (cuML) or fell back / was never covered (LDA, QDA)."""
+    res = subprocess.run([sys.executable, "-c", CUML_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["backend"] == "cuml"
+    for c, (label, gpu, failed, acc) in got["records"].items():
+        assert failed == 0 and acc > 0.5, (c, label)
+        assert label == ("cuml" if gpu else "sklearn-cpu (cuml.accel fallback)" if gpu is False else "sklearn-cpu")
+    assert got["records"]["logreg"][0] == "cuml"

@@ -1,0 +1,74 @@
+"""DenseLinearSVC: scikit-learn's estimator conventions, and LinearSVC(dual=False)'s optimum."""
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.svm import LinearSVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from pipeline.classical.solvers import DenseLinearSVC
+
+
+@parametrize_with_checks([DenseLinearSVC()])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def _objective(coef, intercept, X, y, classes, C):
+    W, b = np.asarray(coef, np.float64), np.asarray(intercept, np.float64)
+    positive = classes[None] if len(classes) > 2 else classes[None, 1:]  # two classes: one problem
+    Y = np.where(y[:, None] == positive, 1.0, -1.0)
+    z = X @ W.T + b
+    return 0.5 * ((W ** 2).sum() + (b ** 2).sum()) + C * (np.maximum(0, 1 - Y * z) ** 2).sum()
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_same_optimum_as_liblinear(n_classes):
+    """The same model LinearSVC(dual=False) fits: its weights, intercepts and predictions, at an objective
+    no higher than liblinear's, for one-vs-rest and for the single problem of two classes."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(800, 30, n_informative=10, n_classes=n_classes, n_clusters_per_class=1,
+                               random_state=0)
+    labels = np.array(["boot", "coat", "dress", "shirt"])[y]  # any labels, as LinearSVC takes them
+    X = ((X - X.mean(0)) / X.std(0)).astype(np.float32)
+    ref = LinearSVC(C=0.05, dual=False, tol=1e-8, max_iter=10000).fit(X, labels)
+    ours = DenseLinearSVC(C=0.05, tol=1e-6).fit(X, labels)
+    assert ours.coef_.shape == ref.coef_.shape == ((1 if n_classes == 2 else n_classes), 30)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=2e-3)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, atol=2e-3)
+    assert list(ours.classes_) == list(ref.classes_)
+    assert (ours.predict(X) == ref.predict(X)).mean() >= 0.995
+    f_ours, f_ref = (_objective(m.coef_, m.intercept_, X.astype(np.float64), labels, m.classes_, 0.05)
+                     for m in (ours, ref))
+    assert f_ours <= f_ref * (1 + 1e-5)
+
+
+def test_tolerance_and_max_iter():
+    """A looser tol stops sooner at a higher objective; too few iterations warn, as scikit-learn's solvers do."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 20)).astype(np.float32)
+    y = (X[:, :3].sum(1) + 0.5 * rng.normal(size=500) > 0).astype(int) + (X[:, 3] > 1)
+    loose, tight = DenseLinearSVC(C=1.0, tol=1e-2).fit(X, y), DenseLinearSVC(C=1.0, tol=1e-6).fit(X, y)
+    assert loose.n_iter_ < tight.n_iter_
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        DenseLinearSVC(C=1.0, tol=1e-8, max_iter=2).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        DenseLinearSVC(C=1.0, tol=1e-3).fit(X, y)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_rbf_svc_predict_is_libsvms_vote(n_classes):
+    """The same predictions as SVC.predict (libsvm's one-vs-one vote), for any class labels and chunking."""
+    from sklearn.datasets import make_classification
+    from sklearn.svm import SVC
+
+    from pipeline.classical.solvers import rbf_svc_predict
+
+    X, y = make_classification(400, 20, n_informative=10, n_classes=n_classes, random_state=n_classes)
+    names = np.array(["shirt", "bag", "coat", "boot", "dress"])[y]  # not in sorted order
+    for C, gamma in ((0.1, "scale"), (10.0, "scale"), (1.0, 0.3)):
+        svc = SVC(C=C, gamma=gamma).fit(X[:300], names[:300])
+        assert np.array_equal(rbf_svc_predict(svc, X[300:], chunk=7), svc.predict(X[300:])), (C, gamma)

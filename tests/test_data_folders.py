@@ -1,0 +1,396 @@
+"""A user's own images end to end: a folder study, saved models, `pipeline predict`, and the in-the-wild test
+(`pipeline evaluate`, `--match-domain`). The images are drawn here: shapes of random colour, size and place."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from helpers import assert_one_line_error, make_idx_dir, run_cli
+from PIL import Image, ImageDraw
+
+from pipeline.data import load_dataset
+from pipeline.errors import PipelineError
+
+SHAPES = ("circle", "square", "triangle")
+FORMATS = ("jpg", "png", "webp", "bmp")
+
+
+def draw(shape: str, rng, size=None, dark_on_light=False) -> Image.Image:
+    w, h = size or (int(rng.integers(40, 110)), int(rng.integers(40, 110)))
+    bg = tuple(int(v) for v in (rng.integers(200, 255, 3) if dark_on_light else rng.integers(0, 60, 3)))
+    fg = tuple(int(v) for v in (rng.integers(0, 90, 3) if dark_on_light else rng.integers(150, 255, 3)))
+    im = Image.new("RGB", (w, h), bg)
+    d = ImageDraw.Draw(im)
+    r = min(w, h) * rng.uniform(0.25, 0.4)
+    cx, cy = w / 2 + rng.uniform(-0.1, 0.1) * w, h / 2 + rng.uniform(-0.1, 0.1) * h
+    if shape == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
+    elif shape == "square":
+        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fg)
+    else:
+        d.polygon([(cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)],
+                  fill=fg)
+    return im
+
+
+def shapes_folder(root, n_per_class: int, seed=0, names=None, **kw):
+    """root/<shape>/<i>.<fmt>: formats mixed, every third image grayscale."""
+    rng = np.random.default_rng(seed)
+    for shape, name in zip(SHAPES, names or SHAPES):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            im = draw(shape, rng, **kw)
+            im = im.convert("L") if i % 3 == 2 else im
+            im.save(root / name / f"{i:03d}.{FORMATS[i % len(FORMATS)]}")
+    return root
+
+
+def study_args(data, weights) -> list:
+    return ["run", "--dataset", "folder", "--data-dir", data, "--backbone", "resnet18", "--weights", weights,
+            "--image-size", 64, "--raw-size", 16, "--grid", "quick", "--classifiers", "lda,logreg,rf", "--methods",
+            "pca", "--n-jobs", 1]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, resnet18_file):
+    """A folder study (class folders only: split 80/20), random-weight ResNet-18 at 64 px, three classifiers; raw
+    pixels at 16 px (768 values: LDA's solve on the default 32 px's 3,072 takes 20 s of the suite)."""
+    from click.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("study")
+    data = shapes_folder(root / "shapes", 20)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        r = run_cli(CliRunner(), *study_args(data, resnet18_file))
+    finally:
+        os.chdir(cwd)
+    assert r.exit_code == 0, r.output
+    return root, data, root / "reports" / "folder-shapes-64px"
+
+
+def test_folder_study_end_to_end(study):
+    root, data, out = study
+    store = root / "features" / "folder-shapes" / "resnet18-64px"
+    meta = json.loads((store / "meta.json").read_text())
+    assert meta["dataset"]["split"]["test_fraction"] == 0.2 and meta["dataset"]["rows"] == {"train": 48, "test": 12}
+    recs = json.loads((out / "results.json").read_text())
+    assert {(r["feature_set"], r["classifier"]) for r in recs} == {
+        (s, c) for s in ("raw", "resnet18") for c in ("lda", "logreg", "rf")}
+    raw_card = json.loads((out / "models" / "raw_lda.json").read_text())
+    assert raw_card["features"]["size"] == 16 and raw_card["features"]["channels"] == 3  # colour and gray mixed
+    for r in recs:
+        card = json.loads((out / "models" / f"{r['feature_set']}_{r['classifier']}.json").read_text())
+        assert r["model"] == f"models/{r['feature_set']}_{r['classifier']}.skops"
+        assert card["classes"] == list(SHAPES) and card["record"]["test_accuracy"] == r["test_accuracy"]
+        assert card["features_fingerprint"] == r["features_fingerprint"]
+    emb = json.loads((out / "models" / "resnet18_lda.json").read_text())["features"]
+    assert emb["backbone"] == "resnet18" and emb["image_size"] == 64 and emb["weights"]["sha256"]
+    md = (out / "report.md").read_text()
+    assert md.startswith("# pipeline report: do pretrained embeddings beat raw pixels on image folder shapes?")
+    assert "Fashion-MNIST" not in md and "(study)" not in md and "16x16 RGB" in md
+    assert (out / "figures" / "confusion.png").exists()
+
+
+def test_rerun_keeps_saved_models_and_refits_a_missing_one(study, runner, monkeypatch, resnet18_file):
+    from pipeline.models.saved import load_model
+
+    root, data, out = study
+    monkeypatch.chdir(root)
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
+    (out / "models" / "raw_rf.skops").unlink()
+    r = run_cli(runner, *study_args(data, resnet18_file))
+    assert r.exit_code == 0, r.output
+    stages = {s["stage"]: s for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert stages["extract"]["state"] == "skipped" and stages["classify"]["detail"].startswith("1 of 6")
+    now = {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
+    assert {k for k in now if now[k] != kept.get(k)} == {"raw_rf.skops", "raw_rf.json"}
+    est, card = load_model(out / "models" / "raw_rf.skops")
+    assert type(est[-1]).__name__ == "RandomForestClassifier" and card["classifier"] == "rf"
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_equals_the_model_on_the_same_features(study, tmp_path, runner):
+    from helpers import extract
+
+    from pipeline.models.saved import load_model
+    from pipeline.store import load_features
+    from pipeline.store.featuresets import load_feature_set
+
+    root, data, out = study
+    new = shapes_folder(tmp_path / "new", 4, seed=7)
+    model = out / "models" / "resnet18_logreg.skops"
+    r = run_cli(runner, "predict", "--model", model, new, "--out", tmp_path / "p.csv", "--top-k", 2)
+    assert r.exit_code == 0, r.output
+    rows = _rows(tmp_path / "p.csv")
+    assert len(rows) == 12 and list(rows[0]) == ["path", "predicted", "score_kind", "top1", "top1_score", "top2",
+                                                  "top2_score"]
+    assert {x["score_kind"] for x in rows} == {"probability"}
+    # the same images through the store's own path (extract with the store's settings), then the model
+    est, card = load_model(model)
+    ds = load_dataset("folder", new)  # class folders only: a test set
+    meta = json.loads((root / "features" / "folder-shapes" / "resnet18-64px" / "meta.json").read_text())
+    extract(ds, "resnet18", weights=card["features"]["weights"]["file"], image_size=64, out=tmp_path / "s",
+            engine=meta["engine"]["engine"], precision=meta["precision"], progress=False)
+    X = load_features(tmp_path / "s").X_test
+    expected = dict(zip(map(str, ds.splits["test"].files), np.asarray(card["classes"])[est.predict(X)]))
+    assert {x["path"]: x["predicted"] for x in rows} == expected
+    for x in rows:
+        assert float(x["top1_score"]) >= float(x["top2_score"]) and x["top1"] == x["predicted"]
+
+    # a raw-pixel model predicts from raw pixels made as in training: the training images give the same
+    # predictions as the model on the training features
+    raw = out / "models" / "raw_lda.skops"
+    train_files = load_dataset("folder", data, test_fraction=0.2).splits["train"].files
+    r = run_cli(runner, "predict", "--model", raw, *train_files[:9], "--out", tmp_path / "raw.csv")
+    assert r.exit_code == 0, r.output
+    est, card = load_model(raw)
+    fs = load_feature_set("raw", "folder", data, raw_size=16)
+    want = np.asarray(card["classes"])[est.predict(fs.X_train[:9])]
+    assert [x["predicted"] for x in _rows(tmp_path / "raw.csv")] == list(want)
+    assert {x["score_kind"] for x in _rows(tmp_path / "raw.csv")} == {"probability"}
+
+
+def test_predict_refuses_weights_it_cannot_have(study, tmp_path, runner):
+    import shutil
+
+    import torch
+    import torchvision
+
+    root, data, out = study
+    models = tmp_path / "models"
+    shutil.copytree(out / "models", models)
+    card_path = models / "resnet18_lda.json"
+    card = json.loads(card_path.read_text())
+    card["features"]["weights"]["file"] = str(tmp_path / "gone.pth")
+    card_path.write_text(json.dumps(card))
+    img = shapes_folder(tmp_path / "img", 1)
+    r = run_cli(runner, "predict", "--model", models / "resnet18_lda.skops", img, "--out", tmp_path / "p.csv")
+    assert_one_line_error(r, "gone.pth", "--weights PATH")
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), other)
+    r = run_cli(runner, "predict", "--model", models / "resnet18_lda.skops", img, "--weights", other,
+                "--out", tmp_path / "p.csv")
+    assert_one_line_error(r, "are not the ones")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_model_file_with_untrusted_types_is_not_loaded(tmp_path, runner):
+    import os
+
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    from pipeline.models.saved import FORMAT
+
+    path = tmp_path / "evil.skops"
+    sio.dump(FunctionTransformer(os.system), path)
+    path.with_suffix(".json").write_text(json.dumps({"format": FORMAT, "features": {"kind": "raw"}}))
+    img = shapes_folder(tmp_path / "img", 1)
+    r = run_cli(runner, "predict", "--model", path, img)
+    assert_one_line_error(r, "does not trust", "not loaded")
+    r = run_cli(runner, "predict", "--model", tmp_path / "none.skops", img)
+    assert_one_line_error(r, "no such model")
+
+
+def test_evaluate_in_the_wild(study, tmp_path, runner):
+    import shutil
+
+    root, data, out = study
+    out2 = tmp_path / "study"
+    shutil.copytree(out, out2)
+    # names matched case-, space-, underscore-insensitively; a subset of the classes is fine
+    wild = shapes_folder(tmp_path / "wild", 5, seed=3, names=("Circle", "SQUARE", "tri_angle"),
+                         size=(150, 120), dark_on_light=True)
+    r = run_cli(runner, "evaluate", "--folder", wild, "--out", out2)
+    assert r.exit_code == 0, r.output
+    recs = json.loads((out2 / "results.json").read_text())
+    for rec in recs:
+        cm = np.asarray(rec["wild_confusion_matrix"])
+        assert rec["wild_n"] == 15 and cm.shape == (3, 3) and cm.sum() == 15 and (cm.sum(1) == 5).all()
+        assert rec["wild_accuracy"] == pytest.approx(np.trace(cm) / 15)
+        assert rec["wild_source"]["classes"] == list(SHAPES) and "wild_matched_accuracy" not in rec
+    md = (out2 / "report.md").read_text()
+    assert "## In the wild" in md and "wild − test" in md and "figures/confusion_wild.png" in md
+    assert (out2 / "figures" / "confusion_wild.png").stat().st_size > 10_000
+
+    (wild / "hexagon").mkdir()
+    r = run_cli(runner, "evaluate", "--folder", wild, "--out", out2)
+    assert_one_line_error(r, "hexagon: matches no class", "circle, square, triangle")
+    shutil.rmtree(wild / "hexagon")
+    r = run_cli(runner, "evaluate", "--folder", wild, "--out", out2, "--match-domain")
+    assert_one_line_error(r, "--match-domain knows the look of fashion-mnist")
+    assert json.loads((out2 / "results.json").read_text()) == recs  # nothing lost, nothing half-written
+    r = run_cli(runner, "evaluate", "--folder", wild, "--out", tmp_path / "empty")
+    assert_one_line_error(r, "no saved models")
+
+
+def test_fashion_mnist_study_with_wild_photos_and_match_domain(tmp_path, runner, monkeypatch, resnet18_file):
+    """`run --wild --match-domain`: the wild photos (dark garment drawn on a light background, bigger than
+    28 px) are scored as they are and domain-matched; a rerun skips the evaluate stage."""
+    from pipeline.data import FASHION_MNIST_CLASSES
+
+    data = make_idx_dir(tmp_path / "fm", n_train=90, n_test=40)
+    fm = load_dataset("fashion-mnist", data)
+    wild = tmp_path / "wild"
+    for c in (0, 1, 8):  # T-shirt/top as T-shirt_top, Trouser, Bag
+        d = wild / FASHION_MNIST_CLASSES[c].replace("/", "_")
+        d.mkdir(parents=True)
+        for i in np.flatnonzero(fm.splits["test"].labels == c)[:3]:
+            garment = Image.fromarray(255 - fm.splits["test"].images[i, 0]).resize((96, 96))
+            photo = Image.new("L", (160, 130), 255)
+            photo.paste(garment, (40, 20))
+            photo.convert("RGB").save(d / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--data-dir", data, "--backbone", "resnet18", "--weights", resnet18_file, "--image-size", 48,
+            "--grid", "quick", "--classifiers", "lda,logreg", "--methods", "pca", "--n-jobs", 1, "--wild", wild,
+            "--match-domain"]
+    r = run_cli(runner, *args)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "reports" / "fashion-mnist-48px"
+    recs = json.loads((out / "results.json").read_text())
+    n = len(list(wild.rglob("*.png")))
+    assert n >= 6 and all(rec["wild_n"] == n and rec["wild_matched_n"] == n for rec in recs)
+    assert "grayscale" in recs[0]["wild_source"]["match_domain"]
+    md = (out / "report.md").read_text()
+    assert "domain-matched" in md and "figures/confusion_wild_matched.png" in md
+    r = run_cli(runner, *args)
+    stages = {s["stage"]: s["state"] for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert stages["evaluate"] == "skipped" and stages["classify"] == "skipped"
+
+
+def test_match_domain_makes_a_fashion_mnist_look():
+    from pipeline.data.domain import DOMAINS, match
+
+    photo = np.full((3, 120, 200), 235, np.uint8)  # a light background
+    photo[:, 30:90, 120:150] = 40  # a dark, tall garment off-centre
+    out = match(photo, DOMAINS["fashion-mnist"])
+    assert out.shape == (1, 28, 28) and out.dtype == np.uint8
+    assert out[:, :, :5].max() < 30 and out[:, :, -5:].max() < 30  # padded black at the sides
+    assert out[0, 2:26, 12:16].min() > 200  # the garment bright, centred, filling the height
+    cifar = match(photo, DOMAINS["cifar10"])
+    assert cifar.shape == (3, 32, 32)
+
+
+def test_folder_split_is_stratified_seeded_and_recorded(tmp_path):
+    data = shapes_folder(tmp_path / "s", 11)
+    a = load_dataset("folder", data, test_fraction=0.3)
+    b = load_dataset("folder", data, test_fraction=0.3)
+    tr, te = a.splits["train"], a.splits["test"]
+    assert np.bincount(te.labels).tolist() == [3, 3, 3] and np.bincount(tr.labels).tolist() == [8, 8, 8]
+    assert not set(tr.files) & set(te.files) and te.files == b.splits["test"].files
+    assert a.describe()["split"]["test_fraction"] == 0.3 and a.content_hash == b.content_hash
+    assert load_dataset("folder", data, test_fraction=0.2).content_hash != a.content_hash
+    assert list(load_dataset("folder", data).splits) == ["test"]  # no fraction: class folders are a test set
+    with pytest.raises(PipelineError, match="--test-fraction must be between 0 and 1"):
+        load_dataset("folder", data, test_fraction=1.5)
+
+
+def test_raw_pixels_of_a_folder_are_gray_when_every_image_is(tmp_path):
+    from pipeline.store.featuresets import load_feature_set
+
+    data = tmp_path / "g"
+    rng = np.random.default_rng(0)
+    for s in ("train", "test"):
+        for c in SHAPES:
+            (data / s / c).mkdir(parents=True)
+            for i in range(2):
+                draw(c, rng).convert("L").save(data / s / c / f"{i}.png")
+    fs = load_feature_set("raw", "folder", data, raw_size=16)
+    assert fs.X_train.shape == (6, 16 * 16) and fs.meta["raw"]["channels"] == 1
+    assert 0 <= fs.X_train.min() and fs.X_train.max() <= 1
+    assert load_feature_set("raw", "folder", data, raw_size=8).fingerprint != fs.fingerprint
+
+
+def test_predict_on_a_hostile_folder(study, tmp_path, runner):
+    """Hidden entries and FIFOs skipped, a non-UTF-8 name written escaped, a broken image one line, no CSV."""
+    import os
+
+    root, data, out = study
+    new = shapes_folder(tmp_path / "new", 2)
+    rng = np.random.default_rng(5)
+    (new / ".ipynb_checkpoints").mkdir()
+    draw("circle", rng).save(new / ".ipynb_checkpoints" / "0.png")
+    os.mkfifo(new / "circle" / "pipe.png")
+    draw("circle", rng).save(new / "circle" / os.fsdecode(b"caf\xe9.png"))
+    model = out / "models" / "raw_lda.skops"
+    r = run_cli(runner, "predict", "--model", model, new, "--out", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.output
+    paths = [x["path"] for x in _rows(tmp_path / "p.csv")]
+    assert len(paths) == 7 and any(p.endswith("caf\\udce9.png") for p in paths)  # escaped, one line
+    assert not any(".ipynb_checkpoints" in p or "pipe" in p for p in paths)
+    (new / "square" / "broken.jpg").write_bytes(b"not an image")
+    r = run_cli(runner, "predict", "--model", model, new, "--out", tmp_path / "q.csv")
+    assert_one_line_error(r, "broken.jpg: unreadable image")
+    assert not (tmp_path / "q.csv").exists()
+    r = run_cli(runner, "predict", "--model", model, new / "square" / "0.png", "--top-k", 0)
+    assert_one_line_error(r, "--top-k must be at least 1")
+
+
+def test_top_k_names_follow_the_classes_the_model_saw(tmp_path, runner):
+    """A class with no training images has no score column: the top-k names must not shift onto it."""
+    from pipeline.classical.search import classify
+    from pipeline.store.featuresets import RAW_RESIZE, FeatureSet
+
+    rng = np.random.default_rng(0)
+    y_train = np.array([0, 2] * 30)
+    X_train = (rng.random((60, 64)) * 0.2 + y_train[:, None] * 0.4).astype(np.float32)  # dark a, bright c
+    y_test = np.array([0, 1, 2] * 5)
+    X_test = (rng.random((15, 64)) * 0.2 + y_test[:, None] * 0.4).astype(np.float32)
+    raw = {"size": 8, "channels": 1, "resize": RAW_RESIZE}
+    fs = FeatureSet("raw", X_train, y_train, X_test, y_test, ["a", "b", "c"], "folder",
+                    {"dataset": {"content_sha256": "x"}, "raw": raw})
+    classify([fs], ["logreg"], "quick", 2, out=tmp_path / "out", n_jobs=1, progress=False)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("L", (20, 20), 10).save(imgs / "dark.png")
+    Image.new("L", (20, 20), 240).save(imgs / "bright.png")
+    r = run_cli(runner, "predict", "--model", tmp_path / "out" / "models" / "raw_logreg.skops", imgs,
+                "--out", tmp_path / "p.csv", "--top-k", 3)
+    assert r.exit_code == 0, r.output
+    rows = {x["path"].rsplit("/", 1)[-1]: x for x in _rows(tmp_path / "p.csv")}
+    assert rows["dark.png"]["predicted"] == rows["dark.png"]["top1"] == "a"
+    assert rows["bright.png"]["predicted"] == rows["bright.png"]["top1"] == "c"
+    assert "top3" not in rows["dark.png"]  # two classes were seen in training: two scores per image
+    assert {rows["dark.png"]["top2"], rows["bright.png"]["top2"]} == {"a", "c"}
+
+
+def test_a_store_of_another_folder_is_refused(study, tmp_path):
+    from pipeline.store.featuresets import load_feature_set
+
+    root, data, out = study
+    store = root / "features" / "folder-shapes" / "resnet18-64px"
+    other = shapes_folder(tmp_path / "shapes", 3)
+    with pytest.raises(PipelineError, match="holds features of the folder"):
+        load_feature_set(str(store), "folder", other)
+    assert load_feature_set(str(store), "folder", data).X_train.shape[0] == 48
+
+
+def test_images_decode_as_a_viewer_shows_them(tmp_path):
+    """Photos in the wild: a phone's EXIF rotation applied, a transparent background composited over white
+    (not left black), a 16-bit PNG scaled to 8 bits (not clipped to white)."""
+    from pipeline.data.images import decode_image as _decode
+
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[5:15, 10:20] = (10, 10, 200, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    x = _decode(tmp_path / "cutout.png")
+    assert x.shape == (3, 20, 30) and x[:, 0, 0].tolist() == [255, 255, 255] and x[:, 10, 15].tolist() == [10, 10, 200]
+    im = Image.fromarray(np.zeros((10, 30, 3), np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    im.save(tmp_path / "phone.jpg", exif=exif)
+    assert _decode(tmp_path / "phone.jpg").shape == (3, 30, 10)
+    Image.fromarray(np.arange(100, dtype=np.uint16).reshape(10, 10) * 600).save(tmp_path / "deep.png")
+    x = _decode(tmp_path / "deep.png")
+    assert x.shape == (1, 10, 10) and x[0, 5, 5] == round(55 * 600 * 255 / 65535) and x.max() < 255
