@@ -16,12 +16,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import class_images, make_idx_dir
+from helpers import FAST, blobs, class_images, make_idx_dir, write_store
 
 
 @pytest.fixture
 def idx_dir(tmp_path) -> Path:
     return make_idx_dir(tmp_path / "fmnist")
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """A small Fashion-MNIST IDX folder (40 train, 16 test images) for the store and weights tests."""
+    return make_idx_dir(tmp_path / "data", n_train=40, n_test=16)
+
+
+@pytest.fixture
+def reference(data, tmp_path):
+    """`data` extracted once with the FAST settings: the features an unbroken run gives."""
+    from pipeline import load_features
+    from pipeline.embed.extract import extract
+    from pipeline.embed.request import ExtractRequest
+
+    req = ExtractRequest(dataset="fashion-mnist", backbone="resnet18", data_dir=data, out=tmp_path / "ref", **FAST)
+    return load_features(extract(req, progress=False).path)
+
+
+@pytest.fixture
+def blob_store(tmp_path) -> Path:
+    """A finished store of separable blobs (120 train, 40 test rows) under ./features/toynet."""
+    return write_store(tmp_path / "features" / "toynet", *blobs(120), *blobs(40, seed=1))
 
 
 @pytest.fixture

@@ -11,20 +11,26 @@ from pipeline.data import FASHION_MNIST_CLASSES, write_idx
 
 N_TRAIN, N_TEST = 48, 24
 
-# the fast CPU path of extraction, GPU or not: random weights, small images, exact fp32, small batches
-FAST = dict(weights="none", image_size=48, precision="fp32", device="cpu", batch_size=8)
-FAST_ARGS = ["--device", "cpu", "--weights", "none", "--image-size", 48, "--precision", "fp32", "--batch-size", 8]
+# the one set of fast extraction settings, GPU or not: the CPU, random weights, small images, exact fp32, small
+# batches. FAST for an ExtractRequest (`ExtractRequest(..., **FAST)`), fast_args()/FAST_ARGS for the CLI
+FAST = dict(device="cpu", weights="none", image_size=48, precision="fp32", batch_size=8)
 
 
-def extract(dataset, backbone: str = "resnet18", progress: bool = False, log=None, **fields):
-    """`pipeline.embed.extract.extract` with the request built from keywords (FAST's defaults where not
-    given); `dataset` is a name, or a Dataset already read (passed on as the one to embed)."""
-    from pipeline.embed.extract import extract as run
-    from pipeline.embed.request import ExtractRequest
+def fast_args(**changes) -> list:
+    """FAST as `pipeline extract` options, with `changes` applied; a change to None drops that option (its
+    default applies)."""
+    opts = {**FAST, **changes}
+    return [a for k, v in opts.items() if v is not None for a in (f"--{k.replace('_', '-')}", v)]
 
-    ds = None if isinstance(dataset, str) else dataset
-    req = ExtractRequest(dataset=dataset if ds is None else ds.name, backbone=backbone, **{**FAST, **fields})
-    return run(req, dataset=ds, progress=progress, **({"log": log} if log else {}))
+
+FAST_ARGS = fast_args()
+EXTRACT = ["extract", *FAST_ARGS]
+
+
+def same_features(a, b):
+    """Two stores' features are bit-identical."""
+    np.testing.assert_array_equal(a.X_train, b.X_train)
+    np.testing.assert_array_equal(a.X_test, b.X_test)
 
 
 def class_images(labels: np.ndarray, size=28, channels=None, seed=0) -> np.ndarray:

@@ -167,7 +167,7 @@ from sklearn.linear_model import LogisticRegression
 assert hasattr(LogisticRegression, "_gpu_class"), "cuml.accel is not active"
 from pipeline.classical.search import classify
 from pipeline.classical.specs import CLASSIFIERS
-from test_backends import tiny_set
+from test_classical_backends import tiny_set
 fs = tiny_set()
 models = {}
 recs = classify([fs], list(CLASSIFIERS), "quick", 3, backend=backend, progress=False, models=models)

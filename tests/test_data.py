@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import N_TEST, N_TRAIN, assert_one_line_error, make_idx_dir, run_cli
+from helpers import EXTRACT, N_TEST, N_TRAIN, assert_one_line_error, make_idx_dir, run_cli
 
 from pipeline.data import FASHION_MNIST_CLASSES, load_dataset, read_idx, write_idx
 from pipeline.errors import PipelineError
@@ -166,3 +166,47 @@ def test_bad_cifar_batch(cifar_dir, tmp_path, runner):
     r = run_cli(runner, "extract", "--dataset", "cifar10", "--data-dir", cifar_dir, "--weights", "none",
                 "--out", tmp_path / "o")
     assert_one_line_error(r, str(bad), "not a readable CIFAR-10 python batch")
+
+
+# --- CIFAR batches of other shapes --------------------------------------------------------------------------
+
+def test_cifar_batch_pickled_with_protocol_5_loads(cifar_dir):
+    from pipeline.data import load_dataset
+
+    batch = cifar_dir / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "rb") as f:
+        d = pickle.load(f)
+    with open(batch, "wb") as f:
+        pickle.dump(d, f, protocol=5)
+    ds = load_dataset("cifar10", cifar_dir)
+    np.testing.assert_array_equal(ds.splits["train"].images[:6].reshape(6, -1), d[b"data"])
+
+
+def test_cifar_labels_as_shared_nested_lists_are_refused_without_materialising(cifar_dir, runner):
+    batch = cifar_dir / "cifar-10-batches-py" / "data_batch_2"
+    with open(batch, "rb") as f:
+        d = pickle.load(f)
+    row = [0] * 2000
+    d[b"labels"] = [[row] * 2000] * 6  # a few KB on disk, 2000**2 * 6 * 8 bytes = 192 MB as an array
+    with open(batch, "wb") as f:
+        pickle.dump(d, f)
+    assert batch.stat().st_size < 50_000
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = run_cli(runner, *EXTRACT, "--dataset", "cifar10", "--data-dir", cifar_dir, "--out", cifar_dir / "s")
+    assert_one_line_error(r, "data_batch_2: 'labels' must be a flat list of integers, not a list holding list")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB: nothing materialised
+
+
+def test_cifar_labels_as_numpy_integers_load(cifar_dir):
+    from pipeline.data import load_dataset
+
+    batch = cifar_dir / "cifar-10-batches-py" / "data_batch_3"
+    with open(batch, "rb") as f:
+        d = pickle.load(f)
+    d[b"labels"] = list(np.asarray(d[b"labels"], dtype=np.int64))  # numpy scalars, as list(array) gives
+    with open(batch, "wb") as f:
+        pickle.dump(d, f)
+    assert len(load_dataset("cifar10", cifar_dir).splits["train"]) == 30
+

@@ -8,9 +8,10 @@ import math
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, make_idx_dir, run_cli
+from helpers import EXTRACT, assert_one_line_error, make_idx_dir, run_cli
 from PIL import Image, ImageDraw
 
+from pipeline import load_features
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
 
@@ -120,8 +121,8 @@ def _rows(path):
 
 
 def test_predict_equals_the_model_on_the_same_features(study, tmp_path, runner):
-    from helpers import extract
-
+    from pipeline.embed.extract import extract
+    from pipeline.embed.request import ExtractRequest
     from pipeline.models.saved import load_model
     from pipeline.store import load_features
     from pipeline.store.featuresets import load_feature_set
@@ -139,8 +140,9 @@ def test_predict_equals_the_model_on_the_same_features(study, tmp_path, runner):
     est, card = load_model(model)
     ds = load_dataset("folder", new)  # class folders only: a test set
     meta = json.loads((root / "features" / "folder-shapes" / "resnet18-64px" / "meta.json").read_text())
-    extract(ds, "resnet18", weights=card["features"]["weights"]["file"], image_size=64, out=tmp_path / "s",
-            engine=meta["engine"]["engine"], precision=meta["precision"], progress=False)
+    extract(ExtractRequest(dataset=ds.name, backbone="resnet18", weights=card["features"]["weights"]["file"],
+                           image_size=64, out=tmp_path / "s", engine=meta["engine"]["engine"],
+                           precision=meta["precision"]), dataset=ds, progress=False)
     X = load_features(tmp_path / "s").X_test
     expected = dict(zip(map(str, ds.splits["test"].files), np.asarray(card["classes"])[est.predict(X)]))
     assert {x["path"]: x["predicted"] for x in rows} == expected
@@ -394,3 +396,50 @@ def test_images_decode_as_a_viewer_shows_them(tmp_path):
     Image.fromarray(np.arange(100, dtype=np.uint16).reshape(10, 10) * 600).save(tmp_path / "deep.png")
     x = _decode(tmp_path / "deep.png")
     assert x.shape == (1, 10, 10) and x[0, 5, 5] == round(55 * 600 * 255 / 65535) and x.max() < 255
+
+
+# --- hostile image folders ----------------------------------------------------------------------------------
+
+def _extract_folder(runner, root, out):
+    return run_cli(runner, *EXTRACT, "--dataset", "folder", "--data-dir", root, "--out", out)
+
+
+def test_hidden_entries_fifos_and_non_utf8_names(folder_dir, tmp_path, runner):
+    import os
+
+    from pipeline.data import load_dataset
+
+    before = {s: len(v) for s, v in load_dataset("folder", folder_dir).splits.items()}
+    for split in ("train", "test"):
+        (folder_dir / split / ".ipynb_checkpoints").mkdir()
+        (folder_dir / split / ".git").mkdir()
+        (folder_dir / split / "shirt" / ".DS_Store").write_bytes(b"\x00\x01bud1")
+        (folder_dir / split / "shirt" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    os.mkfifo(folder_dir / "train" / "boot" / "pipe.png")  # reading it would block forever
+    odd = os.fsdecode(b"caf\xe9-latin1.png")  # not valid UTF-8 (surrogate-escaped by Python)
+    (folder_dir / "train" / "boot" / "1.png").rename(folder_dir / "train" / "boot" / odd)
+    ds = load_dataset("folder", folder_dir)
+    assert {s: len(v) for s, v in ds.splits.items()} == before
+    assert ds.classes == ["boot", "shirt", "trouser"] and ds.content_hash
+    r = _extract_folder(runner, folder_dir, tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    assert load_features(tmp_path / "s").X_train.shape[0] == before["train"]
+
+
+def test_decompression_bomb_and_truncated_jpeg_fail_up_front(folder_dir, tmp_path, runner):
+    from PIL import Image
+
+    bomb = folder_dir / "test" / "shirt" / "huge.png"
+    Image.new("L", (10000, 10000)).save(bomb)  # ~100 KB on disk, 100 megapixels decoded
+    assert bomb.stat().st_size < 200_000
+    r = _extract_folder(runner, folder_dir, tmp_path / "s")
+    assert_one_line_error(r, "huge.png: image too large", "decompression bomb")
+    bomb.unlink()
+
+    good = folder_dir / "train" / "boot" / "0.jpg"
+    cut = folder_dir / "train" / "boot" / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+    r = _extract_folder(runner, folder_dir, tmp_path / "s")
+    assert_one_line_error(r, "cut.jpg: truncated JPEG")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()  # before any work
+

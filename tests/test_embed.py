@@ -13,16 +13,19 @@ import cli_process
 import numpy as np
 import pytest
 import torch
-from helpers import N_TEST, N_TRAIN, assert_one_line_error, extract, make_idx_dir, run_cli
+from helpers import FAST, N_TEST, N_TRAIN, assert_one_line_error, make_idx_dir, run_cli
 
 from pipeline import load_features
+from pipeline.embed.extract import extract
+from pipeline.embed.request import ExtractRequest
 from pipeline.errors import PipelineError
 from pipeline.store.format import StoreWriter
 
 
 def test_extract_writes_a_complete_store(idx_dir, tmp_path):
     out = tmp_path / "store"
-    res = extract("fashion-mnist", "resnet18", data_dir=idx_dir, out=out, image_size=64, batch_size=16)
+    res = extract(ExtractRequest(dataset="fashion-mnist", backbone="resnet18", data_dir=idx_dir, out=out,
+                                **{**FAST, "image_size": 64, "batch_size": 16}), progress=False)
     assert res.state == "new" and res.images == N_TRAIN + N_TEST
     f = load_features(out)
     assert f.X_train.shape == (N_TRAIN, 512) and f.X_test.shape == (N_TEST, 512)
@@ -120,16 +123,19 @@ def test_non_finite_features_are_refused(idx_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(engines.TorchEngine, "map", lambda self, batches: (np.full((len(b), 512), np.nan,
                                                                                    np.float32) for b in batches))
     with pytest.raises(PipelineError, match="non-finite.*--precision fp32"):
-        extract("fashion-mnist", "resnet18", data_dir=idx_dir, out=tmp_path / "s")
+        extract(ExtractRequest(dataset="fashion-mnist", backbone="resnet18", data_dir=idx_dir, out=tmp_path / "s",
+                              **FAST), progress=False)
     assert not (tmp_path / "s").exists()
 
 
 def test_folder_and_cifar_extract(folder_dir, cifar_dir, tmp_path):
-    extract("folder", "resnet18", data_dir=folder_dir, out=tmp_path / "f", batch_size=4)
+    extract(ExtractRequest(dataset="folder", backbone="resnet18", data_dir=folder_dir, out=tmp_path / "f",
+                          **{**FAST, "batch_size": 4}), progress=False)
     f = load_features(tmp_path / "f")
     assert f.X_train.shape == (12, 512) and f.X_test.shape == (9, 512)
     assert f.meta["dataset"]["classes"] == ["boot", "shirt", "trouser"]
-    extract("cifar10", "resnet18", data_dir=cifar_dir, out=tmp_path / "c")
+    extract(ExtractRequest(dataset="cifar10", backbone="resnet18", data_dir=cifar_dir, out=tmp_path / "c", **FAST),
+            progress=False)
     c = load_features(tmp_path / "c")
     assert c.X_train.shape == (30, 512) and c.meta["dataset"]["image_shape"] == [3, 32, 32]
 
@@ -137,15 +143,15 @@ def test_folder_and_cifar_extract(folder_dir, cifar_dir, tmp_path):
 def test_efficientnet_lite0_openvino_default_path(idx_dir, tmp_path):
     """The CPU default: EfficientNet-Lite0, real weights, auto precision/engine (OpenVINO bf16 here)."""
     out = tmp_path / "lite"
-    extract("fashion-mnist", "efficientnet_lite0", data_dir=idx_dir, out=out, limit=16, image_size=96,
-            progress=False)
+    extract(ExtractRequest(dataset="fashion-mnist", backbone="efficientnet_lite0", data_dir=idx_dir, out=out,
+                           limit=16, image_size=96), progress=False)
     f = load_features(out)
     assert f.X_train.shape == (16, 1280)
     eng = f.meta["engine"]
     if eng["engine"] == "openvino":
         assert eng["precision"] in ("bf16", "fp32")
-    ref = extract("fashion-mnist", "efficientnet_lite0", data_dir=idx_dir, out=tmp_path / "lite32", limit=16,
-                  image_size=96, precision="fp32", progress=False)
+    ref = extract(ExtractRequest(dataset="fashion-mnist", backbone="efficientnet_lite0", data_dir=idx_dir,
+                                 out=tmp_path / "lite32", limit=16, image_size=96, precision="fp32"), progress=False)
     g = load_features(ref.path)
     cos = (f.X_train * g.X_train).sum(1) / np.linalg.norm(f.X_train, axis=1) / np.linalg.norm(g.X_train, axis=1)
     # Lite0 is more sensitive to bf16 than ResNet-18 (measured on real Fashion-MNIST at 224: per-row cosine
@@ -186,10 +192,12 @@ def test_load_features_on_unfinished_store_explains(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_path_matches_cpu_reference(idx_dir, tmp_path):
-    cpu = extract("fashion-mnist", "resnet18", data_dir=idx_dir, out=tmp_path / "cpu")
+    cpu = extract(ExtractRequest(dataset="fashion-mnist", backbone="resnet18", data_dir=idx_dir, out=tmp_path / "cpu",
+                                **FAST), progress=False)
     for precision in ("fp32", "bf16"):
-        gpu = extract("fashion-mnist", "resnet18", data_dir=idx_dir, out=tmp_path / f"gpu-{precision}",
-                      device="cuda", precision=precision)
+        gpu = extract(ExtractRequest(dataset="fashion-mnist", backbone="resnet18", data_dir=idx_dir,
+                                     out=tmp_path / f"gpu-{precision}", **{**FAST, "device": "cuda",
+                                                                           "precision": precision}), progress=False)
         a, b = load_features(cpu.path).X_train, load_features(gpu.path).X_train
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cos.min() >= (0.9999 if precision == "fp32" else 0.999)
@@ -200,9 +208,9 @@ def test_openvino_on_mixed_grayscale_and_colour_folder(folder_dir, tmp_path):
     """Varied sizes, 1 and 3 channels: the OpenVINO path (torch resizes, OpenVINO normalises) agrees with
     the exact torch fp32 path."""
     pytest.importorskip("openvino")
-    args = dict(data_dir=folder_dir, weights="none", image_size=64, progress=False)
-    extract("folder", "resnet18", out=tmp_path / "ov", engine="openvino", precision="bf16", **args)
-    extract("folder", "resnet18", out=tmp_path / "pt", precision="fp32", **args)
+    args = dict(dataset="folder", backbone="resnet18", data_dir=folder_dir, weights="none", image_size=64)
+    extract(ExtractRequest(out=tmp_path / "ov", engine="openvino", precision="bf16", **args), progress=False)
+    extract(ExtractRequest(out=tmp_path / "pt", precision="fp32", **args), progress=False)
     a, b = load_features(tmp_path / "ov"), load_features(tmp_path / "pt")
     assert a.meta["engine"]["engine"] == "openvino" and a.X_test.shape == b.X_test.shape == (9, 512)
     for x, y in ((a.X_train, b.X_train), (a.X_test, b.X_test)):
@@ -223,3 +231,16 @@ def test_cpu_engine_choice_and_honest_precision():
     assert make_engine(bb, "cpu", "fp32").describe()["engine"] == "torch"
     asked_bf16 = make_engine(bb, "cpu", "bf16", "openvino").describe()
     assert asked_bf16["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
+
+
+# --- a test-only folder -------------------------------------------------------------------------------------
+
+def test_store_of_a_test_only_folder_loads(folder_dir, tmp_path):
+    from pipeline.data import load_dataset
+
+    ds = load_dataset("folder", folder_dir / "test")  # class folders, no split asked for: a test set only
+    extract(ExtractRequest(dataset=ds.name, backbone="resnet18", weights="none", image_size=48, precision="fp32",
+                           batch_size=8, out=tmp_path / "s"), dataset=ds, progress=False)
+    f = load_features(tmp_path / "s")
+    assert f.X_train.shape == (0, 512) and f.y_train.shape == (0,) and f.X_test.shape == (9, 512)
+

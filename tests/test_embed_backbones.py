@@ -9,10 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from helpers import assert_one_line_error, run_cli
+from helpers import FAST, assert_one_line_error, run_cli, same_features
 
+from pipeline import load_features
 from pipeline.embed.backbones import build_backbone, sha256_file
 from pipeline.embed.engines import make_engine
+from pipeline.embed.extract import extract
+from pipeline.embed.request import ExtractRequest
 from pipeline.errors import PipelineError
 
 
@@ -214,3 +217,38 @@ def test_timm_bad_input_is_one_line(idx_dir, tmp_path, runner, monkeypatch):
     assert_one_line_error(run_cli(runner, *base, "--backbone", "timm:resnet18", "--weights", "none", "--layer",
                                   "layer4"), "--layer is not supported with timm")
     assert not (tmp_path / "s").exists()
+
+
+# --- checkpoints with another head, or none -----------------------------------------------------------------
+
+def test_fine_tuned_checkpoint_with_another_head_extracts(data, tmp_path, reference):
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)  # the same trunk as --weights none (seed 0), with a 10-class head
+    trunk = torchvision.models.resnet18().state_dict()
+    head = torchvision.models.resnet18(num_classes=10).state_dict()
+    sd = {**trunk, "fc.weight": head["fc.weight"], "fc.bias": head["fc.bias"]}
+    path = tmp_path / "finetuned-10-classes.pth"
+    torch.save(sd, path)
+    res = extract(ExtractRequest(dataset="fashion-mnist", backbone="resnet18", data_dir=data, out=tmp_path / "s",
+                                **{**FAST, "weights": str(path)}), progress=False)
+    f = load_features(res.path)
+    assert "fc.weight" in f.meta["backbone"]["weights"]["unused_head"]
+    assert f.X_train.shape == reference.X_train.shape
+
+
+def test_headless_checkpoint_extracts(data, tmp_path, reference):
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    sd = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+    path = tmp_path / "trunk-only.pth"
+    torch.save(sd, path)
+    res = extract(ExtractRequest(dataset="fashion-mnist", backbone="resnet18", data_dir=data, out=tmp_path / "s",
+                                **{**FAST, "weights": str(path)}), progress=False)
+    f = load_features(res.path)
+    same_features(f, reference)  # the same trunk as --weights none (seed 0)
+    assert "not loaded" in f.meta["backbone"]["weights"]["unused_head"]
+

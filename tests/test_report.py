@@ -319,3 +319,38 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert px.shape[:2] == (4000, 1200)
     colourful = (px.max(axis=2) - px.min(axis=2)) > 60  # saturated pixels: bars, map points, colour bars
     assert colourful.mean() > 0.01, colourful.mean()
+
+
+# --- data strings in Markdown and figures -------------------------------------------------------------------
+
+def test_data_strings_are_escaped_in_markdown(tmp_path):
+    from pipeline.classical.search import classify
+    from pipeline.report import write_report
+    from pipeline.store.featuresets import FeatureSet
+
+    classes = ["$5_$", "a|b", "*bold*", "<b>x</b>", "[link](http://x)", "_u_", "ok", "T-shirt/top", "8", "9"]
+    X, y = blobs(100)
+    Xt, yt = blobs(40, seed=1)
+    fs = FeatureSet("toy|net*", X, y, Xt, yt, classes, "fashion-mnist", {"config_hash": "x"})
+    classify([fs], ["lda"], "quick", 3, out=tmp_path, progress=False)
+    write_report(tmp_path)
+    for name in ("results.md", "report.md"):
+        md = (tmp_path / name).read_text()
+        tables, current = [], []
+        for line in md.splitlines() + [""]:  # each table: consecutive lines starting "|"
+            if line.startswith("|"):
+                current.append(line)
+            elif current:
+                tables, current = tables + [current], []
+        assert tables and all(len(t) >= 2 for t in tables), name
+        for t in tables:  # escaped pipes never add a column: every row of a table has its header's cells
+            assert len({line.replace("\\|", "").count("|") for line in t}) == 1, (name, t)
+        assert "toy\\|net\\*" in md and "toy|net*" not in md
+
+
+def test_class_names_that_look_like_mathtext_draw(tmp_path):
+    from pipeline.render.figures import confusion_figure
+
+    path = confusion_figure(np.eye(3, dtype=int) * 5, ["$5_$", "a^b", r"\frac"], "t", tmp_path / "cm.png")
+    assert path.stat().st_size > 5000
+

@@ -1,0 +1,61 @@
+"""The OpenVINO engine: bounded waits, engines built one after another, usage telemetry declined."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+from helpers import assert_one_line_error, fast_args, run_cli
+
+
+class _Stuck:
+    """An infer request that never finishes (as the one seen hanging in CI)."""
+
+    def infer(self, inputs, share_inputs=True):
+        threading.Event().wait(60)
+
+
+def test_openvino_waits_are_bounded(data, tmp_path, monkeypatch, runner):
+    pytest.importorskip("openvino")
+    from pipeline.embed import engines
+
+    monkeypatch.setattr(engines, "REQUEST_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(engines.OpenVINOEngine, "_new_request", lambda self, compiled: _Stuck())
+    r = run_cli(runner, "extract", *fast_args(precision="bf16", batch_size=None), "--engine", "openvino",
+                "--data-dir", data,
+                "--out", tmp_path / "s")
+    assert_one_line_error(r, "OpenVINO engine did not finish a request", "--engine torch")
+
+
+def test_openvino_engines_built_one_after_another_do_not_deadlock(tmp_path):
+    """Engines freed while the next one runs (as `pipeline evaluate` does per feature set and variant): with
+    AsyncInferQueue callbacks this deadlocked on the GIL; each run here finishes, in a child process with a
+    bound so a regression fails instead of hanging the suite."""
+    pytest.importorskip("openvino")
+    code = ("import gc, numpy as np\nfrom pipeline.embed.backbones import build_backbone\n"
+            "from pipeline.embed.engines import make_engine\n"
+            "x = np.random.default_rng(0).integers(0, 255, (64, 3, 40, 40), dtype=np.uint8)\n"
+            "for i in range(12):\n"
+            "    eng = make_engine(build_backbone('resnet18', 'none', image_size=32), 'cpu', 'fp32', 'openvino')\n"
+            "    out = np.concatenate(list(eng.map(iter([x[:40], x[40:]]))))\n"
+            "    assert out.shape == (64, 512), out.shape\n"
+            "    del eng; gc.collect()\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_openvino_usage_telemetry_is_declined():
+    """OpenVINO's import and model conversion would send usage events (from a forked process); pipeline's
+    engine declines them, and leaves the environment as it was."""
+    pytest.importorskip("openvino")
+    code = ("import os, torch\nfrom pipeline.embed.backbones import build_backbone\n"
+            "from pipeline.embed.engines import make_engine\n"
+            "make_engine(build_backbone('resnet18', 'none', image_size=32), 'cpu', 'fp32', 'openvino')\n"
+            "import openvino_telemetry as tm\nprint(tm.Telemetry().consent, os.environ.get('CI'))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "CI"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "None"]
+
