@@ -2,6 +2,7 @@
 CLI driven through click's runner, the one-line-error check, and one set of fast extraction settings."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -77,8 +78,11 @@ def write_store(path: Path, X_train, y_train, X_test, y_test, dataset="fashion-m
     path.mkdir(parents=True)
     for name, a in (("X_train", X_train), ("y_train", y_train), ("X_test", X_test), ("y_test", y_test)):
         np.save(path / f"{name}.npy", a)
-    meta = {"rows": {"train": len(y_train), "test": len(y_test)}, "backbone": {"name": backbone},
-            "dataset": {"name": dataset, "classes": classes or FASHION_MNIST_CLASSES}}
+    sha = {s: hashlib.sha256(np.asarray(y, "<i8").tobytes()).hexdigest() for s, y in (("train", y_train),
+                                                                                     ("test", y_test))}
+    meta = {"rows": {"train": len(y_train), "test": len(y_test)}, "dim": int(np.shape(X_train)[1]),
+            "backbone": {"name": backbone},
+            "dataset": {"name": dataset, "classes": classes or FASHION_MNIST_CLASSES, "labels_sha256": sha}}
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 

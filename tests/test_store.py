@@ -6,6 +6,7 @@ import errno
 import json
 
 import cli_process
+import numpy as np
 import pytest
 from helpers import EXTRACT, FAST, assert_one_line_error, blobs, fast_args, run_cli, same_features, write_store
 
@@ -156,3 +157,97 @@ def test_killed_while_moving_the_store_into_place(data, tmp_path, reference, poi
     assert sorted(p.name for p in out.iterdir()) == ["X_test.npy", "X_train.npy", "meta.json", "y_test.npy",
                                                      "y_train.npy"]
 
+
+
+# --- a finished store checked on open (issue: damaged stores that claim to be finished) -----------------------
+
+@pytest.mark.parametrize("damage", ["truncate X_train", "delete y_test", "delete X_test"])
+def test_damaged_finished_store_is_said_and_the_same_command_reextracts_it(data, tmp_path, runner, reference,
+                                                                           damage):
+    out = tmp_path / "s"
+    assert run_cli(runner, *EXTRACT, "--data-dir", data, "--out", out).exit_code == 0
+    how, name = damage.split()
+    f = out / f"{name}.npy"
+    if how == "truncate":
+        with open(f, "r+b") as fh:
+            fh.truncate(f.stat().st_size - 100)
+    else:
+        f.unlink()
+    with pytest.raises(PipelineError, match=f"damaged feature store \\({name}.npy is "
+                                            f"{'truncated' if how == 'truncate' else 'missing'}"):
+        load_features(out)
+    r = run_cli(runner, "classify", "--features", out, "--data-dir", data, "--out", tmp_path / "rep")
+    assert_one_line_error(r, f"{name}.npy is", "run the `pipeline extract` that made it again")
+    for extra in ([], ["--overwrite"]):  # the same command repairs it; so does --overwrite (then: nothing to do)
+        r = run_cli(runner, *EXTRACT, "--data-dir", data, "--out", out, *extra)
+        assert r.exit_code == 0, r.output
+        same_features(load_features(out), reference)
+    assert "re-extracting" not in r.stderr and "nothing to do" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".s", "s"))) == [".s.lock", "s"]
+
+
+def test_a_damaged_store_keeps_its_intact_features(data, tmp_path, runner, reference, monkeypatch):
+    """Only what is missing is extracted again: with the test split's features damaged, the training rows
+    are copied from the damaged store, not recomputed."""
+    out = tmp_path / "s"
+    assert run_cli(runner, *EXTRACT, "--data-dir", data, "--out", out).exit_code == 0
+    (out / "X_test.npy").unlink()
+    from pipeline.embed import engines
+
+    real, seen = engines.TorchEngine.map, []
+
+    def counting(self, batches):
+        for f in real(self, batches):
+            seen.append(len(f))
+            yield f
+
+    monkeypatch.setattr(engines.TorchEngine, "map", counting)
+    r = run_cli(runner, *EXTRACT, "--data-dir", data, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "keeping X_train.npy" in r.stderr and sum(seen) == 16  # the 16 test images, none of the 40 training
+    same_features(load_features(out), reference)
+
+
+def test_labels_are_checked_against_meta_on_load(tmp_path, runner):
+    X, y = blobs(48)
+    s = write_store(tmp_path / "s", X, y, *blobs(24, seed=1))
+    changed = y.copy()
+    changed[:6] = (changed[:6] + 1) % 10  # 6 of 48 labels now name another class
+    np.save(s / "y_train.npy", changed)
+    r = run_cli(runner, "classify", "--features", s, "--classifiers", "lda", "--grid", "quick", "--cv", "2",
+                "--out", tmp_path / "rep")
+    assert_one_line_error(r, "y_train.npy: the labels are not the ones this store was made with")
+    outside = y.copy()
+    outside[3] = 10  # not a class of the ten
+    np.save(s / "y_train.npy", outside)
+    for args in (["classify", "--features", s, "--classifiers", "lda", "--cv", "2"],
+                 ["project", "--features", s, "--methods", "pca"], ["train", "--features", s, "--epochs", "1"]):
+        r = run_cli(runner, *args, "--out", tmp_path / "rep2")
+        assert_one_line_error(r, "y_train.npy: label 10 at row 3 is not a class (meta.json has 10)")
+    assert not (tmp_path / "rep2" / "results.json").exists()
+
+
+def test_symlinked_out_puts_the_store_where_the_link_points(data, tmp_path, runner, reference):
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "outlink"
+    link.symlink_to(target)
+    for _ in range(2):  # the rerun finds the finished store: nothing to do, nothing left behind
+        r = run_cli(runner, *EXTRACT, "--data-dir", data, "--out", link)
+        assert r.exit_code == 0, r.output
+    assert "nothing to do" in r.stderr
+    assert link.is_symlink() and (target / "meta.json").is_file()
+    same_features(load_features(link), reference)
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name not in ("data", "ref", ".ref.lock"))
+    assert left == [".real.lock", "outlink", "real"]
+
+
+def test_a_foreign_meta_json_is_never_replaced(data, tmp_path, runner):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "meta.json").write_text('{"title": "my photos", "year": 2024}')
+    for extra in ([], ["--overwrite"]):
+        r = run_cli(runner, *EXTRACT, "--data-dir", data, "--out", out, *extra)
+        assert_one_line_error(r, "holds a meta.json that is not a feature store's", "choose another --out")
+        assert "--overwrite" not in r.stderr
+    assert (out / "meta.json").read_text() == '{"title": "my photos", "year": 2024}'

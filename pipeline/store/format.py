@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -76,7 +77,9 @@ class Features:
 
 
 def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
-    """Read a finished store; arrays are memory-mapped read-only unless `mmap=False`."""
+    """Read a finished store; arrays are memory-mapped read-only unless `mmap=False`. Before anything is
+    read, every array is checked against meta.json (present, its dtype and shape, its file's length), then
+    the labels (their sha256 and range); a damaged store is one line."""
     path = Path(path)
     if not (path / "meta.json").is_file():
         partial = path.with_name(path.name + ".partial")
@@ -84,9 +87,12 @@ def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
                 if partial.exists() else "; run `pipeline extract` first")
         raise PipelineError(f"{path} is not a finished feature store (no meta.json){hint}")
     meta = read_json(path / "meta.json")
-    if meta is None or not isinstance(meta.get("rows"), dict):
+    if not is_store_meta(meta):
         raise PipelineError(f"{path}: damaged feature store (meta.json is not valid store metadata); "
                             f"re-extract it with --overwrite")
+    damage = array_damage(path, meta)
+    if damage:
+        raise PipelineError(f"{path}: damaged feature store ({damage}); {REPAIR}")
     arrays = {}
     try:
         for s in SPLITS:
@@ -97,13 +103,90 @@ def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
             for k in (f"X_{s}", f"y_{s}"):
                 arrays[k] = np.load(path / f"{k}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise PipelineError(f"{path}: damaged feature store ({e})") from None
-    for s in SPLITS:
-        if s not in meta["rows"]:
-            continue
-        if len(arrays[f"X_{s}"]) != len(arrays[f"y_{s}"]) or len(arrays[f"y_{s}"]) != meta["rows"].get(s):
-            raise PipelineError(f"{path}: damaged feature store ({s} rows do not match meta.json)")
+        raise PipelineError(f"{path}: damaged feature store ({e}); {REPAIR}") from None
+    bad = label_damage(meta, {s: arrays[f"y_{s}"] for s in meta["rows"]})
+    if bad:
+        raise PipelineError(f"{path}/{bad}; {REPAIR}")
     return Features(meta=meta, **arrays)
+
+
+REPAIR = "run the `pipeline extract` that made it again (the same options): it re-extracts what is missing"
+
+
+def is_store_meta(meta) -> bool:
+    """Whether a parsed meta.json is a store's: rows per split (known splits, counts >= 0) and, with rows, a
+    feature dimension."""
+    return (isinstance(meta, dict) and isinstance(meta.get("rows"), dict) and set(meta["rows"]) <= set(SPLITS)
+            and all(type(n) is int and n >= 0 for n in meta["rows"].values())
+            and type(meta.get("dim")) is int and meta["dim"] >= 0)
+
+
+def _npy_header(path: Path) -> tuple[tuple, str, int]:
+    """(shape, dtype, byte offset of row 0) of a .npy file, read from its header alone."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran:
+            raise ValueError("Fortran order")
+        return shape, dtype.str, f.tell()
+
+
+def _array_problem(file: Path, shape: tuple, dtype: str) -> str | None:
+    """What is wrong with one array file of a store, or None: missing, another dtype or shape, or a length
+    that does not hold its rows (truncated, or grown)."""
+    if not file.is_file():
+        return f"{file.name} is missing"
+    try:
+        got_shape, got_dtype, offset = _npy_header(file)
+    except (OSError, ValueError) as e:
+        return f"{file.name} is not a readable .npy file ({str(e).splitlines()[0][:80]})"
+    if got_dtype != dtype or tuple(got_shape) != shape:
+        return f"{file.name} holds {got_dtype} {tuple(got_shape)}, not {dtype} {shape}"
+    want = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    size = file.stat().st_size
+    if size != want:
+        return f"{file.name} is {'truncated' if size < want else 'longer than its rows'} ({size:,} of {want:,} bytes)"
+    return None
+
+
+def array_damage(path: Path, meta: dict) -> str | None:
+    """The first array of a finished store that does not match its meta.json, said in words; None if all do."""
+    for s, n in meta["rows"].items():
+        for name, shape, dtype in ((f"X_{s}", (n, meta.get("dim", 0)), "<f4"), (f"y_{s}", (n,), "<i8")):
+            problem = _array_problem(path / f"{name}.npy", shape, dtype)
+            if problem:
+                return problem
+    return None
+
+
+def label_damage(meta: dict, labels: dict[str, np.ndarray]) -> str | None:
+    """`y_<split>.npy: ...` if a split's labels are not the ones meta.json records (sha256) or fall outside
+    its classes; None if they are."""
+    d = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    classes, hashes = d.get("classes"), d.get("labels_sha256")
+    for s, y in labels.items():
+        y = np.asarray(y)
+        if isinstance(classes, list) and len(y) and (y.min() < 0 or y.max() >= len(classes)):
+            i = int(np.argmax((y < 0) | (y >= len(classes))))
+            return f"y_{s}.npy: label {int(y[i])} at row {i} is not a class (meta.json has {len(classes)})"
+        want = hashes.get(s) if isinstance(hashes, dict) else None
+        if not isinstance(want, str):
+            return f"y_{s}.npy: meta.json records no sha256 of these labels (dataset.labels_sha256.{s})"
+        if hashlib.sha256(y.astype("<i8").tobytes()).hexdigest() != want:
+            return f"y_{s}.npy: the labels are not the ones this store was made with (sha256 differs from meta.json)"
+    return None
+
+
+def store_damage(path: Path, meta: dict) -> str | None:
+    """What is wrong with a finished store's arrays or labels (see `load_features`), or None."""
+    problem = array_damage(path, meta)
+    if problem:
+        return problem
+    try:
+        return label_damage(meta, {s: np.load(path / f"y_{s}.npy", allow_pickle=False) for s in meta["rows"]})
+    except (OSError, ValueError) as e:
+        return f"labels unreadable ({e})"
 
 
 class StoreWriter:
@@ -111,7 +194,9 @@ class StoreWriter:
 
     def __init__(self, out: str | os.PathLike, config: dict, labels: dict[str, np.ndarray], dim: int,
                  overwrite: bool = False):
-        self.out = Path(out)
+        # a symlinked --out: the store goes where the link points (its .partial and lock beside the target),
+        # so finishing renames one folder onto another, never onto the link
+        self.out = Path(os.path.realpath(out)) if Path(out).is_symlink() else Path(out)
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.config, self.hash = config, config_hash(config)
         self.labels, self.dim, self.overwrite = labels, dim, overwrite
@@ -156,19 +241,33 @@ class StoreWriter:
             self.note = f"{self.out}: finished the move into place that an interrupted run had begun"
             self.state = "complete"
             return self.state
+        salvage = {}  # split -> an intact X file of a damaged store of these settings, kept instead of redone
         if (self.out / "meta.json").is_file():
             old = read_json(self.out / "meta.json")
+            if old is not None and not (is_store_meta(old) and isinstance(old.get("config_hash"), str)):
+                raise PipelineError(f"--out {self.out} holds a meta.json that is not a feature store's; pipeline "
+                                    f"will not replace it, choose another --out")
             if old is not None and old.get("config_hash") == self.hash:
-                self._tidy_finished()
-                self.state = "complete"
-                return self.state
-            if old is None and not self.overwrite:
+                damage = store_damage(self.out, old)
+                if damage is None:
+                    self._tidy_finished()
+                    self.state = "complete"
+                    return self.state
+                if not _only_store_files(self.out):
+                    raise PipelineError(f"{self.out} is a damaged feature store ({damage}) and holds files a store "
+                                        f"does not; pipeline will not replace it, move it away")
+                salvage = {s: self.out / f"X_{s}.npy" for s in self.labels if len(self.labels[s])
+                           and _array_problem(self.out / f"X_{s}.npy", (len(self.labels[s]), self.dim), "<f4") is None}
+                self.note = (f"{self.out} is damaged ({damage}); re-extracting "
+                             + ("the rest, keeping " + ", ".join(p.name for p in salvage.values()) if salvage
+                                else "it"))
+            elif old is None and not self.overwrite:
                 raise PipelineError(f"{self.out}/meta.json is damaged; pass --overwrite to extract into "
                                     f"{self.out} again, or choose another --out")
-            if not self.overwrite:
+            elif not self.overwrite:
                 raise PipelineError(f"{self.out} already holds features made differently ({_diff(old, self.config)}); "
                                     f"pass --overwrite to replace them, or choose another --out")
-            if not _only_store_files(self.out):
+            elif not _only_store_files(self.out):
                 raise PipelineError(f"--out {self.out} holds files a feature store does not; pipeline will not "
                                     f"replace it, choose another --out")
         elif self.out.is_dir() and any(self.out.iterdir()):
@@ -192,6 +291,11 @@ class StoreWriter:
                 shutil.rmtree(self.partial)
             try:
                 self._create_partial()
+                for split, intact in salvage.items():  # a damaged store's intact rows: copied, not recomputed
+                    shutil.copyfile(intact, self.partial / intact.name)
+                    self._salvaged(split)
+                if salvage:
+                    self._save_progress()
             except OSError as e:
                 shutil.rmtree(self.partial, ignore_errors=True)  # ours, just made, holds nothing finished
                 raise io_error(e, f"creating {self.partial}") from None
@@ -217,6 +321,10 @@ class StoreWriter:
             return False
         self.done = done
         return True
+
+    def _salvaged(self, split: str) -> None:
+        """Every row of `split` is in place (copied from a damaged store's intact file)."""
+        self.done[split] = len(self.labels[split])
 
     def _create_partial(self):
         self.partial.mkdir()
@@ -402,6 +510,10 @@ class ShardedStoreWriter(StoreWriter):
         self.shards = shards
         self._count()
         return True
+
+    def _salvaged(self, split: str) -> None:
+        self.shards.append({"split": split, "start": 0, "stop": len(self.labels[split]), "salvaged": True})
+        self._count()
 
     def _count(self) -> None:
         self.done = {s: sum(d["stop"] - d["start"] for d in self.shards if d["split"] == s) for s in self.labels}
