@@ -383,7 +383,7 @@ def _write_report(out: Path) -> tuple[Path, Path]:
     label = dataset_label(d)
     title = f"pipeline report: do pretrained embeddings beat raw pixels{' on ' + label if label else ''}?"
 
-    md = [f"# {title}", ""]
+    md = [f"# {markdown.escape(title)}", ""]
     body = [f"<h1>{html.escape(title)}</h1>",
             "<nav>" + " · ".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS) + "</nav>"]
     for key, heading in SECTIONS:

@@ -5,8 +5,6 @@ are never mixed in one folder. Knows nothing of how a model was fitted.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from pathlib import Path
@@ -19,7 +17,7 @@ from pipeline.files import atomic_save, atomic_write, has_fields
 from pipeline.hardware import device_name
 from pipeline.references import DATASET as STUDY_DATASET
 from pipeline.references import STUDY
-from pipeline.render import markdown
+from pipeline.render import csvfile, markdown
 from pipeline.render.figures import confusion_figure
 
 REPORTS_ROOT = Path("reports")  # a study's results, maps and report: reports/<dataset>/ unless --out says otherwise
@@ -165,12 +163,8 @@ CSV_COLUMNS = ["feature_set", "classifier", "test_accuracy", "macro_f1", "cv_mea
 
 
 def results_csv(records: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(CSV_COLUMNS)
-    for r in records:
-        w.writerow([json.dumps(r[k], sort_keys=True) if k == "best_params" else r.get(k, "") for k in CSV_COLUMNS])
-    return buf.getvalue()
+    return csvfile.write(CSV_COLUMNS, [[json.dumps(r[k], sort_keys=True) if k == "best_params" else r.get(k, "")
+                                        for k in CSV_COLUMNS] for r in records])
 
 
 def results_markdown(records: list[dict]) -> str:

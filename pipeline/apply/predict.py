@@ -2,8 +2,6 @@
 scores (probabilities where the model has them, else decision scores)."""
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ from pipeline.data.images import show_path
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write
 from pipeline.models.saved import has_method, load_model
+from pipeline.render import csvfile
 
 
 def predict(model: str | Path, inputs, out: str | Path | None = PREDICTIONS, top_k: int = TOP_K,
@@ -39,12 +38,8 @@ def predict(model: str | Path, inputs, out: str | Path | None = PREDICTIONS, top
                      **{f"top{i + 1}_score": float(s[j]) for i, j in enumerate(top)}})
     if out is not None:
         cols = ["path", "predicted", "score_kind"] + [c for i in range(k) for c in (f"top{i + 1}", f"top{i + 1}_score")]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: (f"{r[c]:.6g}" if c.endswith("_score") else r[c]) for c in cols})
-        atomic_write(out, buf.getvalue())
+        atomic_write(out, csvfile.write(cols, [[f"{r[c]:.6g}" if c.endswith("_score") else r[c] for c in cols]
+                                               for r in rows]))
     return rows
 
 
