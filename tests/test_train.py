@@ -113,6 +113,100 @@ def test_a_checkpoint_of_other_settings_is_refused_then_overwritten(tmp_path, st
     assert "resuming" not in fresh.stderr
 
 
+def test_killed_after_the_last_epoch_finishes_from_the_checkpoints(tmp_path, store):
+    """Killed after both phases' last epoch was checkpointed but before the model was written: the rerun does
+    not 'resume at epoch 7 of 6'; it finishes from the checkpoints and ends where an unbroken run does."""
+    whole = _train_subprocess(tmp_path, store, tmp_path / "whole", "--patience", 0)
+    assert whole.returncode == 0, whole.stderr
+    a = records(tmp_path / "whole")[("toynet", "mlp")]
+    out = tmp_path / "killed"
+    killed = _train_subprocess(tmp_path, store, out, "--patience", 0, kill_at=f"train:epoch:{6 + a['best_epoch']}")
+    assert killed.returncode == -signal.SIGKILL and not (out / "results.json").exists()
+    again = _train_subprocess(tmp_path, store, out, "--patience", 0)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" not in again.stderr and "epoch 7/6" not in again.stderr, again.stderr
+    assert "toynet mlp: checkpoint" in again.stderr and "already holds all 6 epochs; finishing from it" in again.stderr
+    assert f"toynet mlp (refit on all rows): checkpoint {out / 'checkpoints' / 'toynet_mlp-refit.pt'} already " \
+           f"holds all {a['best_epoch']} epochs; finishing from it" in again.stderr, again.stderr
+    b = records(out)[("toynet", "mlp")]
+    assert b["resumed_at_epoch"] is None  # no epoch was trained after resuming
+    for k in ("test_accuracy", "best_epoch", "epochs_run", "stopped_by", "epochs"):
+        assert a[k] == b[k], k
+    assert [h["val_loss"] for h in a["history"]] == pytest.approx([h["val_loss"] for h in b["history"]], rel=1e-5)
+    assert not (out / "checkpoints").exists()
+
+
+class _Killed(Exception):
+    pass
+
+
+def _tiny_task(killed_at: int | None = None):
+    """Two features, two classes, one batch an epoch; its validation logits never change, so the validation
+    accuracy never beats epoch 1's (patience counts every epoch after it). Raises _Killed at `killed_at`."""
+    from pipeline.train.loop import Task
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    X, y = torch.randn(16, 2), torch.arange(16) % 2
+
+    def batches(epoch):
+        if epoch == killed_at:
+            raise _Killed
+        yield X, y
+
+    fixed = torch.tensor([[1.0, 0.0]] * 4)
+    return Task(name="tiny", model=model, params=list(model.parameters()), batches=batches, steps_per_epoch=1,
+                forward=model, predict=lambda split: fixed, y_val=np.array([0, 0, 1, 1]),
+                y_test=np.array([0, 1, 0, 1]), images_per_epoch=16)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("epochs, patience, killed_at, max_minutes, says, stopped_by, epochs_run", [
+    # patience runs out at the very last epoch: an unbroken run says "epochs", and so must the resumed one
+    (3, 2, None, None, "already holds all 3 epochs", "epochs", 3),
+    (10, 2, None, None, "stopped early after epoch 3 (no better validation accuracy for 2 epochs)", "patience", 3),
+    # killed after epoch 2, rerun with a budget that is already used up
+    (10, 0, 3, 1e-6, "holds 2 of 10 epochs, and another would overrun --max-minutes 1e-06 (0s used)", "budget",
+     2),
+])
+def test_a_checkpoint_with_no_epoch_left_to_train_is_finished_not_resumed(tmp_path, epochs, patience, killed_at,
+                                                                          max_minutes, says, stopped_by, epochs_run):
+    from dataclasses import replace
+
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.loop import train
+
+    cfg = TrainConfig(epochs=epochs, patience=patience, device="cpu", precision="fp32")
+    ckpt, cpu = tmp_path / "checkpoints" / "tiny.pt", torch.device("cpu")
+    try:
+        whole = train(_tiny_task(killed_at), cfg, 0.01, ckpt, cpu, "fp32", progress=False, log=lambda m: None)
+    except _Killed:
+        whole = None
+    else:
+        assert whole.stopped_by == stopped_by and whole.epochs_run == epochs_run
+    assert ckpt.exists()
+    said = []
+    again = train(_tiny_task(), replace(cfg, max_minutes=max_minutes), 0.01, ckpt, cpu, "fp32", progress=False,
+                  log=said.append)
+    assert len(said) == 1 and f"tiny: checkpoint {ckpt} {says}; finishing from it (best: epoch 1," in said[0], said
+    assert again.stopped_by == stopped_by and again.epochs_run == epochs_run and again.resumed_at is None
+    assert again.best_epoch == 1 and len(again.test_logits) == 4
+
+
+def test_a_finished_run_leaves_no_empty_checkpoints_folder(runner, tmp_path, store):
+    out = tmp_path / "out"
+    r = run_cli(runner, *train_args(store, out, "--head", "linear"))
+    assert r.exit_code == 0, r.output
+    assert (out / "results.json").exists() and not (out / "checkpoints").exists()
+    # a checkpoints folder that holds anything else (another run's checkpoint, a user's file) stays as it is
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "keep.txt").write_text("mine")
+    r = run_cli(runner, *train_args(store, other, "--head", "linear"))
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in (other / "checkpoints").iterdir()] == ["keep.txt"]
+
+
 @pytest.mark.parametrize("extra, says", [
     (["--epochs", 0], "--epochs 0"),
     (["--val-fraction", 0.01], "no validation images"),
@@ -200,6 +294,7 @@ def test_finetune_modes_train_what_they_say(runner, tmp_path, idx100, extra, nam
         assert same == (block not in rec["trainable_blocks"]), (key, block)
     assert (out / "curves").is_dir() and json.loads((out / "models" / Path(rec["model"]).with_suffix(".json").name)
                                                     .read_text())["architecture"]["kind"] == "finetune"
+    assert not (out / "checkpoints").exists()  # the checkpoint, and its folder, went once the outputs were written
 
 
 def test_finetune_resnet_blocks_and_report(runner, tmp_path, idx100, resnet18_file):

@@ -83,7 +83,7 @@ class Outcome:
     seconds: float  # training wall time, resumed runs summed
     val_accuracy: float
     test_logits: torch.Tensor
-    resumed_at: int | None
+    resumed_at: int | None  # the first epoch trained after resuming a checkpoint; None if none was
     throughput: float  # training images per second, measured
 
 
@@ -139,13 +139,16 @@ def train(task: Task, cfg: TrainConfig, lr: float, ckpt: Path, device: torch.dev
         history, bad, elapsed0 = state["history"], state["bad_epochs"], state["elapsed"]
         best = {"epoch": state["best_epoch"], "val_accuracy": state["best_val_accuracy"], "state": state["best"]}
         torch.set_rng_state(state["rng"])
-        resumed_at = len(history) + 1
-        log(f"{task.name}: resuming at epoch {resumed_at} of {cfg.epochs} from {ckpt} (best so far: epoch "
-            f"{best['epoch']}, validation accuracy {best['val_accuracy']:.4f})")
     throughput, est_epoch_s = None, None
-    stopped_by = "patience" if history and cfg.patience and bad >= cfg.patience else \
-        "budget" if history and budget is not None and elapsed0 + history[-1]["seconds"] > budget else "epochs"
-    first = len(history) + 1 if stopped_by == "epochs" else cfg.epochs + 1
+    stopped_by, why = _stopped_before(history, bad, elapsed0, cfg, budget)
+    first = len(history) + 1 if why is None else cfg.epochs + 1
+    if state is not None:
+        kept = f"epoch {best['epoch']}, validation accuracy {best['val_accuracy']:.4f}"
+        if why is None:
+            resumed_at = first
+            log(f"{task.name}: resuming at epoch {first} of {cfg.epochs} from {ckpt} (best so far: {kept})")
+        else:  # nothing left to train (killed after the last checkpoint, before the outputs): finish from it
+            log(f"{task.name}: checkpoint {ckpt} {why}; finishing from it (best: {kept})")
     for epoch in range(first, cfg.epochs + 1):
         t_epoch = t_warm = time.perf_counter()
         seen_warm, warm = 0, min(2, task.steps_per_epoch // 2)
@@ -220,11 +223,27 @@ def train(task: Task, cfg: TrainConfig, lr: float, ckpt: Path, device: torch.dev
     task.model.load_state_dict(best["state"])
     task.model.eval()
     _, _, test_logits = _evaluate(task, "test", task.y_test)  # its validation accuracy is known: best's
-    if throughput is None:  # resumed after the last epoch: the throughput of the last one recorded
+    if throughput is None:  # finished from a checkpoint: the throughput of the last epoch it recorded
         throughput = task.images_per_epoch / max(history[-1]["seconds"], 1e-9)
     return Outcome(history, best["epoch"], len(history), stopped_by,
                    round(elapsed0 + time.perf_counter() - started, 2), best["val_accuracy"], test_logits, resumed_at,
                    round(throughput, 1))
+
+
+def _stopped_before(history: list[dict], bad: int, elapsed: float, cfg: TrainConfig, budget: float | None
+                    ) -> tuple[str, str | None]:
+    """Why a resumed checkpoint's run (`history`, `bad` epochs without a better validation accuracy, `elapsed`
+    seconds) trains no further, as the loop would have decided after its last epoch: (stopped_by, what the
+    checkpoint holds), or ("epochs", None) while epochs are left to train."""
+    done = len(history)
+    if done >= cfg.epochs:  # checked first: an unbroken run that ends at the last epoch says "epochs"
+        return "epochs", f"already holds all {done} epochs"
+    if done and cfg.patience and bad >= cfg.patience:
+        return "patience", f"stopped early after epoch {done} (no better validation accuracy for {bad} epochs)"
+    if done and budget is not None and elapsed + history[-1]["seconds"] > budget:
+        return "budget", (f"holds {done} of {cfg.epochs} epochs, and another would overrun --max-minutes "
+                          f"{cfg.max_minutes:g} ({_fmt(elapsed)} used)")
+    return "epochs", None
 
 
 def _first_estimate(task, cfg, t0, seen, started, elapsed0, budget, log, epoch) -> float:
