@@ -18,15 +18,46 @@ def _plt():
     return plt
 
 
+DISPLAY_CHARS = 40  # a class (or feature set) name longer than this is shortened on figures; files keep it whole
+
+
+def short_name(name: str, limit: int = DISPLAY_CHARS) -> str:
+    """`name` as a figure shows it: at most `limit` characters, the middle elided ("…") so that both ends, where
+    names usually differ, stay readable."""
+    name = str(name)
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) * 2 // 3
+    return f"{name[:head]}…{name[len(name) - (limit - 1 - head):]}"
+
+
+def short_names(names: list[str], limit: int = DISPLAY_CHARS) -> list[str]:
+    """`short_name` of each, still distinct: names that would shorten alike end with their position instead."""
+    shown = [short_name(n, limit) for n in names]
+    seen: dict[str, int] = {}
+    for s in shown:
+        seen[s] = seen.get(s, 0) + 1
+    return [s if seen[s] == 1 or len(n) <= limit else short_name(n, limit - len(f" #{i + 1}")) + f" #{i + 1}"
+            for i, (n, s) in enumerate(zip(names, shown))]
+
+
 def confusion_figure(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
-    """Row-normalised confusion matrix (true class per row) with counts in the cells."""
+    return _save(draw_confusion(cm, classes, title), path)
+
+
+def draw_confusion(cm: np.ndarray, classes: list[str], title: str):
+    """Row-normalised confusion matrix (true class per row) with counts in the cells. Returns the figure."""
     plt = _plt()
     cm = np.asarray(cm)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    names = short_names(classes)
+    ax.set_xticks(range(len(classes)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), names, fontsize=8)
+    extra = _label_inches(fig, ax.get_yticklabels()) - 0.8  # the size suits names as long as Fashion-MNIST's
+    if extra > 0:  # longer ones: a larger figure, not a smaller matrix
+        fig.set_size_inches(6.6 + extra * 1.1, 5.6 + extra * 0.8)  # the x labels slant: ~0.7 of their width
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
@@ -37,7 +68,7 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str, path: Path)
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def draw_confusion_grid(records: list[dict], key: str = "confusion_matrix", accuracy_key: str = "test_accuracy"):
@@ -47,7 +78,7 @@ def draw_confusion_grid(records: list[dict], key: str = "confusion_matrix", accu
     sets = list(dict.fromkeys(r["feature_set"] for r in records))
     clfs = list(dict.fromkeys(r["classifier"] for r in records))
     by = {(r["feature_set"], r["classifier"]): r for r in records}
-    classes = records[0]["classes"]
+    classes = short_names(records[0]["classes"])
     cell = 2.1 if len(classes) <= 12 else 2.8
     fig, axes = plt.subplots(len(sets), len(clfs), figsize=(cell * len(clfs) + 1.8, cell * len(sets) + 1.6),
                              dpi=90, squeeze=False, layout="constrained")
@@ -64,7 +95,7 @@ def draw_confusion_grid(records: list[dict], key: str = "confusion_matrix", accu
             cm = np.asarray(r[key], dtype=float)
             norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
             im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-            ax.set_title(f"{r.get('label', c)}\n{feature_title(s)}: {r[accuracy_key]:.3f}", fontsize=7)
+            ax.set_title(f"{r.get('label', c)}\n{short_name(feature_title(s))}: {r[accuracy_key]:.3f}", fontsize=7)
             if j == 0:
                 ax.set_yticks(range(len(classes)), classes, fontsize=5)
                 ax.set_ylabel("true", fontsize=7)
@@ -73,6 +104,10 @@ def draw_confusion_grid(records: list[dict], key: str = "confusion_matrix", accu
                 ax.set_xlabel("predicted", fontsize=7)
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.8, label="fraction of true class")
+    ticks = [t for ax in axes[:, 0] for t in ax.get_yticklabels()]
+    extra = _label_inches(fig, ticks) - 0.5  # names longer than Fashion-MNIST's: a larger figure, not smaller cells
+    if extra > 0:
+        fig.set_size_inches(fig.get_figwidth() + extra, fig.get_figheight() + extra)
     return fig
 
 
@@ -110,16 +145,19 @@ def draw_maps(panels, classes: list[str], method: str):
         size = float(np.clip(4000 / max(len(y), 1), 0.4, 12))
         ax.scatter(coords[order, 0], coords[order, 1], c=list(colours[y[order]]), s=size, linewidths=0,
                    rasterized=True)
-        ax.set_title(f"{method} of {feature_title(name)}\n{meta['knn']}-NN accuracy in 2-D "
+        ax.set_title(f"{method} of {short_name(feature_title(name))}\n{meta['knn']}-NN accuracy in 2-D "
                      f"{meta['knn_accuracy']:.3f}, trustworthiness {meta['trustworthiness']:.3f}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_xlabel(f"{method} 1", fontsize=8)
         ax.set_ylabel(f"{method} 2", fontsize=8)
     handles = [Line2D([], [], marker="o", linestyle="", color=c, markersize=6, label=n)
-               for n, c in zip(classes, colours)]
-    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False, title="class")
-    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
+               for n, c in zip(short_names(classes), colours)]
+    legend = fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False, title="class")
+    # the legend gets the width its names need, the figure growing by as much: the plots keep their size
+    need = max(1.5, legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi + 0.1)
+    fig.set_figwidth(5.2 * len(panels) + 0.1 + need)
+    fig.tight_layout(rect=(0, 0, 1 - need / fig.get_figwidth(), 1))
     return fig
 
 
@@ -135,7 +173,8 @@ def draw_accuracy_bars(records: list[dict], study: dict | None = None):
     clfs = list(dict.fromkeys(r["classifier"] for r in records))
     labels = {r["classifier"]: r.get("label", r["classifier"]) for r in records}
     by = {(r["feature_set"], r["classifier"]): r["test_accuracy"] for r in records}
-    series = [(feature_title(s), [by.get((s, c), np.nan) for c in clfs], None, f"C{i}") for i, s in enumerate(sets)]
+    series = [(short_name(feature_title(s)), [by.get((s, c), np.nan) for c in clfs], None, f"C{i}")
+              for i, s in enumerate(sets)]
     if study:  # the study's raw pixels in our raw colour, hatched
         raw = f"C{sets.index('raw')}" if "raw" in sets else f"C{len(sets)}"
         series += [("raw pixels (study)", [study.get(c, (np.nan, np.nan))[1] for c in clfs], "//", raw),
@@ -222,6 +261,12 @@ def draw_transfer_modes(rows: list[dict]):
 
 def transfer_figure(rows: list[dict], path: Path) -> Path:
     return _save(draw_transfer_modes(rows), path)
+
+
+def _label_inches(fig, texts) -> float:
+    """The widest of `texts` (unrotated tick labels) in inches, as `fig` will draw them."""
+    renderer = fig.canvas.get_renderer()
+    return max((t.get_window_extent(renderer).width for t in texts), default=0.0) / fig.dpi
 
 
 def _save(fig, path: Path) -> Path:
