@@ -18,6 +18,7 @@ from pipeline.classical.backends import make_backend
 from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS
 from pipeline.data import DATASET, TEST_FRACTION, dataset_slug
 from pipeline.data.domain import domain_for
+from pipeline.data.folder import refuse_output_inside
 from pipeline.embed.request import BACKBONE, IMAGE_SIZE, WEIGHTS, ExtractRequest, default_store, run_suffix
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write, folder_lock, read_json
@@ -96,12 +97,20 @@ class RunConfig:
         if self.grid not in PRESETS:
             raise PipelineError(f"--grid {self.grid!r}: `pipeline run` takes a preset ({', '.join(PRESETS)}); "
                                 f"use `pipeline classify --grid FILE.json` for custom grids")
+        if self.cv < 2:
+            raise PipelineError(f"--cv {self.cv}: cross-validation needs at least 2 folds")
         if self.match_domain:
             if not self.wild:
                 raise PipelineError("--match-domain applies to the in-the-wild test: give --wild DIR too")
             domain_for(self.dataset)
         if self.wild and not Path(self.wild).is_dir():
             raise PipelineError(f"--wild {self.wild}: not a folder; expected {self.wild}/<class>/<images>")
+        if self.dataset == "folder":
+            store, out = self.paths()
+            refuse_output_inside(store, self.data_dir, "the store", "run pipeline from outside the image folder")
+            refuse_output_inside(out, self.data_dir)
+        if self.wild:
+            refuse_output_inside(self.paths()[1], self.wild)
         bad = [h for h in self.train if h not in HEADS]
         if bad:
             raise PipelineError(f"--train {','.join(bad)}: heads are {', '.join(HEADS)}")

@@ -231,6 +231,30 @@ def test_unknown_classifier_empty_grid_and_cv(tmp_path, runner, store, monkeypat
     assert_one_line_error(r, "no feature store for 'resnet'", "pipeline extract")
 
 
+
+@pytest.mark.parametrize("grid, says", [
+    ({"lda": {"clf__tol": [1e-4]}, "svc": {"clf__C": [1.0]}}, "grids for 'svc' would not be used: svc not among "
+                                                               "--classifiers lda"),
+    ({"lda": {"clf__tol": [1e-4]}, "xgboost": {"eta": [0.1]}}, "grids for 'xgboost' would not be used: not "
+                                                               "classifiers"),
+    ({"lda": {"clf__tolerance": [1e-4]}}, "lda has no parameter 'clf__tolerance'"),
+])
+def test_grid_keys_that_would_be_ignored_are_refused(tmp_path, runner, store, grid, says):
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(grid))
+    r = run_cli(runner, "classify", "--features", store, "--classifiers", "lda", "--grid", path, "--cv", 2,
+                "--out", tmp_path / "o")
+    assert_one_line_error(r, "--grid: ", says)
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+@pytest.mark.parametrize("classifier", ["qda", "lda", "knn"])
+@pytest.mark.parametrize("cv", [0, 1, -3])
+def test_fewer_than_two_folds_is_one_line_for_every_classifier(tmp_path, runner, store, classifier, cv):
+    r = run_cli(runner, "classify", "--features", store, "--classifiers", classifier, "--cv", cv,
+                "--out", tmp_path / "o")
+    assert_one_line_error(r, f"--cv {cv}: cross-validation needs at least 2 folds")
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_backend_without_cuml(store):

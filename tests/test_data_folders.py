@@ -197,7 +197,9 @@ def test_a_model_file_with_untrusted_types_is_not_loaded(tmp_path, runner):
 
     path = tmp_path / "evil.skops"
     sio.dump(FunctionTransformer(os.system), path)
-    path.with_suffix(".json").write_text(json.dumps({"format": FORMAT, "features": {"kind": "raw"}}))
+    path.with_suffix(".json").write_text(json.dumps({"format": FORMAT, "feature_set": "raw", "classifier": "lda",
+                                                     "classes": ["a", "b"], "dataset": "folder",
+                                                     "features": {"kind": "raw", "size": 8, "channels": 1}}))
     img = shapes_folder(tmp_path / "img", 1)
     r = run_cli(runner, "predict", "--model", path, img)
     assert_one_line_error(r, "does not trust", "not loaded")
@@ -443,3 +445,27 @@ def test_decompression_bomb_and_truncated_jpeg_fail_up_front(folder_dir, tmp_pat
     assert_one_line_error(r, "cut.jpg: truncated JPEG")
     assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()  # before any work
 
+
+
+def test_an_output_folder_inside_the_image_folder_is_refused_up_front(tmp_path, runner, monkeypatch):
+    """--out D (or inside D) for --data-dir D would write confusion/, figures/, maps/ among the user's class
+    folders and read them back as classes: every command that writes refuses it before any work."""
+    data = shapes_folder(tmp_path / "photos", 4)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    common = ["--dataset", "folder", "--data-dir", data]
+    for args in (["run", *common, "--weights", "none", "--grid", "quick", "--out", data],
+                 ["run", *common, "--weights", "none", "--out", data / "reports"],
+                 ["extract", *common, "--weights", "none", "--out", data / "store"],
+                 ["classify", "--features", "raw", *common, "--out", data / "circle"],
+                 ["project", "--features", "raw", *common, "--methods", "pca", "--out", data],
+                 ["train", "--features", "raw", *common, "--out", data],
+                 ["finetune", *common, "--weights", "none", "--out", data / "square"]):
+        r = run_cli(runner, *args)
+        assert_one_line_error(r, "is inside the image folder", "its outputs would be read back as classes")
+    monkeypatch.chdir(data)  # the default features/ and reports/ under the working folder: inside it too
+    r = run_cli(runner, "extract", "--dataset", "folder", "--data-dir", ".", "--weights", "none")
+    assert_one_line_error(r, "features/folder-", "is inside the image folder")
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before  # nothing written among the photos
+    wild = shapes_folder(tmp_path / "wild", 2)
+    r = run_cli(runner, "evaluate", "--folder", wild, "--out", wild / "study")
+    assert_one_line_error(r, "is inside the image folder")

@@ -12,6 +12,7 @@ from pipeline.apply.featurize import Log, featurize, stderr
 from pipeline.apply.featurize import matcher as domain_matcher
 from pipeline.data import Split
 from pipeline.data.domain import domain_for
+from pipeline.data.folder import refuse_output_inside
 from pipeline.data.images import class_images, show_path, verify_image, visible
 from pipeline.errors import PipelineError
 from pipeline.files import folder_lock
@@ -56,6 +57,7 @@ def evaluate(out: str | Path, folder: str | Path, match_domain: bool = False, de
     returns None without work when every saved model already has numbers for this folder's current content
     and this domain matching."""
     out = Path(out)
+    refuse_output_inside(out, folder)  # else its models/ and confusion/ would be read as wild classes
     with folder_lock(out, "pipeline evaluate"):
         records = read_results(out)
         have = [r for r in records if has_model(out, r["feature_set"], r["classifier"])

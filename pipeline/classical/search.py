@@ -27,9 +27,11 @@ from pipeline.classical.specs import (
     DEFAULT_CV,
     DEFAULT_GRID,
     TUNE_ROWS,
+    check_custom_grid,
     grid_id,
     resolve_grid,
 )
+from pipeline.data.folder import refuse_output_inside
 from pipeline.errors import PipelineError
 from pipeline.files import folder_lock
 from pipeline.hardware import available_memory, dask_client
@@ -110,6 +112,8 @@ def plan_search(classifier: str, grid, y: np.ndarray, cv: int, preset_rows: int 
     from sklearn.model_selection import ParameterGrid, StratifiedKFold
 
     backend = backend or SklearnCPU()
+    if cv < 2:
+        raise PipelineError(f"--cv {cv}: cross-validation needs at least 2 folds")
     g = resolve_grid(classifier, grid, backend)
     tune_idx = stratified_subsample(y, preset_rows)
     counts = np.bincount(y[tune_idx], minlength=len(classes))
@@ -117,8 +121,6 @@ def plan_search(classifier: str, grid, y: np.ndarray, cv: int, preset_rows: int 
     cap = n_features
     if classifier == "qda":
         cap = min(cap, max(1, int(present.min() * (cv - 1) / cv) - 1))
-    if cv < 2:
-        raise PipelineError(f"--cv {cv}: cross-validation needs at least 2 folds")
     if cv > present.min():
         smallest = classes[int(np.where(counts == present.min())[0][0])]
         raise PipelineError(f"--cv {cv} is larger than the smallest class ({present.min()} images of "
@@ -144,7 +146,12 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
     if unknown or not classifiers:
         raise PipelineError(f"unknown classifier {', '.join(unknown) or '(none given)'}; choose from "
                             f"{','.join(CLASSIFIERS)}")
+    if cv < 2:  # before anything is derived from it (QDA's rank limit divides by it)
+        raise PipelineError(f"--cv {cv}: cross-validation needs at least 2 folds")
+    if isinstance(grid, dict):
+        check_custom_grid(grid, classifiers)
     check_comparable(sets)
+    refuse_output_inside(out, sets[0].image_folder)
     run = _Run(sets, classifiers, grid, cv, backend or SklearnCPU(), n_jobs, dask, out, progress, log, models)
     if out is None:
         return _classify(run)

@@ -184,6 +184,26 @@ def grid_id(grid: str | dict) -> str:
     return "custom-" + hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def check_custom_grid(grid: dict, classifiers) -> None:
+    """A --grid FILE's keys: each a classifier being run, each parameter one its pipeline has. Anything else
+    would be silently ignored (the record would say `custom-...` but the default ran): one line naming it."""
+    unused = [k for k in grid if k not in classifiers]
+    if unused:
+        known = [k for k in unused if k in CLASSIFIERS]
+        raise PipelineError(f"--grid: grids for {', '.join(map(repr, unused))} would not be used: "
+                            + (f"{', '.join(known)} not among --classifiers {','.join(classifiers)}" if known else
+                               f"not classifiers (choose from {','.join(CLASSIFIERS)})"))
+    for c, g in grid.items():
+        if not isinstance(g, dict):
+            continue  # resolve_grid says what a grid must be
+        pipe = CLASSIFIERS[c].make(False)
+        bad = [k for k in g if k not in pipe.get_params()]
+        if bad:
+            example = ", ".join(CLASSIFIERS[c].grids["default"]) or "clf__tol"
+            raise PipelineError(f"--grid: {c} has no parameter {', '.join(map(repr, bad))}; its pipeline's steps "
+                                f"are {', '.join(pipe.named_steps)}, parameters are step__name (e.g. {example})")
+
+
 def resolve_grid(classifier: str, grid: str | dict, backend: Backend | None = None) -> dict:
     """A preset name (its grid for the formulation this backend runs), or a dict {classifier: param grid}
     (e.g. read from --grid FILE.json)."""

@@ -2,6 +2,7 @@
 read as a test set only). Every file is verified up front, so a bad one fails before any work is done."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,15 @@ def _split(per_class: list[list[Path]], classes: list[str], fraction: float, roo
         return [[files[i] for i in rows if y[i] == c] for c in range(len(per_class))]
 
     return by_class(keep), by_class(held)
+
+
+def refuse_output_inside(out, folder, what: str = "--out", fix: str = "choose an --out outside it") -> None:
+    """An output folder equal to or inside an image folder would put pipeline's files among the user's images
+    and read them back as classes: refused before any work. `folder` None: not an image folder, nothing to
+    check."""
+    if out is None or folder is None:
+        return
+    o, f = os.path.realpath(Path(out).expanduser()), os.path.realpath(Path(folder).expanduser())
+    if o == f or o.startswith(f.rstrip(os.sep) + os.sep):
+        raise PipelineError(f"{what} {show_path(Path(out))} is inside the image folder {show_path(Path(folder))}: "
+                            f"its outputs would be read back as classes; {fix}")

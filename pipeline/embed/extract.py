@@ -10,13 +10,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from pipeline.data import Dataset, load_dataset
+from pipeline.data import Dataset, dataset_slug, load_dataset
+from pipeline.data.folder import refuse_output_inside
 from pipeline.embed.backbones import Backbone, build_backbone
 from pipeline.embed.engines import make_engine, prefetch
 from pipeline.embed.request import ExtractRequest, ExtractResult, already_done, image_shape, store_config, store_meta
 from pipeline.embed.sharded import extract_on_dask
 from pipeline.errors import PipelineError
-from pipeline.store.format import StoreWriter
+from pipeline.store.format import StoreWriter, store_path
 
 
 def _stderr(m: str) -> None:
@@ -32,6 +33,9 @@ def extract(req: ExtractRequest, dataset: Dataset | None = None, backbone: Backb
     from tqdm.auto import tqdm
 
     req.check()
+    if req.dataset == "folder":  # before the images are read: a store inside them would become a class
+        refuse_output_inside(req.out or store_path(dataset_slug(req.dataset, req.data_dir), req.backbone),
+                             req.data_dir)
     if dataset is None:
         dataset = load_dataset(req.dataset, req.data_dir, req.limit, req.folder_split)
     if backbone is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.folder import refuse_output_inside
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.files import atomic_save, atomic_write, folder_lock, read_json
@@ -85,6 +86,7 @@ def project(sets: list[FeatureSet], methods=DEFAULT_METHODS, out: Path = REPORTS
     check_methods(methods, backend)
     check_comparable(sets)
     out = Path(out)
+    refuse_output_inside(out, sets[0].image_folder)
     with folder_lock(out, "pipeline project"):
         return _project(sets, methods, out, backend, n_jobs, log)
 

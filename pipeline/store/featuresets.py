@@ -24,6 +24,7 @@ from pipeline.store.format import FEATURES_ROOT, load_features, store_path
 
 ALIASES = {"resnet": "resnet18"}
 RAW_SIZE = 32  # a folder's raw pixels: images resized to this square
+RAW_SIZE_MAX = 1024  # the largest --raw-size (and raw-pixel image side a model card may name)
 RAW_RESIZE = "PIL bilinear (antialiased), aspect ratio not kept (no crop), as the backbones see images"
 
 
@@ -45,6 +46,11 @@ class FeatureSet:
     classes: list[str]
     dataset: str
     meta: dict = field(default_factory=dict)
+
+    @property
+    def image_folder(self) -> str | None:
+        """The image folder these features were made from (None for other datasets): no output goes in it."""
+        return self.meta.get("dataset", {}).get("source") if self.dataset == "folder" else None
 
     @property
     def labels_sha256(self) -> str:
@@ -136,8 +142,8 @@ def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: in
             raw = {"size": int(h) if h == w else None, "channels": int(c), "resize": None,
                    "scale": "x / 255, flattened (C, H, W)", "image_shape": [int(c), int(h), int(w)]}
         else:
-            if raw_size < 1:
-                raise PipelineError(f"--raw-size must be a positive number of pixels, not {raw_size}")
+            if not 1 <= raw_size <= RAW_SIZE_MAX:
+                raise PipelineError(f"--raw-size must be a number of pixels in 1..{RAW_SIZE_MAX}, not {raw_size}")
             parts, raw = _raw_folder(ds, raw_size)
         return FeatureSet("raw", parts["train"], ds.splits["train"].labels, parts["test"], ds.splits["test"].labels,
                           ds.classes, dataset, {"dataset": ds.describe(), "raw": raw})

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.data import dataset_slug, load_dataset
+from pipeline.data.folder import refuse_output_inside
 from pipeline.embed.backbones import GlobalPool, Preprocess, build_backbone
 from pipeline.embed.request import IMAGE_SIZE
 from pipeline.errors import PipelineError
@@ -190,6 +191,8 @@ def finetune(req: FinetuneRequest, progress: bool | None = None,
     req.train.check()
     augments = req.augments()
     out = Path(req.out or report_dir(dataset_slug(req.dataset, req.data_dir)))
+    if req.dataset == "folder":
+        refuse_output_inside(out, req.data_dir)
     with folder_lock(out, "pipeline finetune"):
         return _finetune(req, augments, out, progress, log)
 

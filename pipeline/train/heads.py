@@ -17,6 +17,7 @@ the same results.json as classify, the learning curve, and the model (safetensor
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from pipeline.data.folder import refuse_output_inside
 from pipeline.files import folder_lock
 from pipeline.hardware import resolve_device
 from pipeline.models.heads import LABELS
@@ -51,6 +53,7 @@ def train_head(fs: FeatureSet, req: TrainRequest, progress: bool | None = None,
     """Train one head on `fs` and write its record, learning curve and model under `req.out` (locked)."""
     req.head.check()
     req.train.check()
+    refuse_output_inside(req.out, fs.image_folder)
     with folder_lock(req.out, "pipeline train"):
         check_results_file(req.out, fs.labels_sha256)
         return _train_head(fs, req, progress, log)
@@ -139,9 +142,11 @@ def _training_fields(result, cfg: TrainConfig) -> dict:
 def finish(out: Path, rec: dict, model: nn.Module, architecture: dict, about: dict, ckpt: Path,
            extra: list[Path] = ()) -> None:
     """Model, then record (+ derived tables), then learning curve; the checkpoint goes last (a kill before
-    that reruns from it and rewrites the same outputs)."""
+    that reruns from it and rewrites the same outputs), and its folder with it when nothing else is in it."""
     rec["model"] = save_torch_model(out, rec, model, architecture, about)
     write_results(out, [rec])
     learning_curve(rec, Path(out) / curve_path(rec))
     for path in (ckpt, *extra):
         path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # rmdir refuses a folder that holds anything (another run's checkpoint)
+        Path(ckpt).parent.rmdir()
