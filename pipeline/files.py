@@ -66,6 +66,39 @@ def has_fields(obj, fields: dict) -> bool:
     return isinstance(obj, dict) and all(isinstance(obj.get(k), t) for k, t in fields.items())
 
 
+def check_schema(obj, schema: dict, where: str | os.PathLike, fix: str) -> None:
+    """Parsed JSON checked against a JSON Schema (declarative: types, bounds, choices, required fields); the
+    most relevant problem is one line naming the field, e.g. `card.json: features.size must be at most 1024
+    (is 200000); rerun ...`."""
+    import jsonschema  # only where a file is validated: `pipeline --help` stays light
+    from jsonschema.exceptions import best_match
+
+    err = best_match(jsonschema.Draft202012Validator(schema).iter_errors(obj))
+    if err is not None:
+        raise PipelineError(f"{where}: {_schema_problem(err)}; {fix}")
+
+
+def _schema_problem(err) -> str:
+    """One failed schema check in words, naming its field; never the (possibly huge) value itself."""
+    field = ".".join(map(str, err.absolute_path))
+    v, got, kind = err.validator_value, err.instance, err.validator
+    if kind == "required":
+        missing = next((k for k in v if isinstance(got, dict) and k not in got), v[0])
+        return f"{field + '.' if field else ''}{missing} is missing"
+    name = field or "the file"
+    shown = json.dumps(got)[:40] if isinstance(got, int | float | str | bool) or got is None else type(got).__name__
+    words = {"type": lambda: f"must be {' or '.join(v) if isinstance(v, list) else v} (is {shown})",
+             "minimum": lambda: f"must be at least {v} (is {shown})",
+             "maximum": lambda: f"must be at most {v} (is {shown})",
+             "exclusiveMaximum": lambda: f"must be below {v} (is {shown})",
+             "enum": lambda: f"must be one of {', '.join(json.dumps(c) for c in v)} (is {shown})",
+             "const": lambda: f"must be {json.dumps(v)} (is {shown})",
+             "minItems": lambda: f"must hold at least {v} item(s) (holds {len(got)})",
+             "maxItems": lambda: f"must hold at most {v} items (holds {len(got)})",
+             "minLength": lambda: "must not be empty" if v == 1 else f"must be at least {v} characters long"}
+    return f"{name} {words[kind]()}" if kind in words else f"{name}: {err.message[:120]}"
+
+
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 

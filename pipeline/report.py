@@ -16,9 +16,10 @@ from urllib.parse import quote
 from pipeline.classical.specs import CLASSIFIERS
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
-from pipeline.files import atomic_write, folder_lock, has_fields, read_json
+from pipeline.files import atomic_write, check_schema, folder_lock, has_fields, read_json
 from pipeline.hardware import cpu_name, versions
 from pipeline.maps.methods import DEFAULT_METHODS
+from pipeline.models.saved import read_card
 from pipeline.references import BENCHMARK, STUDY
 from pipeline.render import markdown
 from pipeline.render.figures import accuracy_figure, confusion_grid, feature_title, transfer_figure
@@ -36,6 +37,17 @@ def _read_json(path: Path, default=None):
     obj = read_json(path, kind=object, strict=True)
     return default if obj is None else obj
 
+
+_STAGES = {"type": "array", "items": {"type": "object", "required": ["stage", "state", "seconds"], "properties": {
+    "stage": {"type": "string"}, "state": {"type": "string"}, "seconds": {"type": "number"},
+    "detail": {"type": "string"}}}}
+_TEXT = {"type": ["string", "null"]}
+# run.json (written by `pipeline run`), declaratively: the fields the report reads, with their types
+RUN_SCHEMA = {"type": "object", "properties": {
+    "command": _TEXT, "started": _TEXT, "finished": _TEXT, "dataset": _TEXT, "data_dir": _TEXT,
+    "stores": {"type": "array", "items": {"type": "string"}}, "stages": _STAGES,
+    "previous_runs": {"type": "array", "items": {"type": "object", "properties": {
+        "command": _TEXT, "started": _TEXT, "finished": _TEXT, "stages": _STAGES}}}}}
 
 MAP_KEYS = {"feature_set": str, "method": str, "label": str, "knn_accuracy": float, "trustworthiness": float,
             "rows": int, "knn": int, "trust_rows": int, "seconds": (int, float), "implementation": str}
@@ -61,8 +73,7 @@ def gather(out: Path) -> dict:
         raise PipelineError(f"nothing to report in {out}: run `pipeline classify` or `pipeline project` "
                             f"(or `pipeline run`) with --out {out} first")
     run = _read_json(out / "run.json", {})
-    if not isinstance(run, dict):
-        raise PipelineError(f"{out / 'run.json'} is not a run record; move it away (`pipeline run` writes it)")
+    check_schema(run, RUN_SCHEMA, out / "run.json", "move it away (`pipeline run` writes it)")
     stores = {}
     for path in run.get("stores", []):
         meta = _read_json(Path(path) / "meta.json")
@@ -71,9 +82,8 @@ def gather(out: Path) -> dict:
     installed = {k: v for k, v in versions(*VERSIONS).items() if k != "python"}  # python: in the hardware
     cards = {}
     for path in sorted((out / "models").glob("*.json")):
-        card = _read_json(path)
-        if isinstance(card, dict) and isinstance(card.get("features"), dict):
-            cards[(card.get("feature_set"), card.get("classifier"))] = card
+        card = read_card(path)
+        cards[(card["feature_set"], card["classifier"])] = card
     return {"out": out, "records": records, "maps": maps, "run": run, "stores": stores, "versions": installed,
             "cards": cards,
             "hardware": _hardware(), "created": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -80,8 +80,9 @@ def write_store(path: Path, X_train, y_train, X_test, y_test, dataset="fashion-m
         np.save(path / f"{name}.npy", a)
     sha = {s: hashlib.sha256(np.asarray(y, "<i8").tobytes()).hexdigest() for s, y in (("train", y_train),
                                                                                      ("test", y_test))}
-    meta = {"rows": {"train": len(y_train), "test": len(y_test)}, "dim": int(np.shape(X_train)[1]),
-            "backbone": {"name": backbone},
+    dim = int(np.shape(X_train)[1])
+    meta = {"rows": {"train": len(y_train), "test": len(y_test)}, "dim": dim, "image_size": 224,
+            "backbone": {"name": backbone, "feature_dim": dim},
             "dataset": {"name": dataset, "classes": classes or FASHION_MNIST_CLASSES, "labels_sha256": sha}}
     (path / "meta.json").write_text(json.dumps(meta))
     return path

@@ -5,6 +5,7 @@ meta.json, written from what ran. Light: no torch here.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from pipeline.store.format import StoreWriter, store_path
 BACKBONE = "resnet18"  # every command's default backbone (extract, classify/project's features, train, finetune)
 WEIGHTS = "imagenet"
 IMAGE_SIZE = 224
+IMAGE_SIZES = (32, 1024)  # the --image-size a backbone takes (and a model card may name), inclusive
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ENGINES = ("auto", "torch", "openvino")
 SHARD_ROWS = 2048  # --dask: images per shard (the unit of work, progress and resume)
@@ -122,7 +124,7 @@ def store_meta(dataset: Dataset, backbone, edesc: dict, batch_size: int | str, c
     """meta.json: how the store was made, from what ran (edesc: the engine's own description)."""
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["pipeline"] + sys.argv[1:]) if Path(sys.argv[0]).name == "pipeline" else None,
+        "command": shlex.join(["pipeline"] + sys.argv[1:]) if Path(sys.argv[0]).name == "pipeline" else None,
         "dataset": {**dataset.describe(), "image_shape": image_shape(dataset) or "varied (image folder)"},
         "backbone": {"name": backbone.name, "weights": backbone.weights, "layer": backbone.layer,
                      "feature_dim": backbone.dim},

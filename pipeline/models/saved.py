@@ -10,10 +10,13 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.embed.request import IMAGE_SIZES
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_write, read_json, replacing
+from pipeline.files import atomic_write, check_schema, read_json, replacing
 from pipeline.hardware import versions
+from pipeline.models.heads import HEADS, TRANSFORMS
 from pipeline.results import record_stem
+from pipeline.store.featuresets import RAW_SIZE_MAX
 
 MODELS_DIR = "models"
 FORMAT = "pipeline-model/1"
@@ -24,6 +27,63 @@ TRUSTED = ("sklearn.tree._tree.Tree", "pipeline.classical.solvers.DenseLinearSVC
            "pipeline.solvers.DenseLinearSVC")  # the linear SVC's name in models saved before the subpackages
 _MOVED = {"pipeline.solvers": "pipeline.classical.solvers"}  # old module path -> where it lives now
 _VERSIONS = ("scikit-learn", "numpy", "skops", "torch", "torchvision", "openvino")  # a card records these
+
+
+MAX_CLASSES = 100_000
+MAX_WIDTH = 1 << 20  # a head's input or hidden width: bounded here, then checked against the weights file
+_INT = {"type": "integer"}
+_SIDE = {**_INT, "minimum": 1, "maximum": RAW_SIZE_MAX}
+_RAW = {"required": ["size", "channels"], "properties": {
+    "size": {"type": ["integer", "null"], "minimum": 1, "maximum": RAW_SIZE_MAX}, "channels": {"enum": [1, 3]},
+    "image_shape": {"type": "array", "prefixItems": [{"enum": [1, 3]}, _SIDE, _SIDE], "minItems": 3, "maxItems": 3}}}
+_EMBEDDINGS = {"required": ["backbone", "image_size"], "properties": {
+    "backbone": {"type": "string", "minLength": 1},
+    "image_size": {**_INT, "minimum": IMAGE_SIZES[0], "maximum": IMAGE_SIZES[1]},
+    "feature_dim": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_WIDTH},
+    "weights": {"type": "object"}, "layer": {"type": ["string", "null"]},
+    "preprocessing": {"type": ["object", "null"]}}}
+_HEAD = {"required": ["head", "in_dim"], "properties": {
+    "in_dim": {**_INT, "minimum": 1, "maximum": MAX_WIDTH},
+    "head": {"type": "object", "required": ["kind"], "properties": {
+        "kind": {"enum": list(HEADS)}, "transform": {"enum": [t for t in TRANSFORMS if t != "auto"]},
+        "hidden": {"type": "array", "items": {**_INT, "minimum": 1, "maximum": MAX_WIDTH}, "minItems": 1,
+                   "maxItems": 16},
+        "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "input_dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}}}}}
+
+
+def _when(key: str, value: str, then: dict) -> dict:
+    return {"if": {"properties": {key: {"const": value}}, "required": [key]}, "then": then}
+
+
+# A model card, declaratively: every field a loader reads, with its type and bounds. Checked before anything is
+# allocated from it; after the model is loaded, `_check_fits` checks the card against the model itself.
+CARD_SCHEMA = {
+    "type": "object", "required": ["format", "feature_set", "classifier", "classes", "dataset", "features"],
+    "properties": {
+        "format": {"const": FORMAT}, "model": {"type": "string"},
+        "feature_set": {"type": "string"}, "classifier": {"type": "string"}, "label": {"type": "string"},
+        "classes": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_CLASSES},
+        "dataset": {"type": "string"}, "dataset_source": {"type": ["string", "null"]},
+        # null: a fine-tuned network, which takes images
+        "features": {"type": ["object", "null"], "required": ["kind"],
+                     "properties": {"kind": {"enum": ["raw", "embeddings"]}},
+                     "allOf": [_when("kind", "raw", _RAW), _when("kind", "embeddings", _EMBEDDINGS)]},
+        "architecture": {"type": "object", "required": ["kind"], "allOf": [_when("kind", "head", _HEAD)]},
+        "scores": {"enum": ["probabilities", "decision", None]},
+    }}
+
+
+def read_card(card_path: Path) -> dict:
+    """A model card, validated against CARD_SCHEMA: a missing, damaged or edited card is one line naming the
+    field."""
+    card = read_json(card_path, kind=object)
+    if card is None:
+        raise PipelineError(f"{card_path} is missing or not JSON; rerun `pipeline classify` (or `pipeline train`) "
+                            f"to save the model again")
+    check_schema(card, CARD_SCHEMA, card_path, "rerun `pipeline classify` (or `pipeline train`) to save the model "
+                                               "again")
+    return card
 
 
 def model_paths(out: Path, feature_set: str, classifier: str, suffix: str = ".skops") -> tuple[Path, Path]:
@@ -97,11 +157,10 @@ def _load_torch(path: Path, card: dict):
     if arch.get("kind") != "head":
         raise PipelineError(f"{path}: a fine-tuned network ({card.get('feature_set')}); `pipeline predict` takes "
                             f"classifiers on features (.skops models and trained heads) for now")
-    if not isinstance(card.get("features"), dict):
-        raise PipelineError(f"{path}: its card {path.with_suffix('.json').name} has no features' recipe; rerun "
-                            f"`pipeline train` to save the model again")
+    _need_features(path, card)
     from pipeline.models.nets import TorchHead, head_from_card  # torch: only for a torch model
 
+    _check_shapes(path, card)
     try:
         model = head_from_card(card)
         model.load_state_dict(load_file(str(path)))
@@ -109,6 +168,35 @@ def _load_torch(path: Path, card: dict):
         raise PipelineError(f"{path}: cannot load the model ({type(e).__name__}: {str(e)[:200]}); rerun "
                             f"`pipeline train` to save it again") from None
     return TorchHead(model, len(card["classes"]))
+
+
+def _need_features(path: Path, card: dict) -> None:
+    if card["features"] is None:
+        raise PipelineError(f"{path}: its card {path.with_suffix('.json').name} has no features' recipe; rerun "
+                            f"the command that saved the model to save it again")
+
+
+def _check_shapes(path: Path, card: dict) -> None:
+    """The head the card describes, built without memory (torch's meta device), has exactly the tensors of the
+    weights file (read from its header): a card cannot make the loader allocate more than the file holds."""
+    import torch
+    from safetensors import safe_open
+
+    from pipeline.models.nets import head_from_card
+
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in head_from_card(card).state_dict().items()}
+    try:
+        with safe_open(str(path), "pt") as f:
+            got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - not a safetensors file, a damaged header
+        raise PipelineError(f"{path}: not a readable .safetensors file ({type(e).__name__}); rerun `pipeline "
+                            f"train` to save it again") from None
+    bad = next((k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)), None)
+    if bad is not None:
+        raise PipelineError(f"{path}: its card {path.with_suffix('.json').name} does not describe this model "
+                            f"({bad}: the card says {want.get(bad, 'nothing')}, the file holds "
+                            f"{got.get(bad, 'nothing')}); rerun `pipeline train` to save it again")
 
 
 def has_method(est, method: str) -> bool:
@@ -141,12 +229,10 @@ def load_model(path: str | Path):
     if not path.is_file():
         raise PipelineError(f"{path}: no such model; models are saved as <out>/models/<features>_<classifier>.skops "
                             f"by `pipeline classify` or `pipeline run`")
-    card = read_json(card_path)
-    if card is not None and card.get("format") == FORMAT and path.suffix == ".safetensors":
+    card = read_card(card_path)
+    if path.suffix == ".safetensors":
         return _load_torch(path, card), card  # refuses a fine-tuned network (no features to predict from)
-    if card is None or card.get("format") != FORMAT or not isinstance(card.get("features"), dict):
-        raise PipelineError(f"{path}: its card {card_path.name} is missing or not a pipeline model card; "
-                            f"rerun `pipeline classify` to save the model again")
+    _need_features(path, card)
     try:
         untrusted = sio.get_untrusted_types(file=path)
         unknown = [t for t in untrusted if t not in TRUSTED]
@@ -160,7 +246,32 @@ def load_model(path: str | Path):
     except Exception as e:  # noqa: BLE001 - a damaged zip, a foreign file, a version skew
         raise PipelineError(f"{path}: cannot load the model ({type(e).__name__}: {str(e)[:200]}); rerun "
                             f"`pipeline classify` to save it again") from None
+    _check_fits(est, card, card_path)
     return est, card
+
+
+def feature_count(recipe: dict) -> int | None:
+    """How many values a card's features recipe makes per image (None: not known from the card)."""
+    if recipe["kind"] == "raw":
+        if recipe.get("size") is None:
+            return None
+        return recipe["size"] ** 2 * recipe["channels"]
+    return recipe.get("feature_dim")
+
+
+def _check_fits(est, card: dict, card_path: Path) -> None:
+    """The card against the loaded model: the features it makes are the model's inputs, and every class the
+    model can predict has a name."""
+    import numpy as np
+
+    want, got = feature_count(card["features"]), getattr(est, "n_features_in_", None)
+    if want is not None and got is not None and want != got:
+        raise PipelineError(f"{card_path}: its features make {want:,} values per image, but the model takes {got:,}; "
+                            f"the card does not belong to this model, rerun `pipeline classify` to save it again")
+    labels = np.asarray(getattr(est, "classes_", []))
+    if labels.size and (labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(card["classes"])):
+        raise PipelineError(f"{card_path}: classes names {len(card['classes'])} classes, but the model predicts "
+                            f"labels up to {labels.max()}; rerun `pipeline classify` to save the model again")
 
 
 def _alias_moved(types: list[str]) -> None:
