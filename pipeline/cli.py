@@ -36,6 +36,10 @@ class _Group(click.Group):
     def list_commands(self, ctx):  # in data-flow order, not alphabetical
         return list(self.commands)
 
+    def parse_args(self, ctx, args):
+        ctx.meta["pipeline.argv"] = list(args)  # the command line as typed, for run.json and the report
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -185,12 +189,10 @@ def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classi
 
 
 def _command_line(ctx) -> str:
-    """The command as typed, minus options left at their defaults (recorded in run.json)."""
-    from click.core import ParameterSource
+    """The command as the user typed it, quoted so that pasting it back runs it (recorded in run.json)."""
+    import shlex
 
-    opts = [f"--{k.replace('_', '-')} {v}" for k, v in ctx.params.items()
-            if ctx.get_parameter_source(k) != ParameterSource.DEFAULT]
-    return " ".join([ctx.command_path, *opts])
+    return shlex.join(["pipeline", *ctx.meta.get("pipeline.argv", [])])
 
 
 @main.command()

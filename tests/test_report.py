@@ -354,3 +354,25 @@ def test_class_names_that_look_like_mathtext_draw(tmp_path):
     path = confusion_figure(np.eye(3, dtype=int) * 5, ["$5_$", "a^b", r"\frac"], "t", tmp_path / "cm.png")
     assert path.stat().st_size > 5000
 
+
+
+def test_the_recorded_command_pastes_back_and_runs(tmp_path, runner, monkeypatch):
+    """run.json (and the report) record the command as typed, quoted: `--train linear` stays --train, a flag
+    stays a flag, a path with a space stays one argument. Pasted back, it runs (and skips what is done)."""
+    import shlex
+
+    data = make_idx_dir(tmp_path / "my data", n_train=200, n_test=40)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--data-dir", str(data), "--weights", "none", "--image-size", "32", "--grid", "quick",
+            "--classifiers", "lda", "--methods", "pca", "--cv", "2", "--device", "cpu", "--train", "linear",
+            "--overwrite", "--out", "rep ort"]
+    r = run_cli(runner, *args)
+    assert r.exit_code == 0, r.output
+    command = json.loads((tmp_path / "rep ort" / "run.json").read_text())["command"]
+    assert command == shlex.join(["pipeline", *args])
+    assert f"Command: {command}." in (tmp_path / "rep ort" / "report.md").read_text().replace("\\", "")
+    pasted = shlex.split(command)
+    assert pasted[0] == "pipeline"
+    r = run_cli(runner, *pasted[1:])
+    assert r.exit_code == 0, r.output
+    assert "skipped" in r.stderr
