@@ -88,6 +88,7 @@ def write_results(out: Path, new: list[dict], refresh_confusion: bool = True) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
+    refuse_foreign_tables(out)
     records = read_results(out)
     for r in new:
         refuse_other_data(records, r["labels_sha256"], path)
@@ -153,8 +154,25 @@ def refuse_other_data(records: list[dict], labels_sha256: str, path: Path) -> No
 
 
 def check_results_file(out: Path, labels_sha256: str) -> None:
-    """Before any work: out/results.json is readable and holds no records of other data."""
+    """Before any work: out/results.json is readable and holds no records of other data, and no results.csv
+    or results.md of someone else's would be replaced."""
     refuse_other_data(read_results(out), labels_sha256, Path(out) / "results.json")
+    refuse_foreign_tables(out)
+
+
+DERIVED = ("results.csv", "results.md")  # rewritten from results.json: ours only where results.json is
+
+
+def refuse_foreign_tables(out: Path) -> None:
+    """results.csv / results.md are written after results.json, so without results.json they are not ours
+    (a user's own, or left after they deleted it): never replaced."""
+    out = Path(out)
+    if (out / "results.json").exists():
+        return
+    theirs = [n for n in DERIVED if (out / n).exists()]
+    if theirs:
+        raise PipelineError(f"{out} holds {' and '.join(theirs)} but no results.json: not pipeline's results, "
+                            f"pipeline will not replace them; move them away or choose another --out")
 
 
 CSV_COLUMNS = ["feature_set", "classifier", "test_accuracy", "macro_f1", "cv_mean", "cv_std", "cv_folds",

@@ -24,7 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_write, folder_lock, read_json
 from pipeline.maps.methods import DEFAULT_METHODS, check_methods
 from pipeline.models.heads import HEADS, HeadSpec
-from pipeline.results import read_results, report_dir, write_results
+from pipeline.results import read_results, refuse_foreign_tables, report_dir, write_results
 from pipeline.store.featuresets import RAW_SIZE
 from pipeline.train.config import (
     FINETUNE_BATCH,
@@ -136,6 +136,7 @@ def run(cfg: RunConfig, command: str | None = None,
     # one writer per report folder and its maps, held through every stage (not taken hours later)
     with folder_lock(out, "pipeline run"), folder_lock(out / "maps", "pipeline run"):
         read_results(out)  # a damaged or foreign results file stops the run before any work
+        refuse_foreign_tables(out)
         info = {"command": command,
                 "started": datetime.now(UTC).isoformat(timespec="seconds"), "stores": [str(store)],
                 "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "backbone": cfg.backbone,
