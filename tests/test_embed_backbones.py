@@ -252,3 +252,28 @@ def test_headless_checkpoint_extracts(data, tmp_path, reference):
     same_features(f, reference)  # the same trunk as --weights none (seed 0)
     assert "not loaded" in f.meta["backbone"]["weights"]["unused_head"]
 
+
+
+class _Pickled:
+    """Not a tensor: torch.load(weights_only=True) refuses to unpickle it."""
+
+
+def test_weights_with_pickled_objects_are_refused_in_one_clear_line(idx_dir, tmp_path, runner):
+    path = tmp_path / "with-objects.pth"
+    torch.save({"w": torch.zeros(1), "x": _Pickled()}, path)
+    r = run_cli(runner, "extract", "--data-dir", idx_dir, "--weights", path, "--out", tmp_path / "o")
+    assert_one_line_error(r, f"{path}: not a loadable PyTorch state dict (it holds pickled Python objects other "
+                             f"than tensors", f"{__name__}._Pickled", "which weights_only loading refuses to run)")
+    err = r.stderr.strip()
+    assert err.endswith("torch.save(model.state_dict(), PATH)"), err  # whole advice, not torch's cut message
+    assert "Weights only load failed" not in err and "\x1b" not in err
+    junk = tmp_path / "junk.pth"  # other failures: torch's reason, its first sentence whole (torch's: several)
+    junk.write_bytes(b"PK\x03\x04" + bytes(64))
+    with pytest.raises(Exception) as torch_says:
+        torch.load(junk, weights_only=True)
+    with pytest.raises(PipelineError) as e:
+        build_backbone("resnet18", str(junk), image_size=48)
+    msg, head = str(e.value), f"{junk}: not a loadable PyTorch state dict ("
+    assert msg.startswith(head) and msg.endswith(")") and "\n" not in msg, msg
+    reason, full = msg[len(head):-1], str(torch_says.value)
+    assert full.startswith(reason) and full[len(reason)] == "." and len(reason) > 20, (reason, full)

@@ -11,6 +11,7 @@ official file, as torchvision names them `<arch>-<sha256 prefix>.pth`).
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.embed.request import BACKBONE, IMAGE_SIZE, WEIGHTS
+from pipeline.embed.request import BACKBONE, IMAGE_SIZE, IMAGE_SIZES, WEIGHTS
 from pipeline.errors import PipelineError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT_SEED = 0
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")  # in torch's weights_only refusal
 
 
 @dataclass
@@ -75,8 +77,10 @@ class Preprocess(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """float (B, 1 or 3, S, S) in 0..255 -> normalised (B, 3, S, S)."""
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        return self.standardize(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, S, S) in 0..255 -> normalised."""
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,14 +88,16 @@ class Preprocess(nn.Module):
 
 
 class Normalized(nn.Module):
-    """`normalize` then the feature model: a graph that takes resized images (for engines that fuse it)."""
+    """`normalize` then the feature model, for resized images of `channels` (1 or 3): a graph for engines that
+    fuse it. Grayscale is repeated by what it was built for, not by a test of the input's shape: it traces
+    without a branch on the input."""
 
-    def __init__(self, preprocess: Preprocess, model: nn.Module):
+    def __init__(self, preprocess: Preprocess, model: nn.Module, channels: int = 3):
         super().__init__()
-        self.preprocess, self.model = preprocess, model
+        self.preprocess, self.model, self.gray = preprocess, model, channels == 1
 
     def forward(self, x):
-        return self.model(self.preprocess.normalize(x))
+        return self.model(self.preprocess.standardize(x.expand(-1, 3, -1, -1) if self.gray else x))
 
 
 class GlobalPool(nn.Module):
@@ -120,6 +126,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _first_sentence(e: Exception) -> str:
+    """An exception's first line, cut after its first sentence where it has more: whole words, one line."""
+    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "") or type(e).__name__
+    return re.split(r"(?<=[.!?])\s+", line, maxsplit=1)[0].rstrip(".")
+
+
 def load_state_dict(path: Path, official_names: dict[str, str] | None = None) -> tuple[dict, str]:
     """Load a state dict safely; check its sha256 when its file name claims an official release."""
     path = Path(path).expanduser()
@@ -133,9 +145,14 @@ def load_state_dict(path: Path, official_names: dict[str, str] | None = None) ->
                                 f"not {want}…; the file is corrupt or not what it claims, re-download it")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - not a torch file, pickled code, truncated
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise PipelineError(f"{path}: not a loadable PyTorch state dict ({reason})") from None
+    except pickle.UnpicklingError as e:  # torch's weights_only refusal (its message: many lines of advice)
+        found = _REFUSED_GLOBAL.search(str(e))
+        what = (f"it holds pickled Python objects other than tensors, e.g. {found.group(1)}, which weights_only "
+                f"loading refuses to run" if found else "a pickle that weights_only loading refuses to read")
+        raise PipelineError(f"{path}: not a loadable PyTorch state dict ({what}); pass a file of tensors only: "
+                            f"torch.save(model.state_dict(), PATH)") from None
+    except Exception as e:  # noqa: BLE001 - not a torch file, truncated
+        raise PipelineError(f"{path}: not a loadable PyTorch state dict ({_first_sentence(e)})") from None
     if isinstance(sd, dict):
         for key in ("state_dict", "model"):
             if isinstance(sd.get(key), dict):
@@ -287,8 +304,9 @@ def _torchvision(name: str, weights: str, layer: str | None = None) -> tuple[nn.
 def build_backbone(name: str = BACKBONE, weights: str = WEIGHTS, layer: str | None = None,
                    image_size: int = IMAGE_SIZE) -> Backbone:
     """Build a feature model in eval mode on the CPU; the engine moves and compiles it."""
-    if image_size < 32 or image_size > 1024:
-        raise PipelineError(f"--image-size {image_size} is outside 32..1024")
+    lo, hi = IMAGE_SIZES
+    if not lo <= image_size <= hi:
+        raise PipelineError(f"--image-size {image_size} is outside {lo}..{hi}")
     # Random init (--weights none) is seeded, so a resumed run and a rerun build the same network.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)

@@ -151,8 +151,7 @@ class OpenVINOEngine:
     def __init__(self, backbone: Backbone, precision: str, channels: int = 3):
         ov = _import_openvino()
         self._ov, self.precision, self.device = ov, precision, torch.device("cpu")
-        self.preprocess = backbone.preprocess()
-        self.graph = Normalized(self.preprocess, backbone.model).eval()
+        self.preprocess, self.model = backbone.preprocess(), backbone.model.eval()
         self.size = backbone.image_size
         self._compiled: dict[int, object] = {}
         self.nreq = 1
@@ -161,10 +160,22 @@ class OpenVINOEngine:
     def _compile(self, channels: int):
         if channels not in self._compiled:
             s = self.size
-            with warnings.catch_warnings(), _no_telemetry():
-                warnings.simplefilter("ignore")
-                model = self._ov.convert_model(self.graph, example_input=torch.zeros(1, channels, s, s),
-                                               input=[(-1, channels, s, s)])
+            # torch.export, not convert_model's own torch.jit.trace (deprecated: a FutureWarning per call); the
+            # batch dimension dynamic (an example of 2: export fixes a dimension of size 1)
+            graph = Normalized(self.preprocess, self.model, channels).eval()
+            try:
+                program = torch.export.export(graph, (torch.zeros(2, channels, s, s),),
+                                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+            except Exception:  # noqa: BLE001 - a model export cannot capture (data-dependent code): traced
+                program = None
+            with _no_telemetry():
+                if program is not None:
+                    model = self._ov.convert_model(program, input=[(-1, channels, s, s)])
+                else:  # convert_model's own trace: torch warns about tracing, which says nothing to the user
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        model = self._ov.convert_model(graph, example_input=torch.zeros(1, channels, s, s),
+                                                       input=[(-1, channels, s, s)])
             hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[self.precision]
             compiled = self._ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                                      "PERFORMANCE_HINT": "THROUGHPUT"})
