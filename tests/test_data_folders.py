@@ -4,49 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 
 import numpy as np
 import pytest
-from helpers import EXTRACT, assert_one_line_error, make_idx_dir, run_cli
-from PIL import Image, ImageDraw
+from helpers import EXTRACT, SHAPES, assert_one_line_error, draw, make_idx_dir, run_cli, shapes_folder
+from PIL import Image
 
 from pipeline import load_features
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
-
-SHAPES = ("circle", "square", "triangle")
-FORMATS = ("jpg", "png", "webp", "bmp")
-
-
-def draw(shape: str, rng, size=None, dark_on_light=False) -> Image.Image:
-    w, h = size or (int(rng.integers(40, 110)), int(rng.integers(40, 110)))
-    bg = tuple(int(v) for v in (rng.integers(200, 255, 3) if dark_on_light else rng.integers(0, 60, 3)))
-    fg = tuple(int(v) for v in (rng.integers(0, 90, 3) if dark_on_light else rng.integers(150, 255, 3)))
-    im = Image.new("RGB", (w, h), bg)
-    d = ImageDraw.Draw(im)
-    r = min(w, h) * rng.uniform(0.25, 0.4)
-    cx, cy = w / 2 + rng.uniform(-0.1, 0.1) * w, h / 2 + rng.uniform(-0.1, 0.1) * h
-    if shape == "circle":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
-    elif shape == "square":
-        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fg)
-    else:
-        d.polygon([(cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)],
-                  fill=fg)
-    return im
-
-
-def shapes_folder(root, n_per_class: int, seed=0, names=None, **kw):
-    """root/<shape>/<i>.<fmt>: formats mixed, every third image grayscale."""
-    rng = np.random.default_rng(seed)
-    for shape, name in zip(SHAPES, names or SHAPES):
-        (root / name).mkdir(parents=True)
-        for i in range(n_per_class):
-            im = draw(shape, rng, **kw)
-            im = im.convert("L") if i % 3 == 2 else im
-            im.save(root / name / f"{i:03d}.{FORMATS[i % len(FORMATS)]}")
-    return root
 
 
 def study_args(data, weights) -> list:
