@@ -1,5 +1,6 @@
-"""Plain helpers the tests share: small data they make (IDX files, class-dependent images, photo folders of shapes,
-CLI driven through click's runner, the one-line-error check, and one set of fast extraction settings."""
+"""Plain helpers the tests share: small data they make (IDX files, class-dependent images, photo folders of
+shapes, stores, blobs), the CLI driven through click's runner, the one-line-error check, and one set of fast
+extraction settings."""
 from __future__ import annotations
 
 import hashlib
