@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from pipeline.apply import PREDICTIONS, TOP_K
+from pipeline.apply import EXPORT_FORMATS, NEIGHBORS_K, PREDICTIONS, TOP_K
 from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS
 from pipeline.data import DATASET, DATASETS, TEST_FRACTION, dataset_slug
 from pipeline.data.idx import DEBIAN_FASHION_MNIST
@@ -183,9 +183,20 @@ def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classi
     sets = _feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
     out = Path(out) if out else report_dir(dataset_slug(dataset, data_dir))
     stage.classify(sets, _names(classifiers), grid, cv, backend, n_jobs, dask, out)
+    _galleries(out, sets)
     click.echo((out / "results.md").read_text())
     click.echo(f"results in {out}/results.json, .csv, .md; confusion matrices in {out}/confusion/; models in "
                f"{out}/models/", err=True)
+
+
+def _galleries(out, sets) -> None:
+    """The report's galleries after new models; where the images cannot be read again, said and skipped."""
+    from pipeline.apply.gallery import write_galleries
+
+    try:
+        write_galleries(out, sets)
+    except PipelineError as e:
+        click.echo(f"galleries skipped: {e}", err=True)
 
 
 def _command_line(ctx) -> str:
@@ -449,6 +460,50 @@ def evaluate(folder, out, match_domain, weights, device):
     recs = run_evaluate(out, folder, match_domain, device, weights)
     html_path, _ = write_report(out)
     click.echo(f"{len(recs)} models scored on {recs[0]['wild_n']:,} images; report: {html_path}", err=True)
+
+
+@main.command()
+@click.option("--features", "store", required=True, type=click.Path(path_type=str),
+              help="A feature store (embeddings): its training images are searched.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-k", "k", type=int, default=NEIGHBORS_K, show_default=True, help="Neighbours per image.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="A folder for neighbors.csv and neighbors.html (a contact sheet of the images).")
+@click.option("--weights", default=None, help="PATH to the backbone's weights when not where the store found it.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+def neighbors(store, images, k, out, weights, device):
+    """The training images nearest each of IMAGES (files or folders) in a store's embedding (cosine)."""
+    from pipeline.apply.neighbors import neighbors as run_neighbors
+
+    rows = run_neighbors(store, images, k, out, device, weights)
+    width = max(len(r["label"]) for r in rows)
+    last = None
+    for r in rows:
+        if r["query"] != last:
+            click.echo(r["query"])
+            last = r["query"]
+        click.echo(f"  {r['rank']:>3}  {r['label']:<{width}}  {r['distance']:.4f}  train #{r['train_index']}"
+                   + (f"  {r['path']}" if r["path"] else ""))
+    if out:
+        click.echo(f"neighbours in {out}/neighbors.csv; contact sheet {out}/neighbors.html", err=True)
+
+
+@main.command()
+@click.option("--features", "store", required=True, type=click.Path(path_type=str), help="A feature store folder.")
+@click.option("--to", "to", type=click.Choice(EXPORT_FORMATS), default="parquet", show_default=True,
+              help="parquet (pyarrow: the vector as one list column) or csv (columns e0..e<D-1>).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="The file [default: <store>.parquet or .csv beside the store].")
+@click.option("--maps", "maps_dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="A report's maps/ folder: add the 2-D coordinates of this store's maps (<method>_x, _y).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+def export(store, to, out, maps_dir, overwrite):
+    """A store as one table (a row per image: split, index, label, path or source, vector, maps) for pandas,
+    DuckDB, FiftyOne or Spotlight."""
+    from pipeline.apply.export import export as run_export
+
+    path = run_export(store, to, out, maps_dir, overwrite)
+    click.echo(f"exported {store} to {path}", err=True)
 
 
 if __name__ == "__main__":

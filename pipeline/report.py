@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from pipeline.apply.gallery import FORMAT as GALLERY_FORMAT
+from pipeline.apply.gallery import GALLERY, WILD_GALLERY
 from pipeline.classical.specs import CLASSIFIERS
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
@@ -21,13 +23,13 @@ from pipeline.hardware import cpu_name, versions
 from pipeline.maps.methods import DEFAULT_METHODS
 from pipeline.models.saved import read_card
 from pipeline.references import BENCHMARK, STUDY
-from pipeline.render import markdown
+from pipeline.render import markdown, sheets
 from pipeline.render.figures import accuracy_figure, confusion_grid, feature_title, transfer_figure
 from pipeline.results import ORDER, curve_path, read_results
 
 SECTIONS = [("accuracy", "Accuracy"), ("bars", "Raw pixels vs embeddings"), ("confusion", "Confusion matrices"),
-            ("transfer", "Transfer modes"), ("wild", "In the wild"), ("maps", "Maps"),
-            ("provenance", "Provenance")]
+            ("images", "The images behind the numbers"), ("transfer", "Transfer modes"), ("wild", "In the wild"),
+            ("maps", "Maps"), ("provenance", "Provenance")]
 DATASET_LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}
 VERSIONS = ("numpy", "scikit-learn", "torch", "torchvision", "openvino", "openTSNE", "umap-learn", "matplotlib")
 
@@ -84,9 +86,20 @@ def gather(out: Path) -> dict:
     for path in sorted((out / "models").glob("*.json")):
         card = read_card(path)
         cards[(card["feature_set"], card["classifier"])] = card
+    galleries = {name: _gallery(out / name) for name in (GALLERY, WILD_GALLERY)}
     return {"out": out, "records": records, "maps": maps, "run": run, "stores": stores, "versions": installed,
-            "cards": cards,
+            "cards": cards, "galleries": galleries.get(GALLERY), "wild_gallery": galleries.get(WILD_GALLERY),
             "hardware": _hardware(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def _gallery(path: Path) -> dict | None:
+    g = _read_json(path)
+    if g is None:
+        return None
+    if not (isinstance(g, dict) and g.get("format") == GALLERY_FORMAT and isinstance(g.get("thumbs"), dict)):
+        raise PipelineError(f"{path} is not pipeline's galleries file; move it away (`pipeline run` or "
+                            f"`pipeline classify` writes it again)")
+    return g
 
 
 def _hardware() -> dict:
@@ -300,6 +313,103 @@ def store_rows(stores: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+# --- galleries -----------------------------------------------------------------------------------------
+
+def _caption_of(item: dict, classes: list[str]) -> str:
+    t, p = classes[item["true"]], classes[item["pred"]]
+    return f"{t} ✓ {item['score']:.2f}" if t == p else f"{t} → {p} {item['score']:.2f}"
+
+
+def gallery_blocks(g: dict | None) -> list[tuple[str, str, list]]:
+    """(heading, text, thumbnails as HTML: one row, or a list of rows) per gallery of galleries.json, in the
+    report's order."""
+    if not g:
+        return []
+    classes, th = g["classes"], g["thumbs"]
+    fig = lambda it, cap=None: sheets.thumb(th[it["thumb"]], cap or _caption_of(it, classes),  # noqa: E731
+                                            wrong=it["true"] != it["pred"])
+    blocks = []
+    for s in g["galleries"]:
+        what = f"{s['label']} on {feature_title(s['feature_set'])}"
+        score = "probability" if s["score_kind"] == "probability" else "decision score"
+        blocks.append((f"{what}: most confidently wrong",
+                       f"The {len(s['wrong'])} test images with the highest {score} among its {s['n_wrong']:,} "
+                       f"errors in {s['n_test']:,} (caption: true → predicted, {score}).",
+                       [fig(it) for it in s["wrong"]]))
+        for p in s["pairs"]:
+            blocks.append((f"{what}: {classes[p['true']]} taken for {classes[p['pred']]} ({p['count']:,} times)",
+                           "", [fig(it) for it in p["items"]]))
+    v = g.get("versus")
+    if v:
+        e = feature_title(v["embeddings"])
+        blocks.append((f"Right with {e}, wrong with raw pixels ({v['embeddings_only']['count']:,} images)",
+                       f"{v['embeddings_model']} on {e} vs {v['raw']} on raw pixels: {v['both_right']:,} test images "
+                       f"both get right, {v['both_wrong']:,} both get wrong. Caption: true → what raw pixels said.",
+                       [sheets.thumb(th[it["thumb"]], f"{classes[it['true']]} → {classes[it['raw']]}", wrong=True)
+                        for it in v["embeddings_only"]["items"]]))
+        blocks.append((f"Right with raw pixels, wrong with {e} ({v['raw_only']['count']:,} images)",
+                       "Caption: true → what the embeddings said.",
+                       [sheets.thumb(th[it["thumb"]], f"{classes[it['true']]} → {classes[it['emb']]}", wrong=True)
+                        for it in v["raw_only"]["items"]]))
+    ret = g.get("retrieval", [])
+    for q in range(len(ret[0]["examples"]) if ret else 0):  # each example query: a row per feature set
+        ex = ret[0]["examples"][q]
+        rows = [[sheets.thumb(th[ex["query"]], f"{feature_title(r['feature_set'])}: query", extra="query")]
+                + [sheets.thumb(th[n["thumb"]], f"{classes[n['label']]} ({n['distance']:.2f})",
+                                wrong=n["label"] != ex["label"]) for n in r["examples"][q]["neighbors"]]
+                for r in ret]
+        blocks.append((f"Nearest training images of a test {classes[ex['label']]}",
+                       "One row per feature set; caption: label (cosine distance), red where it is another class.",
+                       rows))
+    return blocks
+
+
+def retrieval_rows(g: dict | None) -> tuple[list[str], list[list[str]]]:
+    rows = [[feature_title(r["feature_set"]), f"{r['precision']:.4f}", str(r["k"]), r["metric"]]
+            for r in (g or {}).get("retrieval", [])]
+    return ["features", f"precision@{rows[0][2] if rows else 10}", "k", "distance"], rows
+
+
+def gallery_rows(g: dict | None) -> tuple[list[str], list[list[str]]]:
+    """The galleries as counts (Markdown shows these; the images are in report.html)."""
+    if not g:
+        return [], []
+    classes = g["classes"]
+    rows = []
+    for s in g["galleries"]:
+        pairs = "; ".join(f"{classes[p['true']]} → {classes[p['pred']]} ({p['count']})" for p in s["pairs"])
+        rows.append([feature_title(s["feature_set"]), s["label"], f"{s['n_wrong']:,} of {s['n_test']:,}", pairs])
+    return ["features", "best model (by CV)", "test errors", "most confused (true → predicted)"], rows
+
+
+def _images_caption(g: dict | None) -> str:
+    if not g:
+        return ("No galleries yet: `pipeline run` (or `pipeline classify` with --out) draws them from the saved "
+                "models.")
+    v = g.get("versus")
+    text = ("For each feature set's best model, chosen by its CV (or validation) score, not the test score: the "
+            "test images it gets most confidently wrong, and a grid per most-confused class pair. ")
+    if v:
+        text += (f"Raw pixels vs {feature_title(v['embeddings'])} image by image: the embeddings get "
+                 f"{v['embeddings_only']['count']:,} test images right that raw pixels get wrong, raw pixels "
+                 f"{v['raw_only']['count']:,} the other way round. ")
+    if g.get("retrieval"):
+        r = g["retrieval"][0]
+        text += (f"Retrieval: precision@{r['k']} is the share of each test image's {r['k']} nearest training images "
+                 f"({r['metric']} distance) that have its class, averaged over the test images. ")
+    return text + "Images in report.html."
+
+
+def wild_blocks(g: dict | None) -> list[tuple[str, str, list[str]]]:
+    if not g:
+        return []
+    classes, th = g["classes"], g["thumbs"]
+    return [(f"{s['label']} on {feature_title(s['feature_set'])} in the wild: {s['accuracy']:.4f} of {s['n']:,}",
+             "Wrong first (red), each: true → predicted, score.",
+             [sheets.thumb(th[it["thumb"]], _caption_of(it, classes), wrong=it["true"] != it["pred"])
+              for it in s["items"]]) for s in g["galleries"]]
+
+
 # --- writers -------------------------------------------------------------------------------------------
 
 def _figures(d: dict, points: list[dict]) -> dict:
@@ -375,6 +485,8 @@ def _write_report(out: Path) -> tuple[Path, Path]:
         "bars": ("Grouped bars per classifier" + ("; hatched bars are the original study's." if
                                                   _vs_study(d["records"]) else "."), []),
         "confusion": ("Rows: true class, normalised. Each matrix alone, with counts, is in confusion/.", []),
+        "images": (_images_caption(d["galleries"]), [t for t in (gallery_rows(d["galleries"]),
+                                                                retrieval_rows(d["galleries"])) if t[1]]),
         "transfer": (_transfer_caption(points), [transfer_rows(points)] if points else []),
         "wild": (_wild_caption(d["records"]), [wild_rows(d["records"])] if any("wild_accuracy" in r for r in
                                                                                  d["records"]) else []),
@@ -390,6 +502,7 @@ def _write_report(out: Path) -> tuple[Path, Path]:
     images = {"bars": [("test accuracy per classifier", figs["bars"])] if figs["bars"] else [],
               "confusion": figs["confusion"], "wild": figs["wild"], "transfer": figs["transfer"],
               "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}
+    blocks = {"images": gallery_blocks(d["galleries"]), "wild": wild_blocks(d["wild_gallery"])}
     label = dataset_label(d)
     title = f"pipeline report: do pretrained embeddings beat raw pixels{' on ' + label if label else ''}?"
 
@@ -406,14 +519,19 @@ def _write_report(out: Path) -> tuple[Path, Path]:
         for alt, rel in images.get(key, []):
             md += [f"![{markdown.escape(alt)}]({quote(rel)})", ""]
             body.append(_img(out, rel, alt))
-        if not tables and not images.get(key):
+        for heading_, text_, thumbs in blocks.get(key, []):  # thumbs: one grid, or a list of grids (rows)
+            rows = thumbs if thumbs and isinstance(thumbs[0], list) else [thumbs]
+            body.append(f"<h3>{html.escape(heading_)}</h3>" + (f"<p>{html.escape(text_)}</p>" if text_ else "")
+                        + "".join(sheets.grid(r) for r in rows))
+        if not tables and not images.get(key) and not blocks.get(key):
             md += ["(nothing yet)", ""]
             body.append("<p><em>nothing yet</em></p>")
         body.append("</section>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;"
              "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%}figure{display:inline-block;margin:0.5em}figcaption{font-size:0.8em;color:#555}")
+             "img{max-width:100%}figure{display:inline-block;margin:0.5em}figcaption{font-size:0.8em;color:#555}"
+             + sheets.CSS)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     paths = out / "report.html", out / "report.md"

@@ -215,6 +215,14 @@ def run(cfg: RunConfig, command: str | None = None,
                 finetune(q, log=log)
             return ("ran" if todo else "skipped"), f"{len(todo)} of {len(reqs)} fine-tuning runs"
 
+        def do_galleries():
+            from pipeline.apply.gallery import is_current, write_galleries
+
+            if is_current(out, sets):
+                return "skipped", "the galleries already show these models"
+            path = write_galleries(out, sets, log)
+            return ("ran", f"{path.name}: images behind the numbers") if path else ("skipped", "no saved models")
+
         def do_project():
             n = sum(not proj.is_cached(out / "maps", fs, m, backend) for fs in sets for m in cfg.methods)
             proj.project(sets, cfg.methods, out / "maps", backend, cfg.n_jobs, log=log)
@@ -236,6 +244,7 @@ def run(cfg: RunConfig, command: str | None = None,
             stage("train", do_train)
         if cfg.finetune:
             stage("finetune", do_finetune)
+        stage("galleries", do_galleries)
         stage("project", do_project)
         if cfg.wild:
             stage("evaluate", do_evaluate)

@@ -435,3 +435,98 @@ def test_an_output_folder_inside_the_image_folder_is_refused_up_front(tmp_path, 
     wild = shapes_folder(tmp_path / "wild", 2)
     r = run_cli(runner, "evaluate", "--folder", wild, "--out", wild / "study")
     assert_one_line_error(r, "is inside the image folder")
+
+
+def _cosine_nearest(A, B, k):
+    """The k rows of A nearest each row of B by cosine distance, computed here with numpy (not the library)."""
+    a = A / np.linalg.norm(A, axis=1, keepdims=True)
+    b = B / np.linalg.norm(B, axis=1, keepdims=True)
+    return np.argsort(-(b @ a.T), axis=1, kind="stable")[:, :k]
+
+
+def test_galleries_show_each_best_models_own_mistakes(study):
+    """galleries.json (drawn by `pipeline run`): for each feature set's best model by CV, the images shown as
+    wrong are the ones its saved model gets wrong on the store's test rows, the most confident first; raw vs
+    embeddings counts agree with both models; retrieval precision@k agrees with a numpy cosine search; the
+    report shows the thumbnails."""
+    from pipeline.models.saved import load_model
+    from pipeline.store.featuresets import load_feature_set
+
+    root, data, out = study
+    g = json.loads((out / "galleries.json").read_text())
+    recs = json.loads((out / "results.json").read_text())
+    sets = {"raw": load_feature_set("raw", "folder", data, raw_size=16),
+            "resnet18": load_feature_set(str(root / "features" / "folder-shapes" / "resnet18-64px"), "folder")}
+    preds = {}
+    for s in g["galleries"]:
+        best = max((r for r in recs if r["feature_set"] == s["feature_set"]), key=lambda r: r["cv_mean"])
+        assert s["classifier"] == best["classifier"]
+        fs = sets[s["feature_set"]]
+        est, _ = load_model(out / "models" / f"{s['feature_set']}_{s['classifier']}.skops")
+        pred = est.predict(fs.X_test)
+        preds[s["feature_set"]] = pred
+        wrong = set(np.flatnonzero(pred != fs.y_test))
+        assert s["n_wrong"] == len(wrong) and s["n_test"] == len(fs.y_test)
+        shown = [int(it["thumb"].split(":")[1]) for it in s["wrong"]]
+        assert set(shown) <= wrong and len(shown) == min(16, len(wrong))
+        assert [it["score"] for it in s["wrong"]] == sorted((it["score"] for it in s["wrong"]), reverse=True)
+        for it, i in zip(s["wrong"], shown):
+            assert (it["true"], it["pred"]) == (fs.y_test[i], pred[i])
+        for p in s["pairs"]:
+            assert p["count"] == int(((fs.y_test == p["true"]) & (pred == p["pred"])).sum()) > 0
+    v = g["versus"]
+    y = sets["raw"].y_test
+    assert v["embeddings_only"]["count"] == int(((preds["resnet18"] == y) & (preds["raw"] != y)).sum())
+    assert v["raw_only"]["count"] == int(((preds["raw"] == y) & (preds["resnet18"] != y)).sum())
+    for r in g["retrieval"]:
+        fs = sets[r["feature_set"]]
+        idx = _cosine_nearest(fs.X_train, fs.X_test, r["k"])
+        assert r["precision"] == pytest.approx((fs.y_train[idx] == fs.y_test[:, None]).mean(), abs=0.02)
+    html = (out / "report.html").read_text()
+    assert html.count('<figure class="thumb') >= 16 and "The images behind the numbers" in html
+    assert "most confidently wrong" in (out / "report.md").read_text()
+
+
+def test_neighbors_finds_a_training_image_itself_and_writes_a_contact_sheet(study, tmp_path, runner):
+    import csv as csv_
+
+    from pipeline.data import load_dataset
+
+    root, data, out = study
+    store = root / "features" / "folder-shapes" / "resnet18-64px"
+    train = load_dataset("folder", data, test_fraction=0.2).splits["train"]
+    queries = [train.files[i] for i in (0, 5, 9)]
+    r = run_cli(runner, "neighbors", "--features", store, *queries, "-k", 3, "--out", tmp_path / "nb")
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "nb" / "neighbors.csv", newline="") as f:
+        rows = list(csv_.DictReader(f))
+    assert len(rows) == 9
+    firsts = [x for x in rows if x["rank"] == "1"]
+    assert [int(x["train_index"]) for x in firsts] == [0, 5, 9]  # each image's nearest is itself
+    assert all(float(x["distance"]) < 1e-3 for x in firsts) and all(x["path"] == x["query"] for x in firsts)
+    assert (tmp_path / "nb" / "neighbors.html").read_text().count('<figure class="thumb') == 12
+    assert str(queries[0]) in r.output
+    r = run_cli(runner, "neighbors", "--features", store, queries[0], "-k", 0)
+    assert_one_line_error(r, "-k must be at least 1")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    r = run_cli(runner, "neighbors", "--features", store, bad)
+    assert_one_line_error(r, "bad.jpg: unreadable image")
+
+
+def test_the_wild_photos_are_shown_with_their_predictions(study, tmp_path, runner):
+    import shutil
+
+    _, _, out = study
+    out2 = tmp_path / "study"
+    shutil.copytree(out, out2)
+    wild = shapes_folder(tmp_path / "wild", 4, seed=5, size=(120, 90))
+    assert run_cli(runner, "evaluate", "--folder", wild, "--out", out2).exit_code == 0
+    g = json.loads((out2 / "galleries_wild.json").read_text())
+    recs = {(r["feature_set"], r["classifier"]): r for r in json.loads((out2 / "results.json").read_text())}
+    for s in g["galleries"]:
+        assert len(s["items"]) == 12 and s["accuracy"] == pytest.approx(recs[(s["feature_set"], s["classifier"])]
+                                                                        ["wild_accuracy"])
+        right = [it["true"] == it["pred"] for it in s["items"]]
+        assert right == sorted(right)  # wrong ones first
+    assert "in the wild:" in (out2 / "report.html").read_text()

@@ -171,13 +171,16 @@ class _Parsed(HTMLParser):
     def __init__(self):
         super().__init__()
         self.ids, self.imgs, self.external, self.tables = set(), [], [], 0
+        self.thumbs, self._in_thumb = [], False  # gallery thumbnails, apart from the figures
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         if "id" in a:
             self.ids.add(a["id"])
+        if tag == "figure":
+            self._in_thumb = "thumb" in (a.get("class") or "").split()
         if tag == "img":
-            self.imgs.append(a.get("src", ""))
+            (self.thumbs if self._in_thumb else self.imgs).append(a.get("src", ""))
         if tag in ("script", "link", "iframe") or (tag == "img" and not a.get("src", "").startswith("data:")):
             self.external.append(tag)
         self.tables += tag == "table"
@@ -237,7 +240,7 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     assert r.exit_code == 0, r.output
     out = tmp_path / "reports" / "fashion-mnist-first80"
     info = json.loads((out / "run.json").read_text())
-    assert [s["stage"] for s in info["stages"]] == ["extract", "classify", "project", "report"]
+    assert [s["stage"] for s in info["stages"]] == ["extract", "classify", "galleries", "project", "report"]
     assert all(s["state"] == "ran" for s in info["stages"])
     assert (tmp_path / "features" / "fashion-mnist" / "resnet18-first80" / "meta.json").exists()
     recs = json.loads((out / "results.json").read_text())
@@ -247,15 +250,17 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     page.feed((out / "report.html").read_text())
     assert {k for k, _ in SECTIONS} <= page.ids and page.external == []
     assert len(page.imgs) == 1 + 1 + 3  # bars, the confusion matrices as one grid, three maps
+    assert len(page.thumbs) > 20 and all(t.startswith("data:image/png;base64,") for t in page.thumbs)
     assert "resnet18-first80" in (out / "report.md").read_text()  # provenance names the store
 
     # again: nothing recomputed
     r = run_cli(runner, *args)
     assert r.exit_code == 0, r.output
     states = {s["stage"]: s["state"] for s in json.loads((out / "run.json").read_text())["stages"]}
-    assert states == {"extract": "skipped", "classify": "skipped", "project": "skipped", "report": "ran"}
+    assert states == {"extract": "skipped", "classify": "skipped", "galleries": "skipped", "project": "skipped",
+                      "report": "ran"}
     first = json.loads((out / "run.json").read_text())["previous_runs"][-1]["stages"]
-    assert [x["state"] for x in first] == ["ran"] * 4  # the first run's costs are kept
+    assert [x["state"] for x in first] == ["ran"] * 5  # the first run's costs are kept
 
     # a crash left one result and one map missing: only those are redone
     (out / "maps" / "raw_umap.npy").unlink()

@@ -3,3 +3,5 @@ predictions) and `evaluate` (the in-the-wild test, added to a study's records)."
 
 PREDICTIONS = "predictions.csv"  # `pipeline predict`'s default --out
 TOP_K = 3  # classes (with scores) per image
+EXPORT_FORMATS = ("parquet", "csv")  # `pipeline export --to`
+NEIGHBORS_K = 8  # `pipeline neighbors -k`: training images per query

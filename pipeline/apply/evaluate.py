@@ -10,6 +10,7 @@ import numpy as np
 
 from pipeline.apply.featurize import Log, featurize, stderr
 from pipeline.apply.featurize import matcher as domain_matcher
+from pipeline.apply.gallery import write_wild_gallery
 from pipeline.data import Split
 from pipeline.data.domain import domain_for
 from pipeline.data.folder import refuse_output_inside
@@ -97,6 +98,7 @@ def evaluate(out: str | Path, folder: str | Path, match_domain: bool = False, de
             log(f"{r['feature_set']:>20} {r['classifier']:<7} test {r['test_accuracy']:.4f}  wild "
                 f"{r['wild_accuracy']:.4f}" + (f"  matched {r['wild_matched_accuracy']:.4f}" if match_domain else ""))
         write_results(out, updated, refresh_confusion=False)
+        write_wild_gallery(out, updated, models, features, files, y, log)
         return updated
 
 

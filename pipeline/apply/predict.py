@@ -26,7 +26,7 @@ def predict(model: str | Path, inputs, out: str | Path | None = PREDICTIONS, top
     files = collect_images(inputs)
     X = featurize(card["features"], files, transform=transform, device=device, weights=weights, log=log)
     pred = np.asarray(est.predict(X))
-    kind, scores = _scores(est, X)
+    kind, scores = model_scores(est, X)
     classes = [show_path(c) for c in card["classes"]]  # a class folder's name need not be valid UTF-8
     columns = np.asarray(est.classes_)  # the score columns: only classes the model saw in training
     k = min(top_k, len(columns))
@@ -43,7 +43,7 @@ def predict(model: str | Path, inputs, out: str | Path | None = PREDICTIONS, top
     return rows
 
 
-def _scores(est, X) -> tuple[str, np.ndarray]:
+def model_scores(est, X) -> tuple[str, np.ndarray]:
     """Class probabilities where the model has them, else its decision scores (one column per class)."""
     if has_method(est, "predict_proba"):
         return "probability", np.asarray(est.predict_proba(X))

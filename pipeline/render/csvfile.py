@@ -24,10 +24,16 @@ def cell(value) -> str | int | float:
     return value
 
 
-def write(head: list[str], rows: list[list]) -> str:
+def write(head: list[str], rows) -> str:
     """A CSV (header, rows) with every cell passed through `cell`."""
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow([cell(h) for h in head])
-    w.writerows([[cell(c) for c in r] for r in rows])
+    stream(buf, head, rows)
     return buf.getvalue()
+
+
+def stream(f, head: list[str], rows) -> None:
+    """Write the CSV to the text file `f` row by row (a large table is never one string in memory)."""
+    w = csv.writer(f)
+    w.writerow([cell(h) for h in head])
+    for r in rows:
+        w.writerow([cell(c) for c in r])

@@ -178,6 +178,32 @@ def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: in
     return fs
 
 
+def source_images(fs: FeatureSet):
+    """The dataset a feature set was made from, read again (its images: thumbnails, contact sheets) and cut to
+    the feature set's rows; refused in one line if its labels are no longer the feature set's."""
+    from pipeline.data import Dataset
+
+    d = fs.meta.get("dataset", {})
+    ds: Dataset = load_dataset(fs.dataset, d.get("source"),
+                               test_fraction=(d.get("split") or {}).get("test_fraction"))
+    for name, y in (("train", fs.y_train), ("test", fs.y_test)):
+        split = ds.splits.get(name)
+        if split is None:
+            if len(y):
+                raise PipelineError(f"{d.get('source')}: no {name} images any more; the features of {fs.name} "
+                                    f"were made from a dataset that has changed")
+            continue
+        split.labels = split.labels[:len(y)]
+        if split.images is not None:
+            split.images = split.images[:len(y)]
+        else:
+            split.files = split.files[:len(y)]
+        if not np.array_equal(split.labels, y):
+            raise PipelineError(f"{d.get('source')}: its {name} images are no longer the ones {fs.name}'s features "
+                                f"were made from (labels differ); re-extract, or point --data-dir at the same data")
+    return ds
+
+
 def check_comparable(sets: list[FeatureSet]) -> None:
     """Feature sets compared in one table must describe the same images: same dataset, rows and labels."""
     ref = sets[0]
