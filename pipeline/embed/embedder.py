@@ -1,0 +1,106 @@
+"""`ImageEmbedder`: Stage 1 as a scikit-learn transformer, for notebooks:
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.linear_model import LogisticRegression
+    from pipeline import ImageEmbedder
+    clf = make_pipeline(ImageEmbedder("efficientnet_lite0"), LogisticRegression(max_iter=1000))
+    clf.fit(train_paths, y_train).score(test_paths, y_test)
+
+`fit` learns nothing (it builds the backbone and engine: "auto" resolved there, as scikit-learn resolves it in
+fit); `transform` takes image paths, PIL images or uint8 arrays ((H, W), (H, W, C) or (C, H, W), or one
+(N, C, H, W) / (N, H, W, C) array) and returns float32 (n, dim) embeddings made as `pipeline extract` makes
+them: the same backbone, weights, preprocessing and engine.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from pipeline.data.images import decode_image, from_pil
+from pipeline.embed.backbones import build_backbone
+from pipeline.embed.engines import make_engine
+from pipeline.embed.request import BACKBONE, IMAGE_SIZE, WEIGHTS
+from pipeline.errors import PipelineError
+
+
+class ImageEmbedder(TransformerMixin, BaseEstimator):
+    """Images -> pretrained-CNN embeddings (see the module docstring). Parameters as `pipeline extract`'s."""
+
+    def __init__(self, backbone: str = BACKBONE, weights: str = WEIGHTS, layer: str | None = None,
+                 image_size: int = IMAGE_SIZE, device: str = "auto", precision: str = "auto", engine: str = "auto",
+                 batch_size: int = 64):
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.image_size = image_size
+        self.device = device
+        self.precision = precision
+        self.engine = engine
+        self.batch_size = batch_size
+
+    def fit(self, X=None, y=None):
+        """Build the backbone and its engine (no learning: embeddings do not depend on X)."""
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise PipelineError(f"batch_size must be a positive number of images, not {self.batch_size!r}")
+        self.backbone_ = build_backbone(self.backbone, self.weights, self.layer, self.image_size)
+        self.engine_ = make_engine(self.backbone_, self.device, self.precision, self.engine)
+        self.engine_description_ = self.engine_.describe()  # what runs: engine, precision, device
+        self.n_features_out_ = self.backbone_.dim
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        check_is_fitted(self, "backbone_")
+        images = _images(X)
+        if self.engine_ is None:  # unpickled: the engine is rebuilt, not stored
+            self.engine_ = make_engine(self.backbone_, self.device, self.precision, self.engine)
+        batches = (images[a:a + self.batch_size] for a in range(0, len(images), self.batch_size))
+        out = [f for f in self.engine_.map(batches)]
+        if not out:
+            return np.empty((0, self.n_features_out_), np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        check_is_fitted(self, "backbone_")
+        return np.asarray([f"embedding{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "engine_" in state:
+            state["engine_"] = None  # a compiled engine (OpenVINO) is not picklable; rebuilt on first use
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False  # images, not a feature matrix
+        tags.input_tags.string = True  # paths
+        tags.requires_fit = True
+        return tags
+
+
+def _images(X) -> list[np.ndarray]:
+    """Whatever a user holds as images -> a list of uint8 (C, H, W) arrays, C = 1 or 3."""
+    if isinstance(X, np.ndarray) and X.ndim == 4:
+        X = list(X)
+    if isinstance(X, str | os.PathLike) or hasattr(X, "convert"):
+        raise PipelineError("transform takes a list of images (paths, PIL images or arrays), not one image")
+    return [_image(x) for x in X]
+
+
+def _image(x) -> np.ndarray:
+    if isinstance(x, str | os.PathLike):
+        return decode_image(x)
+    if hasattr(x, "convert"):  # a PIL image
+        return from_pil(x.convert("L" if x.mode in ("L", "1") else "RGB"))
+    a = np.asarray(x)
+    if a.dtype != np.uint8:
+        raise PipelineError(f"an image array must be uint8 (0..255), not {a.dtype}")
+    if a.ndim == 2:
+        return a[None]
+    if a.ndim == 3 and a.shape[0] in (1, 3):
+        return a
+    if a.ndim == 3 and a.shape[2] in (1, 3):
+        return np.ascontiguousarray(a.transpose(2, 0, 1))
+    raise PipelineError(f"an image array must be (H, W), (H, W, C) or (C, H, W) with C = 1 or 3, not {a.shape}")

@@ -1,0 +1,111 @@
+"""The embeddings meet the tools people already use: `pipeline export` to Parquet and CSV (read back by pandas
+and DuckDB equal to `load_features`), and `ImageEmbedder`, Stage 1 as a scikit-learn transformer."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from helpers import EXTRACT, FAST, assert_one_line_error, run_cli, shapes_folder
+
+from pipeline import load_features
+
+
+@pytest.fixture
+def store_with_maps(data, tmp_path, runner):
+    """A small Fashion-MNIST store and a PCA map of it."""
+    out = tmp_path / "s"
+    assert run_cli(runner, *EXTRACT, "--data-dir", data, "--out", out).exit_code == 0
+    r = run_cli(runner, "project", "--features", out, "--data-dir", data, "--methods", "pca", "--out",
+                tmp_path / "maps")
+    assert r.exit_code == 0, r.output
+    return out, tmp_path / "maps"
+
+
+@pytest.mark.parametrize("to", ["parquet", "csv"])
+def test_export_round_trips_through_pandas_and_duckdb(store_with_maps, tmp_path, runner, to):
+    import duckdb
+    import pandas as pd
+
+    store, maps = store_with_maps
+    r = run_cli(runner, "export", "--features", store, "--to", to, "--maps", maps)
+    assert r.exit_code == 0, r.output
+    path = store.with_name(f"s.{to}")
+    f = load_features(store)
+    X = np.concatenate([f.X_train, f.X_test])
+    df = pd.read_parquet(path) if to == "parquet" else pd.read_csv(path)
+    emb = np.stack(df["embedding"]) if to == "parquet" else df[[f"e{j}" for j in range(X.shape[1])]].to_numpy()
+    np.testing.assert_array_equal(emb.astype(np.float32), X)  # bit-identical, CSV included
+    assert list(df["split"]) == ["train"] * len(f.y_train) + ["test"] * len(f.y_test)
+    np.testing.assert_array_equal(df["label"], np.concatenate([f.y_train, f.y_test]))
+    assert list(df["index"]) == list(range(len(f.y_train))) + list(range(len(f.y_test)))
+    assert set(df["label_name"]) <= set(f.meta["dataset"]["classes"]) and "source" in df
+    xy = np.load(maps / "resnet18_pca.npy")
+    np.testing.assert_allclose(df[["pca_x", "pca_y"]].to_numpy(), xy, rtol=1e-6)
+    counts = duckdb.sql(f"select split, count(*) as n from '{path}' group by split order by split").fetchall()
+    assert counts == [("test", len(f.y_test)), ("train", len(f.y_train))]
+
+    r = run_cli(runner, "export", "--features", store, "--to", to)  # the file exists: refused, kept
+    assert_one_line_error(r, f"s.{to} exists", "--overwrite")
+    assert run_cli(runner, "export", "--features", store, "--to", to, "--overwrite").exit_code == 0
+
+
+def test_export_of_a_folder_store_names_each_file(tmp_path, runner):
+    import pandas as pd
+
+    from pipeline.data import load_dataset
+
+    data = shapes_folder(tmp_path / "shapes", 5)
+    store = tmp_path / "s"
+    r = run_cli(runner, *EXTRACT, "--dataset", "folder", "--data-dir", data, "--out", store)
+    assert r.exit_code == 0, r.output
+    assert run_cli(runner, "export", "--features", store, "--out", tmp_path / "t.parquet").exit_code == 0
+    df = pd.read_parquet(tmp_path / "t.parquet")
+    ds = load_dataset("folder", data, test_fraction=0.2)
+    assert list(df["path"]) == [str(p) for s in ("train", "test") for p in ds.splits[s].files]
+    r = run_cli(runner, "export", "--features", tmp_path / "nothing", "--to", "csv")
+    assert_one_line_error(r, "not a finished feature store")
+
+
+def test_image_embedder_gives_the_stores_features_in_a_sklearn_pipeline(tmp_path, runner):
+    from PIL import Image
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.utils.estimator_checks import (
+        check_get_params_invariance,
+        check_no_attributes_set_in_init,
+        check_parameters_default_constructible,
+        check_set_params,
+    )
+
+    from pipeline import ImageEmbedder
+    from pipeline.data import load_dataset
+    from pipeline.data.images import decode_image
+
+    data = shapes_folder(tmp_path / "shapes", 6)
+    store = tmp_path / "s"
+    assert run_cli(runner, *EXTRACT, "--dataset", "folder", "--data-dir", data, "--out", store).exit_code == 0
+    f = load_features(store)
+    train = load_dataset("folder", data, test_fraction=0.2).splits["train"]
+    emb = ImageEmbedder("resnet18", **FAST)
+    X = emb.fit(train.files).transform(train.files)
+    np.testing.assert_array_equal(X, f.X_train)  # the same recipe, the same engine: the same features
+    assert emb.engine_description_["engine"] == f.meta["engine"]["engine"]
+    assert emb.get_feature_names_out().shape == (f.X_train.shape[1],)
+    imgs = [decode_image(p) for p in train.files[:4]]
+    pil = [Image.open(p) for p in train.files[:4]]
+    hwc = [np.moveaxis(a, 0, -1) if a.shape[0] == 3 else a[0] for a in imgs]
+    for inputs in (imgs, pil, hwc):
+        np.testing.assert_allclose(emb.transform(inputs), f.X_train[:4], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(emb)).transform(train.files[:4]), X[:4])
+
+    clf = make_pipeline(ImageEmbedder("resnet18", **FAST), LogisticRegression(max_iter=500))
+    clf.fit(train.files, train.labels)
+    assert clf.score(train.files, train.labels) > 0.8 and clone(clf).get_params()["imageembedder__image_size"] == 48
+    name = "ImageEmbedder"
+    for check in (check_parameters_default_constructible, check_no_attributes_set_in_init,
+                  check_get_params_invariance, check_set_params):
+        check(name, ImageEmbedder())
+    with pytest.raises(Exception, match="uint8"):
+        emb.transform([np.zeros((8, 8), np.float32)])
