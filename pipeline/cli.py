@@ -227,6 +227,13 @@ def project(features, methods, dataset, data_dir, limit, test_fraction, raw_size
     out = Path(out) if out else report_dir(dataset_slug(dataset, data_dir)) / "maps"
     stage.project(sets, _names(methods), out, backend, n_jobs)
     click.echo(f"maps in {out}/: <set>_<method>.npy coordinates (+ .json scores), <method>.png figures", err=True)
+    if out.name == "maps" and (out.parent / "results.json").exists():  # a study's maps: its interactive page
+        from pipeline.apply.mapview import write_map_view
+
+        try:
+            write_map_view(out.parent, sets, out)
+        except PipelineError as e:
+            click.echo(f"maps.html skipped: {e}", err=True)
 
 
 def _sci(x: float) -> str:

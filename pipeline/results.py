@@ -42,6 +42,30 @@ def record_stem(feature_set: str, classifier: str) -> str:
     return f"{slug(feature_set)}_{classifier}"
 
 
+def predictions_path(out: Path, rec: dict) -> Path:
+    """A record's test predictions (int64, one per test image, in the test split's order)."""
+    return Path(out) / "predictions" / f"{record_stem(rec['feature_set'], rec['classifier'])}.npy"
+
+
+def save_predictions(out: Path, rec: dict, pred) -> None:
+    """Beside the record (before it: a record never lacks its predictions): what the maps' hover shows."""
+    path = predictions_path(out, rec)
+    path.parent.mkdir(exist_ok=True)
+    atomic_save(path, np.asarray(pred, dtype=np.int64))
+
+
+def load_predictions(out: Path, rec: dict) -> np.ndarray | None:
+    """A record's saved test predictions, or None where there are none (or they do not fit the record)."""
+    try:
+        pred = np.load(predictions_path(out, rec), allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if pred.shape != (rec["n_test"],) or pred.dtype.kind not in "iu" or (len(pred) and (
+            pred.min() < 0 or pred.max() >= len(rec["classes"]))):
+        return None
+    return pred
+
+
 def curve_path(rec: dict) -> str:
     """A trained head's or network's learning curve, relative to its report folder."""
     return f"curves/{record_stem(rec['feature_set'], rec['classifier'])}.png"

@@ -228,6 +228,17 @@ def run(cfg: RunConfig, command: str | None = None,
             proj.project(sets, cfg.methods, out / "maps", backend, cfg.n_jobs, log=log)
             return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(cfg.methods)} maps computed"
 
+        def do_map_view():
+            from pipeline.apply import mapview
+            from pipeline.maps.methods import importable
+
+            if not importable("bokeh"):  # optional: the static report does not need it
+                return "skipped", "Bokeh is not installed (pip install 'pipeline[maps]')"
+            if mapview.is_current(out, sets):
+                return "skipped", "maps.html is newer than its maps and predictions"
+            path = mapview.write_map_view(out, sets, log=log)
+            return ("ran", f"{path.stat().st_size / 2**20:.1f} MB, opens offline") if path else ("skipped", "no maps")
+
         def do_evaluate():
             from pipeline.apply.evaluate import evaluate
 
@@ -246,6 +257,7 @@ def run(cfg: RunConfig, command: str | None = None,
             stage("finetune", do_finetune)
         stage("galleries", do_galleries)
         stage("project", do_project)
+        stage("maps.html", do_map_view)
         if cfg.wild:
             stage("evaluate", do_evaluate)
         info["finished"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -60,7 +60,7 @@ def reference(tmp_path_factory, resnet18_file):
     ("classify:record:1", "3 of 4"),  # after the first of four records (raw lda): 3 left to fit
     ("project:map:1", "1 of 2 maps computed"),  # after raw pixels' PCA map
     ("report:write:1", "report"),              # report.html written, report.md not yet
-    ("atomic_write:9", ""),  # results.md in a temporary file (results.json already written)
+    ("atomic_write:9", ""),  # the first record's derived files in a temporary file (results.json written)
     ("atomic_write:12", "3 of 4"),  # inside the second record's files: refitted, its temporary file swept
 ])
 def test_killed_anywhere_then_rerun_gives_the_same_outputs(tmp_path, reference, resnet18_file, point, says):

@@ -36,7 +36,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import folder_lock
 from pipeline.hardware import available_memory, dask_client
 from pipeline.models.saved import has_model, model_paths, save_model
-from pipeline.results import check_results_file, make_record, read_results, write_results
+from pipeline.results import check_results_file, make_record, read_results, save_predictions, write_results
 from pipeline.store.featuresets import FeatureSet, check_comparable
 
 # --- search ------------------------------------------------------------------------------------------
@@ -200,12 +200,12 @@ def _classify(run: _Run) -> list[dict]:
         return fs, c, plan, *_search(fs, c, plan, grid, backend, n_jobs, client, bar, log)
 
     def refit(fs, c, plan, best, best_scores, search_s, errors, cheap):
-        rec, est = _refit_and_test(fs, c, plan, best, best_scores, backend, search_s, n_jobs)
+        rec, est, pred = _refit_and_test(fs, c, plan, best, best_scores, backend, search_s, n_jobs)
         rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid),
                    failed_fits=len(errors), fit_errors=list(dict.fromkeys(errors))[:5], search_params=cheap)
-        return fs, plan, rec, est
+        return fs, plan, rec, est, pred
 
-    def finish(fs, plan, rec, est):
+    def finish(fs, plan, rec, est, pred):
         bar.update(1)
         records.append(rec)
         if models is not None:
@@ -215,6 +215,7 @@ def _classify(run: _Run) -> list[dict]:
             f"{rec['backend']})")
         if out is not None:
             _save(out, fs, rec, est, backend if plan.native else None, log)
+            save_predictions(out, rec, pred)
             write_results(out, [rec])
 
     try:
@@ -316,9 +317,10 @@ def _scored(ci, fn, *args):
 
 
 def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_scores, backend: Backend,
-                    search_s: float, n_jobs: int) -> tuple[dict, object]:
+                    search_s: float, n_jobs: int) -> tuple[dict, object, np.ndarray]:
     """The best candidate refitted on all training rows, on every core (the search's folds are done: a
-    refit the estimator would run on one core runs on `n_jobs`, in threads), then tested once."""
+    refit the estimator would run on one core runs on `n_jobs`, in threads), then tested once: (record,
+    fitted estimator, its test predictions)."""
     from joblib import parallel_config
 
     spec = CLASSIFIERS[c]
@@ -348,7 +350,7 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
         cv_mean=np.mean(best_scores), cv_std=np.std(best_scores), cv_folds=len(plan.folds),
         tune_rows=len(plan.tune_idx), candidates=len(plan.candidates), fit_seconds=round(fit_s, 3),
         predict_seconds=round(pred_s, 3), search_seconds=round(search_s, 2), backend=ran_on, device=device,
-        estimator=_steps(est)), est
+        estimator=_steps(est)), est, pred
 
 
 def _steps(est) -> list[str]:

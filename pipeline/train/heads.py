@@ -35,7 +35,15 @@ from pipeline.models.heads import LABELS
 from pipeline.models.nets import make_head
 from pipeline.models.saved import about_features, has_model, save_torch_model
 from pipeline.render.figures import learning_curve
-from pipeline.results import check_results_file, curve_path, make_record, read_results, record_stem, write_results
+from pipeline.results import (
+    check_results_file,
+    curve_path,
+    make_record,
+    read_results,
+    record_stem,
+    save_predictions,
+    write_results,
+)
 from pipeline.store.featuresets import FeatureSet
 from pipeline.train.config import HEAD_LR, TrainConfig, TrainRequest
 from pipeline.train.loop import Task, checkpoint_path, resolve_precision, shuffled_batches, stratified_split, train
@@ -125,6 +133,7 @@ def _train_head(fs: FeatureSet, req: TrainRequest, progress, log) -> dict:
         validation=f"stratified holdout: {cfg.val_fraction:.0%} of the training split ({len(va):,} rows)",
         precision=precision, dataset=fs.dataset, features_fingerprint=fs.fingerprint,
         **_training_fields(chosen, cfg), refit=refit)
+    save_predictions(req.out, rec, pred)
     finish(req.out, rec, model, {"kind": "head", "head": spec.describe(), "in_dim": int(X.shape[1])},
            about_features(fs), ckpt, extra=[checkpoint_path(req.out, f"{stem}-refit")])
     log(f"{fs.name:>20} {spec.kind:<7} test {rec['test_accuracy']:.4f}  val {rec['cv_mean']:.4f}  best epoch "

@@ -1,0 +1,179 @@
+"""`maps.html`: the 2-D maps of raw pixels and embeddings side by side, interactive and self-contained (Bokeh,
+its JavaScript inlined: it opens offline). Every image is a point coloured by class; a seeded sample of them
+(`HOVER_POINTS`) carries a thumbnail, shown on hover with the label and each saved model's prediction; a
+selection in one map is the same images in every map; a switch shows only the test images a feature set's
+best model gets wrong. Written beside report.html by `pipeline run` and `pipeline project`."""
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.apply.featurize import stderr
+from pipeline.apply.gallery import best_records
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_write
+from pipeline.maps.methods import DEFAULT_METHODS, METHODS
+from pipeline.maps.project import load_map
+from pipeline.render.figures import feature_title, short_name
+from pipeline.render.thumbs import thumbnail
+from pipeline.results import load_predictions, read_results
+from pipeline.store.featuresets import FeatureSet, source_images
+
+MAPS_HTML = "maps.html"
+HOVER_POINTS = 3000  # points with a thumbnail (the hover layer): every point would be 70,000 thumbnails
+SEED = 0
+_TOOLTIP = """<div style="width:190px"><img src="@thumb" style="width:84px;height:84px;object-fit:contain;
+image-rendering:pixelated;float:left;margin-right:6px"><b>@label_name</b><br>@split #@index<br>
+<span style="font-size:0.85em">@preds{safe}</span></div>"""
+
+
+def maps_present(maps_dir: Path, sets: list[FeatureSet]) -> dict[str, list[np.ndarray]]:
+    """{method: [coordinates per feature set]} for the methods every set has a map of, made from its features."""
+    found = {}
+    for m in DEFAULT_METHODS:
+        coords = []
+        for fs in sets:
+            got = load_map(maps_dir, fs.name, m)
+            if got is None or got[1].get("fingerprint") != fs.fingerprint:
+                break
+            coords.append(got[0])
+        else:
+            found[m] = coords
+    return found
+
+
+def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = None,
+                   log: Callable[[str], None] = stderr) -> Path | None:
+    """out/maps.html from the maps in `maps_dir` (default out/maps) of `sets` and the saved predictions in
+    out; None (and a line) where there is no map of every set yet."""
+    try:
+        from bokeh.embed import file_html
+        from bokeh.resources import INLINE
+    except ImportError:
+        raise PipelineError("maps.html needs Bokeh: pip install 'pipeline[maps]'") from None
+    out = Path(out)
+    maps = maps_present(Path(maps_dir or out / "maps"), sets)
+    if not maps:
+        log("maps.html: no map of every feature set yet (`pipeline project` makes them)")
+        return None
+    ref = sets[0]
+    n_train, n_test = len(ref.y_train), len(ref.y_test)
+    n = n_train + n_test
+    y = np.concatenate([ref.y_train, ref.y_test])
+    classes = list(ref.classes)
+    records = [r for r in read_results(out) if r["feature_set"] in {fs.name for fs in sets}
+               and r["labels_sha256"] == ref.labels_sha256 and r["classifier"] != "finetune"]
+    preds = [(r, p) for r in records if (p := load_predictions(out, r)) is not None]
+    best = best_records(records)
+    wrong = {}
+    for r, p in preds:
+        if best.get(r["feature_set"]) is r:
+            wrong[r["feature_set"]] = np.concatenate([np.zeros(n_train, bool), p != ref.y_test])
+    rng = np.random.default_rng(SEED)
+    hover = np.sort(rng.choice(n, size=min(HOVER_POINTS, n), replace=False))
+    ds = source_images(ref)
+    splits = [("train", ds.splits.get("train")), ("test", ds.splits.get("test"))]
+
+    def image(i: int):
+        s, k = (splits[0], i) if i < n_train else (splits[1], i - n_train)
+        return s[1].batch(k, k + 1)[0]
+
+    columns = {"label_name": [classes[v] for v in y], "split": ["train"] * n_train + ["test"] * n_test,
+               "index": list(range(n_train)) + list(range(n_test))}
+    for m, coords in maps.items():
+        for fs, xy in zip(sets, coords):
+            columns[f"{fs.name}_{m}_x"], columns[f"{fs.name}_{m}_y"] = xy[:, 0], xy[:, 1]
+    h = {k: [v[i] for i in hover] if isinstance(v, list) else v[hover] for k, v in columns.items()}
+    h["thumb"] = [thumbnail(image(int(i))) for i in hover]
+    h["preds"] = [_predictions(int(i), n_train, preds, classes) for i in hover]
+    note = (f"{n:,} images ({n_train:,} train, {n_test:,} test); {len(hover):,} of them, a seeded sample, carry a "
+            f"thumbnail: hover the black-edged points. Select with the lasso or box tool: the same images light up "
+            f"in every map. Click a class in the legend to hide it.")
+    doc = _layout(columns, h, sets, maps, classes, wrong, hover, note)
+    page = file_html(doc, INLINE, title="pipeline maps: raw pixels vs embeddings")
+    atomic_write(out / MAPS_HTML, page)
+    log(f"maps.html: {len(maps)} method(s) x {len(sets)} feature sets, {n:,} points, {len(hover):,} with "
+        f"thumbnails ({len(page) / 2**20:.1f} MB)")
+    return out / MAPS_HTML
+
+
+def _predictions(i: int, n_train: int, preds, classes) -> str:
+    """A test image's prediction by every saved model, as HTML (escaped); training images: none."""
+    if i < n_train:
+        return "training image"
+    rows = []
+    for r, p in preds:
+        c = classes[int(p[i - n_train])]
+        rows.append(f"{html.escape(short_name(r['label']))} on {html.escape(short_name(r['feature_set']))}: "
+                    f"{html.escape(short_name(c))}")
+    return "<br>".join(rows) or "no saved predictions"
+
+
+def _layout(columns, h, sets, maps, classes, wrong, hover, note: str):
+    from bokeh.layouts import column, row
+    from bokeh.models import (
+        BooleanFilter,
+        CDSView,
+        ColumnDataSource,
+        CustomJS,
+        Div,
+        HoverTool,
+        RadioButtonGroup,
+    )
+    from bokeh.palettes import Category10, Category20
+    from bokeh.plotting import figure
+    from bokeh.transform import factor_cmap
+
+    palette = (Category10[10] if len(classes) <= 10 else Category20[20] * (len(classes) // 20 + 1))[:len(classes)]
+    names = [c for c in dict.fromkeys(classes)]
+    src_all, src_hover = ColumnDataSource(columns), ColumnDataSource(h)
+    n = len(columns["split"])
+    all_filter = BooleanFilter([True] * n, name="all-filter")
+    hover_filter = BooleanFilter([True] * len(hover), name="hover-filter")
+    view_all, view_hover = CDSView(filter=all_filter), CDSView(filter=hover_filter)
+    colour = factor_cmap("label_name", palette=palette, factors=names)
+    rows = []
+    for m in maps:
+        figs = []
+        for j, fs in enumerate(sets):
+            last = j == len(sets) - 1  # the legend: once per row, beside the last map
+            f = figure(title=f"{METHODS[m].label}: {feature_title(fs.name)}", width=560, height=520,
+                       tools="pan,wheel_zoom,box_select,lasso_select,tap,reset,save", active_scroll="wheel_zoom",
+                       output_backend="webgl")
+            f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_all, view=view_all, color=colour,
+                      size=2.5, alpha=0.5, nonselection_alpha=0.05, **({"legend_field": "label_name"} if last else {}))
+            r = f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_hover, view=view_hover, color=colour,
+                          size=6, line_color="black", line_width=0.6, nonselection_alpha=0.1, name="hover")
+            f.add_tools(HoverTool(renderers=[r], tooltips=_TOOLTIP))
+            if last:
+                f.legend.label_text_font_size, f.legend.click_policy = "8pt", "hide"
+                f.add_layout(f.legend[0], "right")
+            f.axis.visible = False
+            figs.append(f)
+        rows.append(row(*figs))
+    labels = ["all images"] + [f"test images wrong with {feature_title(s)}" for s in wrong]
+    masks = {"all": [True] * n, **{s: w.tolist() for s, w in wrong.items()}}
+    hover_masks = {k: [v[i] for i in hover] for k, v in masks.items()}
+    switch = RadioButtonGroup(labels=labels, active=0, name="show")
+    switch.js_on_change("active", CustomJS(
+        args={"fa": all_filter, "fh": hover_filter, "sa": src_all, "sh": src_hover, "keys": list(masks),
+              "masks": masks, "hmasks": hover_masks},
+        code="const k = keys[cb_obj.active]; fa.booleans = masks[k]; fh.booleans = hmasks[k]; "
+             "sa.change.emit(); sh.change.emit(); document.body.dataset.showing = k;"))
+    counts = ", ".join(f"{feature_title(s)} {int(w.sum()):,}" for s, w in wrong.items())
+    info = Div(text=html.escape(f"Show: (test images wrong: {counts})" if wrong else "Show:"))
+    return column(Div(text=html.escape(note)), row(info, switch), *rows, name="maps")
+
+
+def is_current(out: Path, sets: list[FeatureSet]) -> bool:
+    """Whether maps.html is newer than every map, record and prediction it is drawn from."""
+    page = Path(out) / MAPS_HTML
+    if not page.exists():
+        return False
+    sources = list((Path(out) / "maps").glob("*.npy")) + [Path(out) / "results.json"] + \
+        list((Path(out) / "predictions").glob("*.npy"))
+    t = page.stat().st_mtime_ns
+    return all(p.stat().st_mtime_ns <= t for p in sources if p.exists())

@@ -1,0 +1,79 @@
+"""maps.html: the interactive maps, self-contained (opens offline), driven in headless Chromium: hovering a point
+shows its thumbnail, the switch shows only the test images a model gets wrong."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import make_idx_dir, run_cli
+
+from pipeline.data import read_idx, write_idx
+from pipeline.store.featuresets import load_feature_set
+
+pytest.importorskip("bokeh")
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from click.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("mapview")
+    data = make_idx_dir(root / "data", n_train=120, n_test=60)
+    for prefix in ("train", "t10k"):  # every third image noise only: models make mistakes to show
+        path = data / f"{prefix}-images-idx3-ubyte.gz"
+        x = read_idx(path, 3)
+        x[::3] = np.random.default_rng(1).integers(0, 255, x[::3].shape, dtype=np.uint8)
+        write_idx(path, x)
+    args = ["run", "--data-dir", data, "--weights", "none", "--image-size", 32, "--grid", "quick", "--classifiers",
+            "lda,logreg", "--methods", "pca", "--cv", 2, "--device", "cpu", "--n-jobs", 1, "--out", root / "rep"]
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        r = run_cli(CliRunner(), *args)
+        assert r.exit_code == 0, r.output
+        again = run_cli(CliRunner(), *args)
+    finally:
+        os.chdir(cwd)
+    return root / "rep", args, again
+
+
+def test_maps_html_is_self_contained_and_skipped_when_current(study):
+    out, _, again = study
+    page = (out / "maps.html").read_text()
+    assert not re.search(r"""<(script|link|img)[^>]+(src|href)=["']?https?:""", page)  # nothing fetched
+    assert "PCA: raw pixels" in page and "PCA: resnet18 embeddings" in page
+    states = {s["stage"]: s["state"] for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert again.exit_code == 0 and states["maps.html"] == "skipped"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium here (Debian: apt-get install chromium)")
+def test_hover_shows_a_thumbnail_and_the_switch_shows_the_misclassified(study, tmp_path):
+    out, _, _ = study
+    page = (out / "maps.html").read_text()
+    probe = (Path(__file__).parent / "maps_probe.js").read_text()
+    at = page.rfind("</body>")
+    (tmp_path / "probe.html").write_text(page[:at] + probe + page[at:])
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+                          "--window-size=1400,1400", "--dump-dom", (tmp_path / "probe.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<pre id="probe">([^<]*)</pre>', dom)
+    assert found, dom[-500:]
+    r = json.loads(found.group(1).replace("&quot;", '"'))
+    assert "error" not in r, r
+    assert r["plots"] == 2 and r["images_before"] == 0
+    assert any(s.startswith("data:image/png;base64") for s in r["images_after"])  # the hovered point's thumbnail
+    recs = json.loads((out / "results.json").read_text())
+    best = max((x for x in recs if x["feature_set"] == "resnet18"), key=lambda x: x["cv_mean"])
+    pred = np.load(out / "predictions" / f"resnet18_{best['classifier']}.npy")
+    y_test = load_feature_set("raw", "fashion-mnist", out.parent / "data").y_test
+    wrong = int((pred != y_test).sum())
+    assert r["showing"] == "resnet18" and r["shown_before"] == 180 and r["shown_after"] == wrong > 0
+    assert r["hovered_label"] in best["classes"]
