@@ -257,9 +257,9 @@ def run(cfg: RunConfig, command: str | None = None,
             stage("finetune", do_finetune)
         stage("galleries", do_galleries)
         stage("project", do_project)
-        stage("maps.html", do_map_view)
         if cfg.wild:
             stage("evaluate", do_evaluate)
+        stage("maps.html", do_map_view)  # after evaluate: the wild photos go on the maps too
         info["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         stage("report", lambda: ("ran", ", ".join(p.name for p in write_report(out))))
         write_report(out)  # once more, so the report's provenance includes the report stage's own time

@@ -77,3 +77,48 @@ def test_hover_shows_a_thumbnail_and_the_switch_shows_the_misclassified(study, t
     wrong = int((pred != y_test).sum())
     assert r["showing"] == "resnet18" and r["shown_before"] == 180 and r["shown_after"] == wrong > 0
     assert r["hovered_label"] in best["classes"]
+
+
+def test_wild_photos_are_placed_among_their_nearest_training_images(study, tmp_path, runner):
+    """After `evaluate`, the next run draws the wild photos on every map: each at the median map position of
+    its 10 nearest training images (cosine) in that feature set."""
+    import os
+
+    from PIL import Image
+
+    from pipeline.apply.mapview import maps_present, wild_points
+    from pipeline.data import FASHION_MNIST_CLASSES
+
+    out0, args, _ = study
+    root = tmp_path / "copy"
+    shutil.copytree(out0.parent, root, symlinks=True)
+    out = root / "rep"
+    wild = tmp_path / "wild"
+    x = read_idx(root / "data" / "t10k-images-idx3-ubyte.gz", 3)
+    for c in (1, 8):  # Trouser, Bag
+        (wild / FASHION_MNIST_CLASSES[c].replace("/", "_")).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(255 - x[i + 3 * c]).resize((60, 60)).save(wild / FASHION_MNIST_CLASSES[c] / f"{i}.png")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        args = [a if a != out0 else out for a in args]
+        r = run_cli(runner, *args, "--wild", wild)
+    finally:
+        os.chdir(cwd)
+    assert r.exit_code == 0, r.output
+    states = {s["stage"]: s["state"] for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert states["evaluate"] == "ran" and states["maps.html"] == "ran"
+    assert "Stars: 6 photos in the wild" in (out / "maps.html").read_text()
+    sets = [load_feature_set("raw", "fashion-mnist", root / "data"),
+            load_feature_set(str(root / "features" / "fashion-mnist" / "resnet18-32px"), "fashion-mnist")]
+    maps = maps_present(out / "maps", sets)
+    got = wild_points(out, sets, maps, sets[0].classes, len(sets[0].y_train))
+    g = json.loads((out / "galleries_wild.json").read_text())
+    for j, fs in enumerate(sets):
+        W = np.load(out / g["features"][fs.name])
+        a = fs.X_train / np.linalg.norm(fs.X_train, axis=1, keepdims=True)
+        b = W / np.linalg.norm(W, axis=1, keepdims=True)
+        idx = np.argsort(-(b @ a.T), axis=1, kind="stable")[:, :10]
+        want = np.median(maps["pca"][j][idx], axis=1)
+        np.testing.assert_allclose(np.c_[got[f"{fs.name}_pca_x"], got[f"{fs.name}_pca_y"]], want, rtol=1e-5)

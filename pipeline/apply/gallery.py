@@ -18,10 +18,10 @@ from pipeline.apply.featurize import stderr
 from pipeline.apply.neighbors import METRIC, nearest, precision_at_k
 from pipeline.apply.predict import model_scores
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_write, read_json
+from pipeline.files import atomic_save, atomic_write, read_json
 from pipeline.models.saved import has_model, load_model, model_file
 from pipeline.render.thumbs import thumbnail
-from pipeline.results import read_results
+from pipeline.results import read_results, slug
 from pipeline.store.featuresets import FeatureSet, source_images
 
 GALLERY, WILD_GALLERY = "galleries.json", "galleries_wild.json"
@@ -173,7 +173,15 @@ def write_wild_gallery(out: Path, records: list[dict], models: dict, features: d
                       "accuracy": float((pred == y).mean()), "n": int(len(y)),
                       "items": [_item(f"wild:{i}", y[i], pred[i], score[i], file=show_path(files[i]))
                                 for i in order]})
-    doc = {"format": FORMAT, "classes": records[0]["classes"], "galleries": shown, "thumbs": thumbs}
+    wild_dir = Path(out) / "wild"  # the photos' features, for placing them on the maps (maps.html)
+    wild_dir.mkdir(exist_ok=True)
+    saved = {}
+    for name in best:
+        rel = f"wild/{slug(name)}.npy"
+        atomic_save(Path(out) / rel, np.asarray(features[(name, "wild")][:N_WILD], dtype=np.float32))
+        saved[name] = rel
+    doc = {"format": FORMAT, "classes": records[0]["classes"], "galleries": shown, "thumbs": thumbs,
+           "features": saved, "labels": [int(v) for v in y[:N_WILD]]}
     atomic_write(Path(out) / WILD_GALLERY, json.dumps(doc))
     log(f"galleries: the wild photos in {Path(out) / WILD_GALLERY}")
     return Path(out) / WILD_GALLERY

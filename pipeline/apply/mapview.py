@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.apply.featurize import stderr
-from pipeline.apply.gallery import best_records
+from pipeline.apply.gallery import WILD_GALLERY, best_records
+from pipeline.apply.neighbors import nearest
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_write
+from pipeline.files import atomic_write, read_json
 from pipeline.maps.methods import DEFAULT_METHODS, METHODS
 from pipeline.maps.project import load_map
 from pipeline.render.figures import feature_title, short_name
@@ -23,6 +24,7 @@ from pipeline.results import load_predictions, read_results
 from pipeline.store.featuresets import FeatureSet, source_images
 
 MAPS_HTML = "maps.html"
+WILD_K = 10  # a wild photo goes where the median of its this many nearest training images is
 HOVER_POINTS = 3000  # points with a thumbnail (the hover layer): every point would be 70,000 thumbnails
 SEED = 0
 _TOOLTIP = """<div style="width:190px"><img src="@thumb" style="width:84px;height:84px;object-fit:contain;
@@ -89,15 +91,47 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
     h = {k: [v[i] for i in hover] if isinstance(v, list) else v[hover] for k, v in columns.items()}
     h["thumb"] = [thumbnail(image(int(i))) for i in hover]
     h["preds"] = [_predictions(int(i), n_train, preds, classes) for i in hover]
+    wild = wild_points(out, sets, maps, classes, n_train)
     note = (f"{n:,} images ({n_train:,} train, {n_test:,} test); {len(hover):,} of them, a seeded sample, carry a "
             f"thumbnail: hover the black-edged points. Select with the lasso or box tool: the same images light up "
-            f"in every map. Click a class in the legend to hide it.")
-    doc = _layout(columns, h, sets, maps, classes, wrong, hover, note)
+            f"in every map. Click a class in the legend to hide it."
+            + (f" Stars: {len(wild['label_name'])} photos in the wild, each placed at the median position of its "
+               f"{WILD_K} nearest training images in that feature set (the maps are not re-optimised for them)."
+               if wild else ""))
+    doc = _layout(columns, h, sets, maps, classes, wrong, hover, note, wild)
     page = file_html(doc, INLINE, title="pipeline maps: raw pixels vs embeddings")
     atomic_write(out / MAPS_HTML, page)
     log(f"maps.html: {len(maps)} method(s) x {len(sets)} feature sets, {n:,} points, {len(hover):,} with "
         f"thumbnails ({len(page) / 2**20:.1f} MB)")
     return out / MAPS_HTML
+
+
+def wild_points(out: Path, sets, maps, classes, n_train: int) -> dict | None:
+    """The wild photos `pipeline evaluate` kept (galleries_wild.json and their features), placed on every map
+    at the median 2-D position of their nearest training images; None without them."""
+    g = read_json(out / WILD_GALLERY)
+    if not g or not isinstance(g.get("features"), dict) or not all(fs.name in g["features"] for fs in sets):
+        return None
+    labels = g["labels"]
+    k = len(labels)
+    items = {s["feature_set"]: {it["thumb"]: it for it in s["items"]} for s in g["galleries"]}
+    cols = {"thumb": [g["thumbs"][f"wild:{i}"] for i in range(k)], "label_name": [classes[v] for v in labels],
+            "split": ["wild"] * k, "index": list(range(k)),
+            "preds": ["<br>".join(f"best on {html.escape(short_name(s))}: "
+                                  f"{html.escape(short_name(classes[it[f'wild:{i}']['pred']]))}"
+                                  for s, it in items.items() if f"wild:{i}" in it) for i in range(k)]}
+    for j, fs in enumerate(sets):
+        try:
+            W = np.load(out / g["features"][fs.name], allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if W.shape != (k, fs.X_train.shape[1]):
+            return None
+        idx, _ = nearest(fs.X_train, W, WILD_K)
+        for m, coords in maps.items():
+            xy = np.median(coords[j][:n_train][idx], axis=1)
+            cols[f"{fs.name}_{m}_x"], cols[f"{fs.name}_{m}_y"] = xy[:, 0], xy[:, 1]
+    return cols
 
 
 def _predictions(i: int, n_train: int, preds, classes) -> str:
@@ -112,7 +146,7 @@ def _predictions(i: int, n_train: int, preds, classes) -> str:
     return "<br>".join(rows) or "no saved predictions"
 
 
-def _layout(columns, h, sets, maps, classes, wrong, hover, note: str):
+def _layout(columns, h, sets, maps, classes, wrong, hover, note: str, wild: dict | None):
     from bokeh.layouts import column, row
     from bokeh.models import (
         BooleanFilter,
@@ -130,6 +164,7 @@ def _layout(columns, h, sets, maps, classes, wrong, hover, note: str):
     palette = (Category10[10] if len(classes) <= 10 else Category20[20] * (len(classes) // 20 + 1))[:len(classes)]
     names = [c for c in dict.fromkeys(classes)]
     src_all, src_hover = ColumnDataSource(columns), ColumnDataSource(h)
+    src_wild = ColumnDataSource(wild) if wild else None
     n = len(columns["split"])
     all_filter = BooleanFilter([True] * n, name="all-filter")
     hover_filter = BooleanFilter([True] * len(hover), name="hover-filter")
@@ -147,7 +182,11 @@ def _layout(columns, h, sets, maps, classes, wrong, hover, note: str):
                       size=2.5, alpha=0.5, nonselection_alpha=0.05, **({"legend_field": "label_name"} if last else {}))
             r = f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_hover, view=view_hover, color=colour,
                           size=6, line_color="black", line_width=0.6, nonselection_alpha=0.1, name="hover")
-            f.add_tools(HoverTool(renderers=[r], tooltips=_TOOLTIP))
+            hovered = [r]
+            if wild:
+                hovered.append(f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_wild, color=colour,
+                                         marker="star", size=14, line_color="black", line_width=1, name="wild"))
+            f.add_tools(HoverTool(renderers=hovered, tooltips=_TOOLTIP))
             if last:
                 f.legend.label_text_font_size, f.legend.click_policy = "8pt", "hide"
                 f.add_layout(f.legend[0], "right")
@@ -173,7 +212,7 @@ def is_current(out: Path, sets: list[FeatureSet]) -> bool:
     page = Path(out) / MAPS_HTML
     if not page.exists():
         return False
-    sources = list((Path(out) / "maps").glob("*.npy")) + [Path(out) / "results.json"] + \
+    sources = list((Path(out) / "maps").glob("*.npy")) + [Path(out) / "results.json", Path(out) / WILD_GALLERY] + \
         list((Path(out) / "predictions").glob("*.npy"))
     t = page.stat().st_mtime_ns
     return all(p.stat().st_mtime_ns <= t for p in sources if p.exists())
