@@ -191,10 +191,11 @@ def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classi
 
 def _galleries(out, sets) -> None:
     """The report's galleries after new models; where the images cannot be read again, said and skipped."""
-    from pipeline.apply.gallery import write_galleries
+    from pipeline.apply.gallery import is_current, write_galleries
 
     try:
-        write_galleries(out, sets)
+        if not is_current(out, sets):
+            write_galleries(out, sets)
     except PipelineError as e:
         click.echo(f"galleries skipped: {e}", err=True)
 
@@ -476,13 +477,14 @@ def evaluate(folder, out, match_domain, weights, device):
 @click.option("-k", "k", type=int, default=NEIGHBORS_K, show_default=True, help="Neighbours per image.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
               help="A folder for neighbors.csv and neighbors.html (a contact sheet of the images).")
+@click.option("--overwrite", is_flag=True, help="Replace neighbors.csv / neighbors.html already in --out.")
 @click.option("--weights", default=None, help="PATH to the backbone's weights when not where the store found it.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
-def neighbors(store, images, k, out, weights, device):
+def neighbors(store, images, k, out, overwrite, weights, device):
     """The training images nearest each of IMAGES (files or folders) in a store's embedding (cosine)."""
     from pipeline.apply.neighbors import neighbors as run_neighbors
 
-    rows = run_neighbors(store, images, k, out, device, weights)
+    rows = run_neighbors(store, images, k, out, device, weights, overwrite=overwrite)
     width = max(len(r["label"]) for r in rows)
     last = None
     for r in rows:

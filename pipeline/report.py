@@ -331,7 +331,8 @@ def gallery_blocks(g: dict | None) -> list[tuple[str, str, list]]:
     blocks = []
     for s in g["galleries"]:
         what = f"{s['label']} on {feature_title(s['feature_set'])}"
-        score = "probability" if s["score_kind"] == "probability" else "decision score"
+        score = {"probability": "probability", "margin": "decision margin over the runner-up"}.get(
+            s["score_kind"], "decision score")
         blocks.append((f"{what}: most confidently wrong",
                        f"The {len(s['wrong'])} test images with the highest {score} among its {s['n_wrong']:,} "
                        f"errors in {s['n_test']:,} (caption: true → predicted, {score}).",
@@ -485,8 +486,7 @@ def _write_report(out: Path) -> tuple[Path, Path]:
         "bars": ("Grouped bars per classifier" + ("; hatched bars are the original study's." if
                                                   _vs_study(d["records"]) else "."), []),
         "confusion": ("Rows: true class, normalised. Each matrix alone, with counts, is in confusion/.", []),
-        "images": (_images_caption(d["galleries"]), [t for t in (gallery_rows(d["galleries"]),
-                                                                retrieval_rows(d["galleries"])) if t[1]]),
+        "images": ("", []),  # from galleries.json: below, where a damaged file is said in one line
         "transfer": (_transfer_caption(points), [transfer_rows(points)] if points else []),
         "wild": (_wild_caption(d["records"]), [wild_rows(d["records"])] if any("wild_accuracy" in r for r in
                                                                                  d["records"]) else []),
@@ -502,7 +502,16 @@ def _write_report(out: Path) -> tuple[Path, Path]:
     images = {"bars": [("test accuracy per classifier", figs["bars"])] if figs["bars"] else [],
               "confusion": figs["confusion"], "wild": figs["wild"], "transfer": figs["transfer"],
               "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}
-    blocks = {"images": gallery_blocks(d["galleries"]), "wild": wild_blocks(d["wild_gallery"])}
+    blocks = {}
+    for key, name, g, draw in (("images", GALLERY, d["galleries"], gallery_blocks),
+                               ("wild", WILD_GALLERY, d["wild_gallery"], wild_blocks)):
+        try:
+            blocks[key] = draw(g)
+            if key == "images":
+                sections[key] = (_images_caption(g), [t for t in (gallery_rows(g), retrieval_rows(g)) if t[1]])
+        except (KeyError, IndexError, TypeError, ValueError) as e:  # an edited or damaged file: one line
+            raise PipelineError(f"{out / name} is damaged ({type(e).__name__}: {str(e)[:80]}); move it away, "
+                                f"`pipeline run` (or classify / evaluate) writes it again") from None
     label = dataset_label(d)
     title = f"pipeline report: do pretrained embeddings beat raw pixels{' on ' + label if label else ''}?"
 

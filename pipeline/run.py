@@ -220,7 +220,11 @@ def run(cfg: RunConfig, command: str | None = None,
 
             if is_current(out, sets):
                 return "skipped", "the galleries already show these models"
-            path = write_galleries(out, sets, log)
+            try:
+                path = write_galleries(out, sets, log)
+            except PipelineError as e:  # optional (e.g. the images moved): said, and the run goes on
+                log(f"galleries skipped: {e}")
+                return "skipped", str(e)
             return ("ran", f"{path.name}: images behind the numbers") if path else ("skipped", "no saved models")
 
         def do_project():
@@ -236,7 +240,11 @@ def run(cfg: RunConfig, command: str | None = None,
                 return "skipped", "Bokeh is not installed (pip install 'pipeline[maps]')"
             if mapview.is_current(out, sets):
                 return "skipped", "maps.html is newer than its maps and predictions"
-            path = mapview.write_map_view(out, sets, log=log)
+            try:
+                path = mapview.write_map_view(out, sets, log=log)
+            except PipelineError as e:
+                log(f"maps.html skipped: {e}")
+                return "skipped", str(e)
             return ("ran", f"{path.stat().st_size / 2**20:.1f} MB, opens offline") if path else ("skipped", "no maps")
 
         def do_evaluate():

@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from helpers import run_cli
+from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 HOSTILE = ["=cmd|' -C calc'!A0", "+1+1", "@SUM(1+1)", "-2+3"]  # class folders and file names
@@ -78,3 +78,24 @@ def test_the_data_folders_name_is_escaped_in_the_markdown_title(tmp_path, runner
     assert title.startswith("# ") and "\\<img src=x onerror=alert(1)\\>" in title
     assert not re.search(r"(?<!\\)[<>]", title), title  # no bracket a renderer would take as HTML
     assert "&lt;img src=x onerror=alert(1)&gt;" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda g: g["thumbs"].update({k: 'x" onerror="alert(1)' for k in g["thumbs"]}), "not an embedded PNG or JPEG"),
+    (lambda g: g["retrieval"][0]["examples"][0].update(label=99), "IndexError"),
+    (lambda g: g["galleries"][0].pop("pairs"), "KeyError"),
+])
+def test_an_edited_galleries_file_never_reaches_the_html(tmp_path, runner, edit, says):
+    """galleries.json is read back by the report: a thumbnail that is not an embedded image, or an index out of
+    range, is one line, and no report.html is written from it."""
+    data = _hostile_folder(tmp_path / "data")
+    out = tmp_path / "rep"
+    r = run_cli(runner, "classify", "--features", "raw", "--dataset", "folder", "--data-dir", data, "--raw-size", 8,
+                "--classifiers", "lda", "--grid", "quick", "--cv", 2, "--test-fraction", 0.34, "--out", out)
+    assert r.exit_code == 0, r.output
+    g = json.loads((out / "galleries.json").read_text())
+    edit(g)
+    (out / "galleries.json").write_text(json.dumps(g))
+    r = run_cli(runner, "report", "--out", out)
+    assert_one_line_error(r, "galleries.json is damaged", says)
+    assert not (out / "report.html").exists()

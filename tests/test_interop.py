@@ -50,16 +50,19 @@ def test_export_round_trips_through_pandas_and_duckdb(store_with_maps, tmp_path,
     assert run_cli(runner, "export", "--features", store, "--to", to, "--overwrite").exit_code == 0
 
 
-def test_export_of_a_folder_store_names_each_file(tmp_path, runner):
+def test_export_of_a_folder_store_names_each_file(tmp_path, runner, monkeypatch):
+    """Extracted with a relative --data-dir, exported from another folder: the files are found and named."""
     import pandas as pd
 
     from pipeline.data import load_dataset
 
     data = shapes_folder(tmp_path / "shapes", 5)
     store = tmp_path / "s"
-    r = run_cli(runner, *EXTRACT, "--dataset", "folder", "--data-dir", data, "--out", store)
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(runner, *EXTRACT, "--dataset", "folder", "--data-dir", "shapes", "--out", store)
     assert r.exit_code == 0, r.output
-    assert run_cli(runner, "export", "--features", store, "--out", tmp_path / "t.parquet").exit_code == 0
+    monkeypatch.chdir(store)
+    assert run_cli(runner, "export", "--features", ".", "--out", tmp_path / "t.parquet").exit_code == 0
     df = pd.read_parquet(tmp_path / "t.parquet")
     ds = load_dataset("folder", data, test_fraction=0.2)
     assert list(df["path"]) == [str(p) for s in ("train", "test") for p in ds.splits[s].files]

@@ -54,7 +54,8 @@ def table(fs: FeatureSet, maps_dir: Path | None = None) -> dict[str, list | np.n
         path += [show_path(f) for f in ds.splits[s].files] if ds is not None and len(y) else [""] * len(y)
     source = str(fs.meta.get("dataset", {}).get("source") or "")
     where = {"path": path} if ds is not None else {"source": [source] * len(label)}  # a file, or the dataset's
-    return {"split": split, "index": index, "label": label, "label_name": [fs.classes[v] for v in label], **where,
+    names = [show_path(c) for c in fs.classes]  # a folder name that is not valid UTF-8, shown
+    return {"split": split, "index": index, "label": label, "label_name": [names[v] for v in label], **where,
             "embedding": np.concatenate([fs.X_train, fs.X_test]).astype(np.float32, copy=False),
             **map_columns(maps_dir, fs)}
 
@@ -65,7 +66,7 @@ def export(store: str | Path, to: str, out: str | Path | None = None, maps_dir: 
     replaced only with `overwrite`."""
     if to not in FORMATS:
         raise PipelineError(f"--to {to!r}: choose {' or '.join(FORMATS)}")
-    store = Path(store)
+    store = Path(store).expanduser().resolve()  # `--features .` has a name to put the file beside
     out = Path(out) if out else store.with_name(f"{store.name}.{to}")
     if out.exists() and not overwrite:
         raise PipelineError(f"{out} exists; pass --overwrite to replace it, or choose another --out")

@@ -21,7 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_save, atomic_write, read_json
 from pipeline.models.saved import has_model, load_model, model_file
 from pipeline.render.thumbs import thumbnail
-from pipeline.results import read_results, slug
+from pipeline.results import load_predictions, read_results, slug
 from pipeline.store.featuresets import FeatureSet, source_images
 
 GALLERY, WILD_GALLERY = "galleries.json", "galleries_wild.json"
@@ -30,11 +30,13 @@ N_WRONG, N_PAIRS, PER_PAIR, N_VERSUS, N_WILD = 16, 3, 8, 12, 48
 K, N_QUERIES = 10, 4  # retrieval: precision@K over every test image; a few example queries shown
 
 
-def best_records(records: list[dict]) -> dict[str, dict]:
-    """Per feature set, its best model with a saved file (classical or trained head) by CV / validation score."""
+def best_records(records: list[dict], out: Path | None = None) -> dict[str, dict]:
+    """Per feature set, its best model (classical or trained head) by CV / validation score, among those with a
+    saved model (in `out`, when given: the file is there)."""
     best: dict[str, dict] = {}
     for r in records:
-        if r["classifier"] == "finetune" or not r.get("model"):
+        if r["classifier"] == "finetune" or not r.get("model") or (
+                out is not None and not has_model(out, r["feature_set"], r["classifier"])):
             continue
         b = best.get(r["feature_set"])
         if b is None or r["cv_mean"] > b["cv_mean"]:
@@ -42,12 +44,22 @@ def best_records(records: list[dict]) -> dict[str, dict]:
     return best
 
 
-def scored(est, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    """(predicted labels, the score of each prediction, 'probability' | 'decision') from a saved model."""
+def scored(est, X: np.ndarray, pred: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(predicted labels, how sure each prediction is, 'probability' | 'margin') from a saved model: the
+    predicted class's probability where the model has them, else its decision score's margin over the best
+    other class (an RBF SVC's one-vs-one votes make the raw score mostly a vote count). `pred`: the model's own
+    predictions where they are known (saved with its record), else the predict of the model."""
     kind, s = model_scores(est, X)
-    j = s.argmax(1)
-    pred = np.asarray(est.classes_)[j]
-    return pred, s[np.arange(len(s)), j].astype(np.float64), kind
+    cols = np.asarray(est.classes_)
+    pred = np.asarray(est.predict(X)) if pred is None else np.asarray(pred)
+    j = np.searchsorted(cols, pred)  # classes_ are sorted
+    rows = np.arange(len(s))
+    top = s[rows, j].astype(np.float64)
+    if kind == "probability":
+        return pred, top, kind
+    other = s.astype(np.float64).copy()
+    other[rows, j] = -np.inf
+    return pred, top - (other.max(1) if s.shape[1] > 1 else 0.0), "margin"
 
 
 def _key(best: dict[str, dict], sets: list[FeatureSet]) -> str:
@@ -58,7 +70,7 @@ def _key(best: dict[str, dict], sets: list[FeatureSet]) -> str:
 
 def is_current(out: Path, sets: list[FeatureSet]) -> bool:
     g = read_json(Path(out) / GALLERY)
-    return g is not None and g.get("key") == _key(best_records(read_results(out)), sets)
+    return g is not None and g.get("key") == _key(best_records(read_results(out), out), sets)
 
 
 def write_galleries(out: Path, sets: list[FeatureSet], log: Callable[[str], None] = stderr) -> Path | None:
@@ -67,8 +79,7 @@ def write_galleries(out: Path, sets: list[FeatureSet], log: Callable[[str], None
     out = Path(out)
     records = read_results(out)
     by_set = {fs.name: fs for fs in sets}
-    best = {k: r for k, r in best_records(records).items() if k in by_set
-            and has_model(out, r["feature_set"], r["classifier"])}
+    best = {k: r for k, r in best_records(records, out).items() if k in by_set}
     if not best:
         log("galleries: no saved model of these feature sets yet")
         return None
@@ -86,9 +97,7 @@ def write_galleries(out: Path, sets: list[FeatureSet], log: Callable[[str], None
     preds, galleries = {}, []
     for name, r in best.items():
         est, _ = load_model(model_file(out, name, r["classifier"]))
-        pred, score, kind = scored(est, by_set[name].X_test)
-        if not np.isclose((pred == y).mean(), r["test_accuracy"]):  # argmax of scores differs from predict
-            pred = np.asarray(est.predict(by_set[name].X_test))
+        pred, score, kind = scored(est, by_set[name].X_test, load_predictions(out, r))
         preds[name] = (pred, score)
         wrong = np.flatnonzero(pred != y)
         order = wrong[np.argsort(-score[wrong], kind="stable")]
@@ -124,7 +133,7 @@ def write_galleries(out: Path, sets: list[FeatureSet], log: Callable[[str], None
                       _item(th("test", int(i)), y[i], rp[i], rs[i], emb=int(ep[i])) for i in
                       loss[np.argsort(-rs[loss], kind="stable")][:N_VERSUS]]}}
     retrieval = _retrieval(sets, th) if all(len(fs.y_train) for fs in sets) else []
-    doc = {"format": FORMAT, "key": _key(best_records(records), sets), "classes": list(classes),
+    doc = {"format": FORMAT, "key": _key(best_records(records, out), sets), "classes": list(classes),
            "galleries": galleries, "versus": versus, "retrieval": retrieval, "thumbs": thumbs}
     atomic_write(out / GALLERY, json.dumps(doc))
     log(f"galleries: {len(galleries)} feature sets, {len(thumbs)} thumbnails in {out / GALLERY}")
@@ -158,19 +167,21 @@ def write_wild_gallery(out: Path, records: list[dict], models: dict, features: d
     """galleries_wild.json: the wild photos with the predictions of each feature set's best model."""
     from pipeline.data.images import decode_image, show_path
 
-    best = best_records(records)
+    best = {k: r for k, r in best_records(records, out).items() if (k, r["classifier"]) in models}
     if not best:
         raise PipelineError("no saved model to show the wild photos with")
-    thumbs = {f"wild:{i}": thumbnail(decode_image(f)) for i, f in enumerate(files[:N_WILD])}
+    rank = np.zeros(len(y), int)  # each photo's place within its class: round-robin keeps every class in view
+    for c in np.unique(y):
+        rank[y == c] = np.arange(int((y == c).sum()))
+    chosen = sorted(range(len(y)), key=lambda i: (rank[i], y[i]))[:N_WILD]
+    thumbs = {f"wild:{i}": thumbnail(decode_image(files[i])) for i in chosen}
     shown = []
     for name, r in best.items():
         est, _ = models[(name, r["classifier"])]
         pred, score, kind = scored(est, features[(name, "wild")])
-        if not np.isclose((pred == y).mean(), r.get("wild_accuracy", (pred == y).mean())):
-            pred = np.asarray(est.predict(features[(name, "wild")]))
-        order = sorted(range(min(len(files), N_WILD)), key=lambda i: (pred[i] == y[i], -score[i]))  # wrong first
+        order = sorted(chosen, key=lambda i: (pred[i] == y[i], -score[i]))  # wrong first
         shown.append({"feature_set": name, "classifier": r["classifier"], "label": r["label"], "score_kind": kind,
-                      "accuracy": float((pred == y).mean()), "n": int(len(y)),
+                      "accuracy": float((pred == y).mean()), "n": int(len(y)), "shown": len(chosen),
                       "items": [_item(f"wild:{i}", y[i], pred[i], score[i], file=show_path(files[i]))
                                 for i in order]})
     wild_dir = Path(out) / "wild"  # the photos' features, for placing them on the maps (maps.html)
@@ -178,10 +189,10 @@ def write_wild_gallery(out: Path, records: list[dict], models: dict, features: d
     saved = {}
     for name in best:
         rel = f"wild/{slug(name)}.npy"
-        atomic_save(Path(out) / rel, np.asarray(features[(name, "wild")][:N_WILD], dtype=np.float32))
+        atomic_save(Path(out) / rel, np.asarray(features[(name, "wild")][chosen], dtype=np.float32))
         saved[name] = rel
     doc = {"format": FORMAT, "classes": records[0]["classes"], "galleries": shown, "thumbs": thumbs,
-           "features": saved, "labels": [int(v) for v in y[:N_WILD]]}
+           "features": saved, "shown": chosen, "labels": [int(y[i]) for i in chosen]}
     atomic_write(Path(out) / WILD_GALLERY, json.dumps(doc))
     log(f"galleries: the wild photos in {Path(out) / WILD_GALLERY}")
     return Path(out) / WILD_GALLERY

@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.apply.featurize import stderr
 from pipeline.apply.gallery import WILD_GALLERY, best_records
 from pipeline.apply.neighbors import nearest
+from pipeline.data.images import show_path
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write, read_json
 from pipeline.maps.methods import DEFAULT_METHODS, METHODS
@@ -69,7 +70,7 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
     records = [r for r in read_results(out) if r["feature_set"] in {fs.name for fs in sets}
                and r["labels_sha256"] == ref.labels_sha256 and r["classifier"] != "finetune"]
     preds = [(r, p) for r in records if (p := load_predictions(out, r)) is not None]
-    best = best_records(records)
+    best = best_records(records, out)
     wrong = {}
     for r, p in preds:
         if best.get(r["feature_set"]) is r:
@@ -83,7 +84,7 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
         s, k = (splits[0], i) if i < n_train else (splits[1], i - n_train)
         return s[1].batch(k, k + 1)[0]
 
-    columns = {"label_name": [classes[v] for v in y], "split": ["train"] * n_train + ["test"] * n_test,
+    columns = {"label_name": [show_path(classes[v]) for v in y], "split": ["train"] * n_train + ["test"] * n_test,
                "index": list(range(n_train)) + list(range(n_test))}
     for m, coords in maps.items():
         for fs, xy in zip(sets, coords):
@@ -100,6 +101,7 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
                if wild else ""))
     doc = _layout(columns, h, sets, maps, classes, wrong, hover, note, wild)
     page = file_html(doc, INLINE, title="pipeline maps: raw pixels vs embeddings")
+    page = page.replace("<head>", f'<head>\n<meta name="pipeline-maps" content="{_key(out, sets)}">', 1)
     atomic_write(out / MAPS_HTML, page)
     log(f"maps.html: {len(maps)} method(s) x {len(sets)} feature sets, {n:,} points, {len(hover):,} with "
         f"thumbnails ({len(page) / 2**20:.1f} MB)")
@@ -108,18 +110,27 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
 
 def wild_points(out: Path, sets, maps, classes, n_train: int) -> dict | None:
     """The wild photos `pipeline evaluate` kept (galleries_wild.json and their features), placed on every map
-    at the median 2-D position of their nearest training images; None without them."""
-    g = read_json(out / WILD_GALLERY)
-    if not g or not isinstance(g.get("features"), dict) or not all(fs.name in g["features"] for fs in sets):
+    at the median 2-D position of their nearest training images; None without them (or with a damaged file:
+    the next `pipeline evaluate` writes it again)."""
+    try:
+        return _wild_points(out, sets, maps, classes, n_train)
+    except (KeyError, IndexError, TypeError, ValueError):
         return None
-    labels = g["labels"]
+
+
+def _wild_points(out: Path, sets, maps, classes, n_train: int) -> dict | None:
+    g = read_json(out / WILD_GALLERY)
+    if not g or not isinstance(g.get("features"), dict) or not isinstance(g.get("shown"), list) \
+            or not all(fs.name in g["features"] for fs in sets):
+        return None
+    labels, shown = g["labels"], g["shown"]
     k = len(labels)
     items = {s["feature_set"]: {it["thumb"]: it for it in s["items"]} for s in g["galleries"]}
-    cols = {"thumb": [g["thumbs"][f"wild:{i}"] for i in range(k)], "label_name": [classes[v] for v in labels],
-            "split": ["wild"] * k, "index": list(range(k)),
+    cols = {"thumb": [g["thumbs"][f"wild:{i}"] for i in shown], "label_name": [show_path(classes[v]) for v in labels],
+            "split": ["wild"] * k, "index": list(shown),
             "preds": ["<br>".join(f"best on {html.escape(short_name(s))}: "
                                   f"{html.escape(short_name(classes[it[f'wild:{i}']['pred']]))}"
-                                  for s, it in items.items() if f"wild:{i}" in it) for i in range(k)]}
+                                  for s, it in items.items() if f"wild:{i}" in it) for i in shown]}
     for j, fs in enumerate(sets):
         try:
             W = np.load(out / g["features"][fs.name], allow_pickle=False)
@@ -207,12 +218,25 @@ def _layout(columns, h, sets, maps, classes, wrong, hover, note: str, wild: dict
     return column(Div(text=html.escape(note)), row(info, switch), *rows, name="maps")
 
 
+def _key(out: Path, sets: list[FeatureSet]) -> str:
+    """What a page shows: the feature sets (names, fingerprints) and the files it is drawn from (sizes, times)."""
+    import hashlib
+    import json
+
+    out = Path(out)
+    files = sorted([*(out / "maps").glob("*.npy"), *(out / "predictions").glob("*.npy"), out / "results.json",
+                    out / WILD_GALLERY])
+    parts = [[fs.name, fs.fingerprint] for fs in sets] + [HOVER_POINTS, WILD_K] + [
+        [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
 def is_current(out: Path, sets: list[FeatureSet]) -> bool:
-    """Whether maps.html is newer than every map, record and prediction it is drawn from."""
+    """Whether maps.html shows these feature sets from the maps, records and predictions there now."""
     page = Path(out) / MAPS_HTML
-    if not page.exists():
+    try:
+        with open(page, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
         return False
-    sources = list((Path(out) / "maps").glob("*.npy")) + [Path(out) / "results.json", Path(out) / WILD_GALLERY] + \
-        list((Path(out) / "predictions").glob("*.npy"))
-    t = page.stat().st_mtime_ns
-    return all(p.stat().st_mtime_ns <= t for p in sources if p.exists())
+    return f'<meta name="pipeline-maps" content="{_key(out, sets)}">' in head

@@ -42,12 +42,17 @@ def store_set(store: str | Path) -> FeatureSet:
 
 
 def neighbors(store: str | Path, inputs, k: int = NEIGHBORS_K, out: str | Path | None = None, device: str = "auto",
-              weights: str | None = None, log: Log = stderr) -> list[dict]:
+              weights: str | None = None, log: Log = stderr, overwrite: bool = False) -> list[dict]:
     """Each image embedded with the store's own recipe, then its k nearest training images: one row per
     (query, rank) with the neighbour's index, label, distance and file (image folders). With `out`, writes
     `out/neighbors.csv` and a contact sheet `out/neighbors.html`."""
     if k < 1:
         raise PipelineError(f"-k must be at least 1, not {k}")
+    if out is not None and not overwrite:
+        there = [n for n in ("neighbors.csv", "neighbors.html") if (Path(out) / n).exists()]
+        if there:
+            raise PipelineError(f"{out} already holds {' and '.join(there)}; pass --overwrite to replace them, or "
+                                f"choose another --out")
     fs = store_set(store)
     if fs.name == "raw" or "backbone" not in fs.meta:
         raise PipelineError(f"{store}: not an embedding store (no backbone recipe to embed new images with)")

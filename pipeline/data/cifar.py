@@ -2,6 +2,7 @@
 nothing executable, and labels checked before they are materialised."""
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -91,4 +92,4 @@ def load_cifar10(data_dir: Path | None) -> Dataset:
             images.append(data.reshape(-1, 3, 32, 32))
             labels.append(lab)
         splits[split] = Split(split, np.concatenate(labels), images=np.concatenate(images))
-    return Dataset("cifar10", classes, splits, str(d))
+    return Dataset("cifar10", classes, splits, os.path.abspath(d))  # absolute: read again from any folder

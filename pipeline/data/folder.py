@@ -22,6 +22,7 @@ def load_folder(data_dir: Path | None, test_fraction: float | None = None) -> Da
     """
     if data_dir is None:
         raise PipelineError("folder needs --data-dir: a folder of class sub-folders of images")
+    data_dir = Path(os.path.abspath(data_dir))  # recorded as the source, and its files: found again from anywhere
     roots = {s: data_dir / s for s in ("train", "test") if (data_dir / s).is_dir()}
     if not roots:
         roots = {"train" if test_fraction is not None else "test": data_dir}

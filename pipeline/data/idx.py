@@ -102,7 +102,7 @@ def _load_idx_dataset(name: str, data_dir: Path, torchvision_name: str, classes:
             raise PipelineError(f"{paths[1]}: label {labels[bad]} at row {bad} is out of range "
                                 f"0..{len(classes) - 1}")
         splits[split] = Split(split, labels.astype(np.int64), images=images[:, None, :, :])
-    return Dataset(name, classes, splits, str(d))
+    return Dataset(name, classes, splits, os.path.abspath(d))  # absolute: read again from any folder
 
 
 def load_fashion_mnist(data_dir: Path | None) -> Dataset:

@@ -84,6 +84,9 @@ def _images(X) -> list[np.ndarray]:
     """Whatever a user holds as images -> a list of uint8 (C, H, W) arrays, C = 1 or 3."""
     if isinstance(X, np.ndarray) and X.ndim == 4:
         X = list(X)
+    elif isinstance(X, np.ndarray) and X.ndim != 1:  # one image as an array, or a feature matrix
+        raise PipelineError(f"transform takes a list of images (or an (N, C, H, W) / (N, H, W, C) array), not an "
+                            f"array of shape {X.shape}")
     if isinstance(X, str | os.PathLike) or hasattr(X, "convert"):
         raise PipelineError("transform takes a list of images (paths, PIL images or arrays), not one image")
     return [_image(x) for x in X]

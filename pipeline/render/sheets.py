@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 import numpy as np
 
@@ -15,8 +16,13 @@ CSS = (".thumbs{display:flex;flex-wrap:wrap;gap:6px;margin:0.5em 0}.thumb{margin
        ".thumb.wrong figcaption{color:#b00}.thumb.query{border-right:2px solid #888;padding-right:6px}")
 
 
+DATA_URI = re.compile(r"data:image/(png|jpeg);base64,[A-Za-z0-9+/]*={0,2}")
+
+
 def thumb(uri: str, caption: str, wrong: bool = False, extra: str = "") -> str:
     """One image and its caption. `uri` from `render.thumbs.thumbnail`: small PNGs are drawn pixelated."""
+    if not DATA_URI.fullmatch(uri):  # it may be read back from a file: an embedded image and nothing else
+        raise ValueError("not an embedded PNG or JPEG image")
     px = ' class="px"' if uri.startswith("data:image/png") else ""
     cls = "thumb" + (" wrong" if wrong else "") + (f" {extra}" if extra else "")
     return (f'<figure class="{cls}"><img{px} src="{uri}" alt="{html.escape(caption)}">'
