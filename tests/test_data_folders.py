@@ -530,3 +530,17 @@ def test_the_wild_photos_are_shown_with_their_predictions(study, tmp_path, runne
         right = [it["true"] == it["pred"] for it in s["items"]]
         assert right == sorted(right)  # wrong ones first
     assert "in the wild:" in (out2 / "report.html").read_text()
+
+
+def test_a_folder_read_again_for_its_images_is_not_verified_again(study, monkeypatch):
+    """Galleries, neighbors, export and maps.html read the store's folder again for paths and a few thumbnails:
+    every file was verified when the features were made, so 70,000 files are not opened again (the labels are
+    still checked)."""
+    from pipeline.data import folder
+    from pipeline.store.featuresets import load_feature_set, source_images
+
+    root, data, out = study
+    fs = load_feature_set(str(root / "features" / "folder-shapes" / "resnet18-64px"), "folder")
+    monkeypatch.setattr(folder, "verify_image", lambda p: pytest.fail(f"verified again: {p}"))
+    ds = source_images(fs)
+    assert np.array_equal(ds.splits["train"].labels, fs.y_train) and len(ds.splits["test"].files) == len(fs.y_test)

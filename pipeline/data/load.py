@@ -16,12 +16,13 @@ DATASETS = tuple(READERS)  # what --dataset takes
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
-                 test_fraction: float | None = None) -> Dataset:
+                 test_fraction: float | None = None, verify: bool = True) -> Dataset:
     """Read a dataset by name: 'fashion-mnist', 'mnist', 'cifar10' or 'folder'.
 
     `test_fraction` (folders only): a folder without a `test/` split is split into train and test, class-
     stratified and seeded, with this share held out for testing; None keeps it as one split (a class-folder
-    root is then a test set, as `pipeline evaluate` and `predict` read it)."""
+    root is then a test set, as `pipeline evaluate` and `predict` read it). `verify=False` skips an image
+    folder's up-front check of every file (for a folder already read once, when only its paths are needed)."""
     if name not in READERS:
         raise PipelineError(f"unknown dataset {name!r}; choose one of {', '.join(READERS)}")
     if limit is not None and limit < 1:
@@ -34,7 +35,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, limit: in
     if test_fraction is not None and not 0 < test_fraction < 1:
         raise PipelineError(f"--test-fraction must be between 0 and 1 (the share of a folder held out for "
                             f"testing), not {test_fraction}")
-    ds = load_folder(data_dir, test_fraction) if name == "folder" else READERS[name](data_dir)
+    ds = load_folder(data_dir, test_fraction, verify) if name == "folder" else READERS[name](data_dir)
     if limit is not None:
         for split in ds.splits.values():
             split.labels = split.labels[:limit]

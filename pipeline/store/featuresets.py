@@ -184,8 +184,8 @@ def source_images(fs: FeatureSet):
     from pipeline.data import Dataset
 
     d = fs.meta.get("dataset", {})
-    ds: Dataset = load_dataset(fs.dataset, d.get("source"),
-                               test_fraction=(d.get("split") or {}).get("test_fraction"))
+    ds: Dataset = load_dataset(fs.dataset, d.get("source"), test_fraction=(d.get("split") or {}).get("test_fraction"),
+                               verify=False)  # verified when the features were made; labels are checked below
     for name, y in (("train", fs.y_train), ("test", fs.y_test)):
         split = ds.splits.get(name)
         if split is None:
