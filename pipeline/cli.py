@@ -498,6 +498,52 @@ def neighbors(store, images, k, out, overwrite, weights, device):
 
 
 @main.command()
+@click.option("--features", "store", default=BACKBONE, show_default=True,
+              help=f"The embeddings to audit with: a backbone name (its store under {FEATURES_ROOT}/<dataset>/) or "
+                   f"a store PATH.")
+@dataset_options(raw=False)
+@click.option("--cv", type=int, default=DEFAULT_CV, show_default=True,
+              help="Folds of the out-of-fold probabilities the label-issue check reads.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
+              help=f"The study folder for audit.json and audit.csv [default: {REPORTS_ROOT}/<dataset>]; its saved "
+                   f"logistic regression and predictions are used when present.")
+@click.option("--overwrite", is_flag=True, help="Replace an audit.json of other data in --out.")
+@click.option("--weights", default=None, help="PATH to the backbone's weights when not where the store found it.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--n-jobs", type=int, default=None, help="Parallel folds and neighbour search [default: all cores].")
+def audit(store, dataset, data_dir, limit, test_fraction, cv, out, overwrite, weights, device, n_jobs):
+    """Check the split before trusting its numbers: exact and near duplicates (train <-> test leaks), label
+    issues (cleanlab), outliers; audit.json, audit.csv, and the accuracy without them."""
+    from pathlib import Path
+
+    from pipeline.audit.check import audit as run_audit
+    from pipeline.data.folder import refuse_output_inside
+    from pipeline.store.featuresets import load_feature_set
+
+    if cv < 2:
+        raise PipelineError(f"--cv {cv}: cross-validation needs at least 2 folds")
+    out = Path(out) if out else report_dir(dataset_slug(dataset, data_dir))
+    if dataset == "folder":
+        refuse_output_inside(out, data_dir)
+    fs = load_feature_set(store, dataset, data_dir, limit, test_fraction=test_fraction)
+    doc = run_audit(fs, out, cv=cv, device=device, weights=weights, n_jobs=n_jobs, overwrite=overwrite)
+    c, li = doc["duplicates"]["counts"], doc["label_issues"]
+    click.echo(f"duplicates: {c['exact_groups']} exact and {c['near_groups']} near groups ({c['groups_train']} within "
+               f"train, {c['groups_test']} within test, {c['groups_across']} across); {c['test_with_train_twin']:,} "
+               f"test images have a training twin ({c['conflicting_groups']} groups with conflicting labels)")
+    click.echo(f"label issues: {len(li['train']):,} train ({li['share']['train']:.2%}), {len(li['test']):,} test "
+               f"({li['share']['test']:.2%}); outliers: {doc['outliers']['count']:,}")
+    for a in doc["accuracy"]:
+        click.echo(f"  {a['feature_set']:>20} {a['label'] or a['classifier']:<24} test {a['all']:.4f}   without train "
+                   f"twins {_acc(a['without_train_twins'])}   without label issues {_acc(a['without_label_issues'])}")
+    click.echo(f"audit in {out}/audit.json; flagged files in {out}/audit.csv", err=True)
+
+
+def _acc(x) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+@main.command()
 @click.option("--features", "store", required=True, type=click.Path(path_type=str), help="A feature store folder.")
 @click.option("--to", "to", type=click.Choice(EXPORT_FORMATS), default="parquet", show_default=True,
               help="parquet (pyarrow: the vector as one list column) or csv (columns e0..e<D-1>).")

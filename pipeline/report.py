@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from pipeline.apply.gallery import FORMAT as GALLERY_FORMAT
 from pipeline.apply.gallery import GALLERY, WILD_GALLERY
+from pipeline.audit import AUDIT, AUDIT_CSV, SHOWN, read_audit
 from pipeline.classical.specs import CLASSIFIERS
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
@@ -28,7 +29,8 @@ from pipeline.render.figures import accuracy_figure, confusion_grid, feature_tit
 from pipeline.results import ORDER, curve_path, read_results
 
 SECTIONS = [("accuracy", "Accuracy"), ("bars", "Raw pixels vs embeddings"), ("confusion", "Confusion matrices"),
-            ("images", "The images behind the numbers"), ("transfer", "Transfer modes"), ("wild", "In the wild"),
+            ("images", "The images behind the numbers"), ("audit", "Trust the test set"),
+            ("transfer", "Transfer modes"), ("wild", "In the wild"),
             ("maps", "Maps"), ("provenance", "Provenance")]
 DATASET_LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}
 VERSIONS = ("numpy", "scikit-learn", "torch", "torchvision", "openvino", "openTSNE", "umap-learn", "matplotlib")
@@ -89,6 +91,7 @@ def gather(out: Path) -> dict:
     galleries = {name: _gallery(out / name) for name in (GALLERY, WILD_GALLERY)}
     return {"out": out, "records": records, "maps": maps, "run": run, "stores": stores, "versions": installed,
             "cards": cards, "galleries": galleries.get(GALLERY), "wild_gallery": galleries.get(WILD_GALLERY),
+            "audit": read_audit(out / AUDIT),
             "hardware": _hardware(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
@@ -411,6 +414,118 @@ def wild_blocks(g: dict | None) -> list[tuple[str, str, list[str]]]:
               for it in s["items"]]) for s in g["galleries"]]
 
 
+# --- the audit (audit.json) ---------------------------------------------------------------------------
+
+def audit_rows(a: dict) -> tuple[list[str], list[list[str]]]:
+    c, li, t = a["duplicates"]["counts"], a["label_issues"], a["thresholds"]
+    store = feature_title(a["store"]["name"])
+    rows = [["exact duplicate groups", f"{c['exact_groups']:,}", "the same decoded pixels"],
+            ["near duplicate groups", f"{c['near_groups']:,}",
+             f"among the {a['params']['neighbors']} nearest in {store} (cosine distance ≤ {t['embedding_cosine']:.4f}, "
+             f"calibrated), confirmed on {a['params']['signature']} pixels: correlation ≥ {t['pixel_corr']}, mean "
+             f"difference ≤ {t['pixel_mad']} grey levels"],
+            ["groups within train / within test / across", f"{c['groups_train']:,} / {c['groups_test']:,} / "
+             f"{c['groups_across']:,}", ""],
+            ["train ↔ test", f"{c['pairs_train_test']:,} pairs; {c['test_with_train_twin']:,} test images have a "
+             f"training twin", ""],
+            ["groups with conflicting labels", f"{c['conflicting_groups']:,}", ""],
+            ["label issues", f"train {len(li['train']):,} ({li['share']['train']:.2%}), test {len(li['test']):,} "
+             f"({li['share']['test']:.2%})", f"{t['label_issues']}; out-of-fold probabilities of {li['model']} "
+             f"({li['folds']} folds on train; fitted on train for test)"],
+            ["outliers", f"{a['outliers']['count']:,}", f"mean cosine distance to the {a['params']['neighbors']} "
+             f"nearest training images > {t['outlier_distance']:.4f} (training median {t['outlier_median']:.4f} + "
+             f"{a['params']['outlier_z']:g} robust SD)"]]
+    return ["check", "found", "how"], rows
+
+
+def audit_accuracy_rows(a: dict | None) -> tuple[list[str], list[list[str]]]:
+    """Each record's test accuracy on all test images, without the leaked ones, without the suspect labels."""
+    acc = (a or {}).get("accuracy", [])
+    if not acc:
+        return [], []
+    n_twin, n_label = acc[0]["removed_twins"], acc[0]["removed_label_issues"]
+    rows = [[feature_title(r["feature_set"]), r.get("label") or r["classifier"], _opt(r["all"]),
+             _opt(r["without_train_twins"]), _delta(r["without_train_twins"], r["all"]),
+             _opt(r["without_label_issues"]), _delta(r["without_label_issues"], r["all"])] for r in acc]
+    return ["features", "classifier", "test accuracy", f"without the {n_twin:,} with a training twin", "change",
+            f"without the {n_label:,} suspect labels", "change"], rows
+
+
+def _opt(x) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def _delta(x, ref) -> str:
+    return "–" if x is None or ref is None else f"{x - ref:+.4f}"
+
+
+def audit_class_rows(a: dict) -> tuple[list[str], list[list[str]]]:
+    pc, few = a["label_issues"]["per_class"], a["label_issues"].get("too_few_to_check", {})
+    return ["class", "label issues in train", "in test"], [
+        [name] + [_share(pc[s][k]) + (" (under 5 images: some may be missed)" if k in few.get(s, []) else "")
+                  for s in ("train", "test")] for k, name in enumerate(a["classes"])]
+
+
+def _share(x) -> str:
+    return "–" if x is None else f"{x:.2%}"
+
+
+def _audit_caption(a: dict | None) -> str:
+    if not a:
+        return ("No audit yet: `pipeline audit` (or `pipeline run`) checks the split for duplicates, train ↔ test "
+                "leaks, label issues and outliers.")
+    c = a["duplicates"]["counts"]
+    t = a["thresholds"]
+    flagged = len(a["duplicates"]["groups"]) + len(a["label_issues"]["train"]) + len(a["label_issues"]["test"]) \
+        + a["outliers"]["count"]
+    r = a["store"]["rows"]
+    text = f"The {r['train']:,} training and {r['test']:,} test images checked with " \
+        f"{feature_title(a['store']['name'])}. "
+    if not flagged:
+        return text + (f"Nothing flagged at these thresholds: no exact or near duplicates (cosine ≤ "
+                       f"{t['embedding_cosine']:.4f}, then pixels), no label issues, no outliers.")
+    cal = a["calibration"]
+    confirmed = ", ".join(f"{v['pixel_confirmed']:.0%} of the {name}" for name, v in cal["variants"].items()
+                          if "pixel_confirmed" in v)
+    return text + (f"{c['test_with_train_twin']:,} test images have a twin in the training split; the accuracy "
+                   f"without them (and without the suspect labels) is in the Accuracy section. The bound on the "
+                   f"embedding's distance was calibrated on {cal['images']} training images re-encoded, resized "
+                   f"and cropped (the largest distance to their copy); the pixel check confirms "
+                   f"{confirmed or format(cal['pixel_confirmed'], '.0%')} copies, so a copy made as one it "
+                   f"misses would not be found. Every flagged file is in {AUDIT_CSV}; nothing was changed. "
+                   f"Images in report.html.")
+
+
+def audit_blocks(a: dict | None) -> list[tuple[str, str, list]]:
+    if not a:
+        return []
+    classes, th = a["classes"], a["thumbs"]
+    blocks = []
+    groups = a["duplicates"]["groups"]
+    if groups:
+        rows = [[sheets.thumb(th[f"{s}:{i}"], f"{s} #{i}: {classes[y]}", wrong=g["conflicting_labels"])
+                 for s, i, y in g["members"][:8] if f"{s}:{i}" in th] for g in groups[:SHOWN]]
+        blocks.append((f"Duplicate groups ({len(groups):,}; the first {min(len(groups), SHOWN)})",
+                       "One row per group: split #index: label; red where the group's labels conflict.", rows))
+    for split in ("train", "test"):
+        items = a["label_issues"][split]
+        if items:
+            blocks.append((f"Suspected label errors in {split} ({len(items):,}; the most suspect "
+                           f"{min(len(items), SHOWN)})",
+                           "Caption: given label → suggested label, the probability of the given label.",
+                           [sheets.thumb(th[f"{split}:{it['index']}"], f"{classes[it['given']]} → "
+                                         f"{classes[it['suggested']]} {it['self_confidence']:.2f}", wrong=True)
+                            for it in items[:SHOWN] if f"{split}:{it['index']}" in th]))
+    items = a["outliers"]["items"]
+    if items:
+        blocks.append((f"Outliers ({len(items):,}; the farthest {min(len(items), SHOWN)})",
+                       "Caption: split, label, mean cosine distance to the nearest training images.",
+                       [sheets.thumb(th[f"{it['split']}:{it['index']}"], f"{it['split']} {classes[it['label']]} "
+                                     f"{it['score']:.2f}") for it in items[:SHOWN]
+                        if f"{it['split']}:{it['index']}" in th]))
+    return blocks
+
+
 # --- writers -------------------------------------------------------------------------------------------
 
 def _figures(d: dict, points: list[dict]) -> dict:
@@ -487,6 +602,7 @@ def _write_report(out: Path) -> tuple[Path, Path]:
                                                   _vs_study(d["records"]) else "."), []),
         "confusion": ("Rows: true class, normalised. Each matrix alone, with counts, is in confusion/.", []),
         "images": ("", []),  # from galleries.json: below, where a damaged file is said in one line
+        "audit": ("", []),  # from audit.json, likewise
         "transfer": (_transfer_caption(points), [transfer_rows(points)] if points else []),
         "wild": (_wild_caption(d["records"]), [wild_rows(d["records"])] if any("wild_accuracy" in r for r in
                                                                                  d["records"]) else []),
@@ -504,11 +620,17 @@ def _write_report(out: Path) -> tuple[Path, Path]:
               "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}
     blocks = {}
     for key, name, g, draw in (("images", GALLERY, d["galleries"], gallery_blocks),
-                               ("wild", WILD_GALLERY, d["wild_gallery"], wild_blocks)):
+                               ("wild", WILD_GALLERY, d["wild_gallery"], wild_blocks),
+                               ("audit", AUDIT, d["audit"], audit_blocks)):
         try:
             blocks[key] = draw(g)
             if key == "images":
                 sections[key] = (_images_caption(g), [t for t in (gallery_rows(g), retrieval_rows(g)) if t[1]])
+            if key == "audit":
+                sections[key] = (_audit_caption(g), [audit_rows(g), audit_accuracy_rows(g), audit_class_rows(g)]
+                                 if g else [])
+                if g and audit_accuracy_rows(g)[1]:  # the main table's numbers, without the split's problems
+                    sections["accuracy"][1].insert(1, audit_accuracy_rows(g))
         except (KeyError, IndexError, TypeError, ValueError) as e:  # an edited or damaged file: one line
             raise PipelineError(f"{out / name} is damaged ({type(e).__name__}: {str(e)[:80]}); move it away, "
                                 f"`pipeline run` (or classify / evaluate) writes it again") from None

@@ -227,6 +227,24 @@ def run(cfg: RunConfig, command: str | None = None,
                 return "skipped", str(e)
             return ("ran", f"{path.name}: images behind the numbers") if path else ("skipped", "no saved models")
 
+        def do_audit():
+            from pipeline.audit import check as au
+            from pipeline.hardware import importable
+
+            if not importable("cleanlab"):  # optional, as maps.html is
+                return "skipped", "cleanlab is not installed (pip install 'pipeline[audit]')"
+            if au.is_current(out, sets[1]):
+                return "skipped", "audit.json already checks these images and records"
+            try:
+                doc = au.audit(sets[1], out, cv=cv, device=cfg.device, n_jobs=cfg.n_jobs, log=log)
+            except PipelineError as e:  # e.g. the images moved: said, and the run goes on
+                log(f"audit skipped: {e}")
+                return "skipped", str(e)
+            c = doc["duplicates"]["counts"]
+            return "ran", (f"{c['test_with_train_twin']:,} test images with a training twin, "
+                           f"{len(doc['label_issues']['test']):,} test label issues, {doc['outliers']['count']:,} "
+                           f"outliers")
+
         def do_project():
             n = sum(not proj.is_cached(out / "maps", fs, m, backend) for fs in sets for m in cfg.methods)
             proj.project(sets, cfg.methods, out / "maps", backend, cfg.n_jobs, log=log)
@@ -264,6 +282,7 @@ def run(cfg: RunConfig, command: str | None = None,
         if cfg.finetune:
             stage("finetune", do_finetune)
         stage("galleries", do_galleries)
+        stage("audit", do_audit)
         stage("project", do_project)
         if cfg.wild:
             stage("evaluate", do_evaluate)

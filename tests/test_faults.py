@@ -43,7 +43,9 @@ def outputs(tmp: Path) -> dict:
     maps = {p.name: np.load(p) for p in sorted((out / "maps").glob("*.npy"))}
     return {"out": out, "X": (np.asarray(store.X_train), np.asarray(store.X_test)), "records": records,
             "maps": maps, "csv": (out / "results.csv").read_text().splitlines()[0],
-            "galleries": json.loads((out / "galleries.json").read_text())}
+            "galleries": json.loads((out / "galleries.json").read_text()),
+            "audit": {k: v for k, v in json.loads((out / "audit.json").read_text()).items()
+                      if k not in ("created", "seconds")}}
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +80,11 @@ def test_killed_anywhere_then_rerun_gives_the_same_outputs(tmp_path, reference, 
     for name in ref["maps"]:
         np.testing.assert_allclose(got["maps"][name], ref["maps"][name], rtol=1e-5, atol=1e-5)
     assert got["csv"] == ref["csv"] and (got["out"] / "results.md").exists()
-    assert got["galleries"] == ref["galleries"]
+    assert got["galleries"] == ref["galleries"] and got["audit"] == ref["audit"]
     for name in ("report.html", "report.md"):
         assert (got["out"] / name).stat().st_size > 1000
     leftovers = [p.name for d in (got["out"], tmp_path / "features") for p in d.rglob("*") if ".tmp" in p.name]
     assert leftovers == [], leftovers
     stages = json.loads((got["out"] / "run.json").read_text())["stages"]
-    assert [s["stage"] for s in stages] == ["extract", "classify", "galleries", "project", "maps.html", "report"]
+    assert [s["stage"] for s in stages] == ["extract", "classify", "galleries", "audit", "project", "maps.html",
+                                               "report"]

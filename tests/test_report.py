@@ -240,8 +240,8 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     assert r.exit_code == 0, r.output
     out = tmp_path / "reports" / "fashion-mnist-first80"
     info = json.loads((out / "run.json").read_text())
-    assert [s["stage"] for s in info["stages"]] == ["extract", "classify", "galleries", "project", "maps.html",
-                                                    "report"]
+    assert [s["stage"] for s in info["stages"]] == ["extract", "classify", "galleries", "audit", "project",
+                                                    "maps.html", "report"]
     assert all(s["state"] == "ran" for s in info["stages"])
     assert (tmp_path / "features" / "fashion-mnist" / "resnet18-first80" / "meta.json").exists()
     recs = json.loads((out / "results.json").read_text())
@@ -258,10 +258,10 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     r = run_cli(runner, *args)
     assert r.exit_code == 0, r.output
     states = {s["stage"]: s["state"] for s in json.loads((out / "run.json").read_text())["stages"]}
-    assert states == {"extract": "skipped", "classify": "skipped", "galleries": "skipped", "project": "skipped",
-                      "maps.html": "skipped", "report": "ran"}
+    assert states == {"extract": "skipped", "classify": "skipped", "galleries": "skipped", "audit": "skipped",
+                      "project": "skipped", "maps.html": "skipped", "report": "ran"}
     first = json.loads((out / "run.json").read_text())["previous_runs"][-1]["stages"]
-    assert [x["state"] for x in first] == ["ran"] * 6  # the first run's costs are kept
+    assert [x["state"] for x in first] == ["ran"] * 7  # the first run's costs are kept
 
     # a crash left one result and one map missing: only those are redone
     (out / "maps" / "raw_umap.npy").unlink()

@@ -1,0 +1,382 @@
+"""`pipeline audit`: the test set checked before its numbers are trusted. From a store (its embeddings) and
+the images it was made from:
+
+- duplicates: exact (the same decoded pixels) and near (a training image among the NEIGHBORS nearest in the
+  embedding, cosine, within a bound calibrated on this store's own recipe, then confirmed on pixels), within
+  train, within test and across; grouped, with conflicting labels flagged;
+- label issues: cleanlab on out-of-fold probabilities (labels.py);
+- outliers: mean cosine distance to the NEIGHBORS nearest training images, OUTLIER_Z robust standard
+  deviations above the training images' median;
+- every record's test accuracy without the test images that have a training twin, and without the suspect
+  labels.
+
+The neighbour search is `apply.neighbors.nearest`, the one `pipeline neighbors` and the galleries use. Its
+results and the probabilities are cached in `<out>/audit/` (a crash resumes after them); audit.json is
+written atomically, last.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.apply.featurize import build_for, featurize, stderr
+from pipeline.apply.neighbors import METRIC, nearest
+from pipeline.audit import (
+    AUDIT,
+    AUDIT_CSV,
+    CALIBRATION_IMAGES,
+    CROPS,
+    FORMAT,
+    NEIGHBORS,
+    OUTLIER_Z,
+    PIXEL_CORR,
+    PIXEL_MAD,
+    SHOWN,
+    SIDE,
+    read_audit,
+)
+from pipeline.audit import duplicates as dup
+from pipeline.audit import labels as lab
+from pipeline.data.images import from_pil, show_path, to_pil
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_save, atomic_write, read_json
+from pipeline.render import csvfile
+from pipeline.render.thumbs import thumbnail
+from pipeline.results import load_predictions, read_results
+from pipeline.store.featuresets import FeatureSet, source_images
+
+CACHE = "audit"  # <out>/audit/: the neighbour search and the probabilities of the last audit
+PARAMS = {"neighbors": NEIGHBORS, "metric": METRIC, "signature": f"{SIDE}x{SIDE} grey, area-averaged",
+          "crops": list(CROPS), "pixel_corr": PIXEL_CORR, "pixel_mad": PIXEL_MAD,
+          "calibration_images": CALIBRATION_IMAGES, "outlier_z": OUTLIER_Z, "label_model": lab.MODEL}
+
+# how a copy of an image may differ: the calibration's variants (name -> (scale, JPEG quality or None, crop))
+VARIANTS = {"JPEG quality 70 at 80 % size": (0.8, 70, 1.0), "JPEG quality 90 at 125 % size": (1.25, 90, 1.0),
+            "centre crop 90 % (PNG)": (1.0, None, 0.9)}
+
+
+def _variant(img: np.ndarray, scale: float, quality: int | None, crop: float):
+    from PIL import Image
+
+    im = to_pil(img)
+    w, h = im.size
+    if crop < 1:
+        cw, ch = max(1, round(w * crop)), max(1, round(h * crop))
+        im = im.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+    if scale != 1:
+        im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))),
+                       Image.Resampling.BICUBIC)
+    return im, quality
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return 1 - (a * b).sum(1)
+
+
+def calibrate(fs: FeatureSet, train, device: str, weights: str | None, log) -> dict:
+    """The embedding's bound for near duplicates, measured on this store's recipe: seeded training images
+    and their VARIANTS embedded together; the bound is the largest image-to-variant cosine distance. Also
+    says how many of the variants the pixel check confirms."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    n = min(CALIBRATION_IMAGES, len(fs.y_train))
+    pick = np.sort(rng.choice(len(fs.y_train), n, replace=False))
+    imgs = [train.batch(int(i), int(i) + 1)[0] for i in pick]
+    with tempfile.TemporaryDirectory(prefix="pipeline-audit-") as tmp:
+        files, sigs = [], []
+        for k, img in enumerate(imgs):
+            files.append(Path(tmp) / f"{k}.png")
+            to_pil(img).save(files[-1])
+        for v, (scale, quality, crop) in enumerate(VARIANTS.values()):
+            for k, img in enumerate(imgs):
+                im, q = _variant(img, scale, quality, crop)
+                p = Path(tmp) / f"{k}_{v}.{'jpg' if q else 'png'}"
+                im.save(p, **({"quality": q} if q else {}))
+                files.append(p)
+                with Image.open(p) as back:
+                    sigs.append((dup.signature(img)[1], dup.signature(from_pil(back.convert(im.mode)))[1]))
+        bb = build_for(fs.recipe, weights)
+        E = featurize(fs.recipe, files, device=device, weights=weights, backbone=bb, progress=False, log=log)
+    base, rest = E[:n], E[n:].reshape(len(VARIANTS), n, -1)
+    per = {name: _cosine_rows(base, rest[v]) for v, name in enumerate(VARIANTS)}
+    corr, mad = dup.pixel_match(np.stack([a for a, _ in sigs]), np.stack([b for _, b in sigs]))
+    ok = dup.confirmed(corr, mad).reshape(len(VARIANTS), n)
+    bound = round(float(np.ceil(float(max(d.max() for d in per.values())) * 1e4)) / 1e4, 4)  # rounded up
+    return {"images": n, "seed": 0, "bound": bound,
+            "variants": {name: {"max": round(float(d.max()), 4), "median": round(float(np.median(d)), 4),
+                                "pixel_confirmed": round(float(ok[v].mean()), 4)}
+                         for v, (name, d) in enumerate(per.items())},
+            "pixel_confirmed": round(float(ok.mean()), 4)}
+
+
+def _store_key(fs: FeatureSet, *parts) -> str:
+    """What an output was made from: the store's fingerprint and `parts` (default: every parameter)."""
+    return hashlib.sha256(json.dumps([fs.fingerprint, *(parts or [PARAMS])], sort_keys=True).encode()
+                          ).hexdigest()[:16]
+
+
+def _cached_search(cache: Path, key: str, fs: FeatureSet, log, n_jobs) -> tuple[np.ndarray, ...]:
+    """(all->train indices, distances, test->test indices, distances), k = NEIGHBORS + 1 (the image itself
+    is among its own neighbours), from the cache when it is this store's."""
+    names = ("all_train_idx", "all_train_dist", "test_test_idx", "test_test_dist")
+    if (read_json(cache / "key.json") or {}).get("search") == key and all((cache / f"{n}.npy").is_file()
+                                                                            for n in names):
+        return tuple(np.load(cache / f"{n}.npy") for n in names)
+    t = time.perf_counter()
+    X_all = np.concatenate([fs.X_train, fs.X_test])
+    a_idx, a_dist = nearest(fs.X_train, X_all, NEIGHBORS + 1, n_jobs)
+    t_idx, t_dist = nearest(fs.X_test, fs.X_test, NEIGHBORS + 1, n_jobs) if len(fs.X_test) > 1 else (
+        np.zeros((len(fs.X_test), 0), int), np.zeros((len(fs.X_test), 0)))
+    log(f"audit: nearest neighbours of {len(X_all):,} images in {time.perf_counter() - t:.1f} s")
+    cache.mkdir(parents=True, exist_ok=True)
+    for n, a in zip(names, (a_idx, a_dist, t_idx, t_dist)):
+        atomic_save(cache / f"{n}.npy", a)
+    _set_cache_key(cache, search=key)
+    return a_idx, a_dist, t_idx, t_dist
+
+
+def _set_cache_key(cache: Path, **keys) -> None:
+    atomic_write(cache / "key.json", json.dumps({**(read_json(cache / "key.json") or {}), **keys}))
+
+
+def _cached_probabilities(cache: Path, fs: FeatureSet, cv: int, n_jobs, log):
+    what = lab.MODEL
+    mkey = _store_key(fs, what, cv)
+    if (read_json(cache / "key.json") or {}).get("probabilities") == mkey and all(
+            (cache / f"{n}.npy").is_file() for n in ("probs_train", "probs_test")):
+        folds = (read_json(cache / "key.json") or {}).get("folds", cv)
+        return np.load(cache / "probs_train.npy"), np.load(cache / "probs_test.npy"), what, folds
+    t = time.perf_counter()
+    P_tr, P_te, folds = lab.probabilities(fs.X_train, fs.y_train, fs.X_test, len(fs.classes), cv, n_jobs)
+    log(f"audit: out-of-fold probabilities ({folds} folds, {what}) in {time.perf_counter() - t:.1f} s")
+    cache.mkdir(parents=True, exist_ok=True)
+    atomic_save(cache / "probs_train.npy", P_tr)
+    atomic_save(cache / "probs_test.npy", P_te)
+    _set_cache_key(cache, probabilities=mkey, folds=folds)
+    return P_tr, P_te, what, folds
+
+
+def _refuse_other_data(old: dict | None, fs: FeatureSet, path: Path, overwrite: bool) -> None:
+    if old is None or overwrite:
+        return
+    s = old.get("store", {})
+    if s.get("dataset") != fs.dataset or s.get("labels_sha256") != fs.labels_sha256:
+        raise PipelineError(f"{path} holds the audit of other data ({s.get('name')} of {s.get('dataset')}, "
+                            f"{s.get('rows')}); choose another --out, or pass --overwrite to replace it")
+
+
+def accuracy_rows(records: list[dict], out: Path, y_test: np.ndarray, leaked: set[int], suspect: set[int]
+                  ) -> list[dict]:
+    """Each record with its saved test predictions: accuracy on all test images, without those with a
+    training twin, and without those whose label is suspect."""
+    rows = []
+    keep_leak = np.array([i not in leaked for i in range(len(y_test))], bool)
+    keep_label = np.array([i not in suspect for i in range(len(y_test))], bool)
+    for r in records:
+        pred = load_predictions(out, r) if r.get("n_test") == len(y_test) else None
+        if pred is None:
+            continue
+        right = pred == y_test
+        rows.append({"feature_set": r["feature_set"], "classifier": r["classifier"], "label": r.get("label"),
+                     "test_accuracy": r["test_accuracy"], "all": _share(right),
+                     "without_train_twins": _share(right[keep_leak]), "removed_twins": int((~keep_leak).sum()),
+                     "without_label_issues": _share(right[keep_label]),
+                     "removed_label_issues": int((~keep_label).sum())})
+    return rows
+
+
+def _share(right: np.ndarray) -> float | None:
+    return round(float(right.mean()), 4) if len(right) else None
+
+
+def _records_key(records: list[dict]) -> list:
+    return [[r["feature_set"], r["classifier"], r.get("features_fingerprint"), r["test_accuracy"]] for r in records]
+
+
+def is_current(out: Path, fs: FeatureSet) -> bool:
+    a = read_json(Path(out) / AUDIT)
+    return bool(a) and a.get("format") == FORMAT and a.get("key") == _store_key(fs) \
+        and a.get("records_key") == _records_key(read_results(out))
+
+
+def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weights: str | None = None,
+          n_jobs: int | None = None, overwrite: bool = False, log: Callable[[str], None] = stderr) -> dict:
+    """Audit the images of `fs` (an embedding store's feature set) into out/audit.json and out/audit.csv."""
+    if fs.name == "raw" or "backbone" not in fs.meta:
+        raise PipelineError(f"{fs.name}: the audit needs an embedding store (its neighbours find near "
+                            f"duplicates), not raw pixels; pass --features BACKBONE or a store path")
+    if not len(fs.y_train):
+        raise PipelineError(f"{fs.meta.get('path', fs.name)} holds no training images to audit against")
+    out = Path(out)
+    lab.cleanlab_filter()  # a missing cleanlab is said before any work
+    old = read_audit(out / AUDIT)
+    _refuse_other_data(old, fs, out / AUDIT, overwrite)
+    records = read_results(out)
+    key = _store_key(fs)
+    if old is not None and old.get("key") == key and old.get("records_key") == _records_key(records):
+        log(f"audit: {out / AUDIT} is up to date")
+        return old
+    t0 = time.perf_counter()
+    seconds = {}
+    ds = source_images(fs)
+    train, test = ds.splits["train"], ds.splits.get("test")
+    n_tr, n_te = len(fs.y_train), len(fs.y_test)
+    cache = out / CACHE
+
+    t = time.perf_counter()
+    h_tr, s_tr = dup.signatures(train, "train")
+    h_te, s_te = dup.signatures(test, "test") if n_te else ([], np.empty((0, len(CROPS), SIDE * SIDE), np.float32))
+    hashes, sigs = h_tr + h_te, np.concatenate([s_tr, s_te])
+    seconds["pixel signatures"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    a_idx, a_dist, t_idx, t_dist = _cached_search(cache, _store_key(fs, NEIGHBORS, METRIC), fs, log, n_jobs)
+    seconds["neighbour search"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    cal = calibrate(fs, train, device, weights, log)
+    seconds["calibration"] = round(time.perf_counter() - t, 1)
+    bound = cal["bound"]
+
+    t = time.perf_counter()
+    # candidates: (i, j) in global numbering (train 0..n_tr-1, then test), each once
+    cand = set()
+    for i in range(n_tr + n_te):
+        for j, d in zip(a_idx[i], a_dist[i]):
+            if int(j) != i and d <= bound:
+                cand.add((min(i, int(j)), max(i, int(j))))
+    for t_ in range(n_te):
+        for j, d in zip(t_idx[t_], t_dist[t_]):
+            if int(j) != t_ and d <= bound:
+                a, b = n_tr + t_, n_tr + int(j)
+                cand.add((min(a, b), max(a, b)))
+    exact = dup.exact_pairs(hashes)
+    exact_set = {tuple(sorted(p)) for p in exact}
+    cand = sorted(cand - exact_set)
+    near = []
+    for c0 in range(0, len(cand), 1 << 15):  # in chunks: the signatures of every pair at once would be GBs
+        ci = np.array(cand[c0:c0 + (1 << 15)])
+        corr, mad = dup.pixel_match(sigs[ci[:, 0]], sigs[ci[:, 1]])
+        near += [(int(a), int(b), float(c), float(m)) for (a, b), c, m, ok in zip(ci, corr, mad,
+                                                                                 dup.confirmed(corr, mad)) if ok]
+    y_all = np.concatenate([fs.y_train, fs.y_test])
+    where = lambda g: ("train", g) if g < n_tr else ("test", g - n_tr)  # noqa: E731
+    groups = []
+    for members in dup.groups(n_tr + n_te, list(exact_set) + [(a, b) for a, b, *_ in near]):
+        kinds = {hashes[g] for g in members}
+        labels = sorted({int(y_all[g]) for g in members})
+        groups.append({"kind": "exact" if len(kinds) == 1 else "near",
+                       "members": [[*where(g), int(y_all[g])] for g in members], "labels": labels,
+                       "conflicting_labels": len(labels) > 1,
+                       "splits": sorted({where(g)[0] for g in members})})
+    leaked = {m[1] for grp in groups if len(grp["splits"]) == 2 for m in grp["members"] if m[0] == "test"}
+    pairs_across = sum(1 for a, b in exact_set | {(a, b) for a, b, *_ in near} if (a < n_tr) != (b < n_tr))
+    seconds["duplicates"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    P_tr, P_te, model_what, folds = _cached_probabilities(cache, fs, cv, n_jobs, log)
+    issues = {"train": lab.label_issues(fs.y_train, P_tr), "test": lab.label_issues(fs.y_test, P_te) if n_te else []}
+    seconds["label issues"] = round(time.perf_counter() - t, 1)
+
+    # outliers: each image's mean distance to its NEIGHBORS nearest training images (itself left out)
+    score = np.empty(n_tr + n_te)
+    for i in range(n_tr + n_te):
+        d = [dd for j, dd in zip(a_idx[i], a_dist[i]) if not (i < n_tr and int(j) == i)][:NEIGHBORS]
+        score[i] = float(np.mean(d)) if d else 0.0
+    med = float(np.median(score[:n_tr]))
+    spread = float(1.4826 * np.median(np.abs(score[:n_tr] - med)))
+    cut = med + OUTLIER_Z * max(spread, 1e-6)
+    outliers = [int(i) for i in np.argsort(-score, kind="stable") if score[i] > cut]
+
+    suspect_test = set(issues["test"])
+    acc = accuracy_rows(records, out, fs.y_test, leaked, suspect_test)
+
+    # what the report shows, as thumbnails
+    thumbs: dict[str, str] = {}
+
+    def th(split: str, i: int) -> str:
+        k = f"{split}:{i}"
+        if k not in thumbs:
+            thumbs[k] = thumbnail(ds.splits[split].batch(i, i + 1)[0])
+        return k
+
+    def path_of(split: str, i: int) -> str:
+        files = ds.splits[split].files
+        return show_path(files[i]) if files is not None else ""
+
+    for grp in groups[:SHOWN]:
+        for split, i, _ in grp["members"][:8]:
+            th(split, i)
+    P = {"train": P_tr, "test": P_te}
+    y = {"train": fs.y_train, "test": fs.y_test}
+    label_items = {}
+    for split, idx in issues.items():
+        label_items[split] = [{"index": i, "given": int(y[split][i]), "suggested": int(P[split][i].argmax()),
+                               "self_confidence": round(float(P[split][i, y[split][i]]), 4),
+                               "path": path_of(split, i)} for i in idx]
+        for it in label_items[split][:SHOWN]:
+            th(split, it["index"])
+    outlier_items = [{"split": where(g)[0], "index": where(g)[1], "label": int(y_all[g]),
+                      "score": round(float(score[g]), 4), "path": path_of(*where(g))} for g in outliers]
+    for it in outlier_items[:SHOWN]:
+        th(it["split"], it["index"])
+
+    counts = {f"groups_{s}": sum(1 for g in groups if g["splits"] == [s]) for s in ("train", "test")}
+    counts.update(groups_across=sum(1 for g in groups if len(g["splits"]) == 2), pairs_train_test=pairs_across,
+                  test_with_train_twin=len(leaked), exact_groups=sum(g["kind"] == "exact" for g in groups),
+                  near_groups=sum(g["kind"] == "near" for g in groups),
+                  conflicting_groups=sum(g["conflicting_labels"] for g in groups))
+    share = {s: round(len(issues[s]) / max(len(y[s]), 1), 4) for s in ("train", "test")}
+    per_class = {s: [round(float(np.isin(np.flatnonzero(y[s] == c), issues[s]).mean()), 4) if (y[s] == c).any()
+                     else None for c in range(len(fs.classes))] for s in ("train", "test")}
+    seconds["total"] = round(time.perf_counter() - t0, 1)
+    doc = {"format": FORMAT, "key": key, "records_key": _records_key(records),
+           "created": datetime.now(UTC).isoformat(timespec="seconds"),
+           "store": {"name": fs.name, "path": fs.meta.get("path"), "dataset": fs.dataset,
+                     "fingerprint": fs.fingerprint, "labels_sha256": fs.labels_sha256, "recipe": fs.recipe,
+                     "rows": {"train": n_tr, "test": n_te}},
+           "classes": list(fs.classes), "params": PARAMS,
+           "thresholds": {"embedding_cosine": bound, "pixel_corr": PIXEL_CORR, "pixel_mad": PIXEL_MAD,
+                          "outlier_distance": round(cut, 4), "outlier_median": round(med, 4),
+                          "label_issues": "cleanlab find_label_issues (defaults), ranked by self-confidence"},
+           "calibration": cal,
+           "duplicates": {"counts": counts, "groups": groups},
+           "label_issues": {"model": model_what, "folds": folds, "share": share, "per_class": per_class,
+                            "too_few_to_check": {s: lab.small_classes(y[s], len(fs.classes)) for s in y},
+                            **label_items},
+           "outliers": {"count": len(outlier_items), "items": outlier_items},
+           "accuracy": acc, "seconds": seconds, "thumbs": thumbs}
+    _write_csv(out / AUDIT_CSV, doc, path_of)
+    atomic_write(out / AUDIT, json.dumps(doc))
+    log(f"audit: {len(groups)} duplicate groups ({counts['test_with_train_twin']} test images with a training twin), "
+        f"{len(issues['train'])} + {len(issues['test'])} label issues (train + test), {len(outlier_items)} outliers; "
+        f"{out / AUDIT}, {out / AUDIT_CSV} ({seconds['total']:.0f} s)")
+    return doc
+
+
+def _write_csv(path: Path, doc: dict, path_of) -> None:
+    """One row per flagged image: what is wrong, where it is, and what the audit suggests."""
+    classes = doc["classes"]
+    rows = []
+    for g, grp in enumerate(doc["duplicates"]["groups"], 1):
+        for split, i, label in grp["members"]:
+            rows.append([f"{grp['kind']}_duplicate", g, split, i, path_of(split, i), classes[label], "", ""])
+    for split in ("train", "test"):
+        for it in doc["label_issues"][split]:
+            rows.append(["label_issue", "", split, it["index"], it["path"], classes[it["given"]],
+                         classes[it["suggested"]], f"{it['self_confidence']:.4f}"])
+    for it in doc["outliers"]["items"]:
+        rows.append(["outlier", "", it["split"], it["index"], it["path"], classes[it["label"]], "",
+                     f"{it['score']:.4f}"])
+    atomic_write(path, csvfile.write(["problem", "group", "split", "index", "file", "label", "suggested", "score"],
+                                     rows))
