@@ -67,7 +67,7 @@ def _flagged(study) -> dict:
 def test_planted_problems_are_each_found(audited):
     root, study, stdout = audited["planted"]
     doc, rows = _flagged(study)
-    name = lambda r: r["file"].replace("\\", "/").split("planted/", 1)[1]  # noqa: E731
+    name = lambda r: r["file"].replace("\\", "/")  # noqa: E731  (relative to the image folder)
     groups = {}
     for r in rows:
         if r["problem"].endswith("_duplicate"):
@@ -88,6 +88,7 @@ def test_planted_problems_are_each_found(audited):
     assert doc["calibration"]["pixel_confirmed"] >= 0.9  # of these photos' re-encoded and cropped copies
     assert doc["calibration"]["variants"]["centre crop 90 % (PNG)"]["pixel_confirmed"] == 1.0
     assert doc["store"]["fingerprint"] and doc["store"]["recipe"]["backbone"] == "efficientnet_lite0"
+    assert doc["store"]["folder"] == "planted" and str(root) not in json.dumps(doc)  # no machine paths
     assert "3 test images have a training twin" in stdout
 
 

@@ -20,7 +20,7 @@ from pipeline.apply.predict import model_scores
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_save, atomic_write, read_json
 from pipeline.models.saved import has_model, load_model, model_file
-from pipeline.render.thumbs import thumbnail
+from pipeline.render.thumbs import Thumbnails, thumbnail
 from pipeline.results import load_predictions, read_results, slug
 from pipeline.store.featuresets import FeatureSet, source_images
 
@@ -84,13 +84,8 @@ def write_galleries(out: Path, sets: list[FeatureSet], log: Callable[[str], None
         log("galleries: no saved model of these feature sets yet")
         return None
     ds = source_images(sets[0])
-    thumbs: dict[str, str] = {}
-
-    def th(split: str, i: int) -> str:
-        key = f"{split}:{i}"
-        if key not in thumbs:
-            thumbs[key] = thumbnail(ds.splits[split].batch(i, i + 1)[0])
-        return key
+    thumbs = Thumbnails(lambda split, i: ds.splits[split].batch(i, i + 1)[0])
+    th = thumbs.key
 
     classes = sets[0].classes
     y = sets[0].y_test

@@ -48,7 +48,7 @@ from pipeline.data.images import from_pil, show_path, to_pil
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_save, atomic_write, read_json
 from pipeline.render import csvfile
-from pipeline.render.thumbs import thumbnail
+from pipeline.render.thumbs import Thumbnails
 from pipeline.results import load_predictions, read_results
 from pipeline.store.featuresets import FeatureSet, source_images
 
@@ -302,17 +302,18 @@ def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weigh
     acc = accuracy_rows(records, out, fs.y_test, leaked, suspect_test)
 
     # what the report shows, as thumbnails
-    thumbs: dict[str, str] = {}
+    thumbs = Thumbnails(lambda split, i: ds.splits[split].batch(i, i + 1)[0])
+    th = thumbs.key
 
-    def th(split: str, i: int) -> str:
-        k = f"{split}:{i}"
-        if k not in thumbs:
-            thumbs[k] = thumbnail(ds.splits[split].batch(i, i + 1)[0])
-        return k
+    root = Path(ds.source) if ds.source else None
 
     def path_of(split: str, i: int) -> str:
+        """An image folder's file, relative to the folder (audit.json and audit.csv name the folder once)."""
         files = ds.splits[split].files
-        return show_path(files[i]) if files is not None else ""
+        if files is None:
+            return ""
+        f = Path(files[i])
+        return show_path(f.relative_to(root) if root is not None and f.is_relative_to(root) else f)
 
     for grp in groups[:SHOWN]:
         for split, i, _ in grp["members"][:8]:
@@ -343,7 +344,8 @@ def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weigh
     doc = {"format": FORMAT, "key": key, "records_key": _records_key(records),
            "created": datetime.now(UTC).isoformat(timespec="seconds"),
            "store": {"name": fs.name, "path": fs.meta.get("path"), "dataset": fs.dataset,
-                     "fingerprint": fs.fingerprint, "labels_sha256": fs.labels_sha256, "recipe": fs.recipe,
+                     "fingerprint": fs.fingerprint, "labels_sha256": fs.labels_sha256, "recipe": _portable(fs.recipe),
+                     "folder": Path(ds.source).name if fs.dataset == "folder" and ds.source else None,
                      "rows": {"train": n_tr, "test": n_te}},
            "classes": list(fs.classes), "params": PARAMS,
            "thresholds": {"embedding_cosine": bound, "pixel_corr": PIXEL_CORR, "pixel_mad": PIXEL_MAD,
@@ -362,6 +364,14 @@ def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weigh
         f"{len(issues['train'])} + {len(issues['test'])} label issues (train + test), {len(outlier_items)} outliers; "
         f"{out / AUDIT}, {out / AUDIT_CSV} ({seconds['total']:.0f} s)")
     return doc
+
+
+def _portable(recipe: dict) -> dict:
+    """The store's recipe without this machine's paths (the weights by id and sha256, not by file)."""
+    r = {k: v for k, v in recipe.items() if k != "store"}
+    if isinstance(r.get("weights"), dict):
+        r["weights"] = {k: v for k, v in r["weights"].items() if k != "file"}
+    return r
 
 
 def _write_csv(path: Path, doc: dict, path_of) -> None:

@@ -28,3 +28,18 @@ def thumbnail(img: np.ndarray, side: int = THUMB) -> str:
         im.save(buf, "JPEG", quality=82)
         kind = "jpeg"
     return f"data:image/{kind};base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+class Thumbnails(dict):
+    """Thumbnails as {"split:index": data URI}, each made once, on first use, from `image(split, index)` (a
+    uint8 (C, H, W) array): the galleries' and the audit's pages embed each image once however often shown."""
+
+    def __init__(self, image):
+        super().__init__()
+        self._image = image
+
+    def key(self, split: str, i: int) -> str:
+        k = f"{split}:{i}"
+        if k not in self:
+            self[k] = thumbnail(self._image(split, i))
+        return k
