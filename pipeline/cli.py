@@ -6,7 +6,7 @@ import sys
 import click
 
 from pipeline.apply import EXPORT_FORMATS, NEIGHBORS_K, PREDICTIONS, TOP_K
-from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS
+from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS, check_folds
 from pipeline.data import DATASET, DATASETS, TEST_FRACTION, dataset_slug
 from pipeline.data.idx import DEBIAN_FASHION_MNIST
 from pipeline.embed.request import BACKBONE, ENGINES, IMAGE_SIZE, PRECISIONS, WEIGHTS, ExtractRequest
@@ -520,8 +520,7 @@ def audit(store, dataset, data_dir, limit, test_fraction, cv, out, overwrite, we
     from pipeline.data.folder import refuse_output_inside
     from pipeline.store.featuresets import load_feature_set
 
-    if cv < 2:
-        raise PipelineError(f"--cv {cv}: cross-validation needs at least 2 folds")
+    check_folds(cv)
     out = Path(out) if out else report_dir(dataset_slug(dataset, data_dir))
     if dataset == "folder":
         refuse_output_inside(out, data_dir)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.classical.backends import make_backend
-from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS
+from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS, check_folds
 from pipeline.data import DATASET, TEST_FRACTION, dataset_slug
 from pipeline.data.domain import domain_for
 from pipeline.data.folder import refuse_output_inside
@@ -97,8 +97,7 @@ class RunConfig:
         if self.grid not in PRESETS:
             raise PipelineError(f"--grid {self.grid!r}: `pipeline run` takes a preset ({', '.join(PRESETS)}); "
                                 f"use `pipeline classify --grid FILE.json` for custom grids")
-        if self.cv < 2:
-            raise PipelineError(f"--cv {self.cv}: cross-validation needs at least 2 folds")
+        check_folds(self.cv)
         if self.match_domain:
             if not self.wild:
                 raise PipelineError("--match-domain applies to the in-the-wild test: give --wild DIR too")

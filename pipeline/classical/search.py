@@ -28,6 +28,7 @@ from pipeline.classical.specs import (
     DEFAULT_GRID,
     TUNE_ROWS,
     check_custom_grid,
+    check_folds,
     grid_id,
     resolve_grid,
 )
@@ -112,8 +113,7 @@ def plan_search(classifier: str, grid, y: np.ndarray, cv: int, preset_rows: int 
     from sklearn.model_selection import ParameterGrid, StratifiedKFold
 
     backend = backend or SklearnCPU()
-    if cv < 2:
-        raise PipelineError(f"--cv {cv}: cross-validation needs at least 2 folds")
+    check_folds(cv)
     g = resolve_grid(classifier, grid, backend)
     tune_idx = stratified_subsample(y, preset_rows)
     counts = np.bincount(y[tune_idx], minlength=len(classes))
@@ -146,8 +146,7 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
     if unknown or not classifiers:
         raise PipelineError(f"unknown classifier {', '.join(unknown) or '(none given)'}; choose from "
                             f"{','.join(CLASSIFIERS)}")
-    if cv < 2:  # before anything is derived from it (QDA's rank limit divides by it)
-        raise PipelineError(f"--cv {cv}: cross-validation needs at least 2 folds")
+    check_folds(cv)  # before anything is derived from it (QDA's rank limit divides by it)
     if isinstance(grid, dict):
         check_custom_grid(grid, classifiers)
     check_comparable(sets)

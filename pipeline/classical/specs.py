@@ -184,6 +184,12 @@ def grid_id(grid: str | dict) -> str:
     return "custom-" + hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def check_folds(cv: int) -> None:
+    """--cv: cross-validation needs two folds at least (said before anything is derived from it)."""
+    if cv < 2:
+        raise PipelineError(f"--cv {cv}: cross-validation needs at least 2 folds")
+
+
 def check_custom_grid(grid: dict, classifiers) -> None:
     """A --grid FILE's keys: each a classifier being run, each parameter one its pipeline has. Anything else
     would be silently ignored (the record would say `custom-...` but the default ran): one line naming it."""
