@@ -627,10 +627,10 @@ def _write_report(out: Path) -> tuple[Path, Path]:
             if key == "images":
                 sections[key] = (_images_caption(g), [t for t in (gallery_rows(g), retrieval_rows(g)) if t[1]])
             if key == "audit":
-                sections[key] = (_audit_caption(g), [audit_rows(g), audit_accuracy_rows(g), audit_class_rows(g)]
-                                 if g else [])
-                if g and audit_accuracy_rows(g)[1]:  # the main table's numbers, without the split's problems
-                    sections["accuracy"][1].insert(1, audit_accuracy_rows(g))
+                without = audit_accuracy_rows(g)
+                sections[key] = (_audit_caption(g), [audit_rows(g), without, audit_class_rows(g)] if g else [])
+                if without[1]:  # the main table's numbers, without the split's problems
+                    sections["accuracy"][1].insert(1, without)
         except (KeyError, IndexError, TypeError, ValueError) as e:  # an edited or damaged file: one line
             raise PipelineError(f"{out / name} is damaged ({type(e).__name__}: {str(e)[:80]}); move it away, "
                                 f"`pipeline run` (or classify / evaluate) writes it again") from None

@@ -97,6 +97,7 @@ def calibrate(fs: FeatureSet, train, device: str, weights: str | None, log) -> d
         for k, img in enumerate(imgs):
             files.append(Path(tmp) / f"{k}.png")
             to_pil(img).save(files[-1])
+        own = [dup.signature(img)[1] for img in imgs]
         for v, (scale, quality, crop) in enumerate(VARIANTS.values()):
             for k, img in enumerate(imgs):
                 im, q = _variant(img, scale, quality, crop)
@@ -104,7 +105,7 @@ def calibrate(fs: FeatureSet, train, device: str, weights: str | None, log) -> d
                 im.save(p, **({"quality": q} if q else {}))
                 files.append(p)
                 with Image.open(p) as back:
-                    sigs.append((dup.signature(img)[1], dup.signature(from_pil(back.convert(im.mode)))[1]))
+                    sigs.append((own[k], dup.signature(from_pil(back.convert(im.mode)))[1]))
         bb = build_for(fs.recipe, weights)
         E = featurize(fs.recipe, files, device=device, weights=weights, backbone=bb, progress=False, log=log)
     base, rest = E[:n], E[n:].reshape(len(VARIANTS), n, -1)
@@ -150,20 +151,19 @@ def _set_cache_key(cache: Path, **keys) -> None:
 
 
 def _cached_probabilities(cache: Path, fs: FeatureSet, cv: int, n_jobs, log):
-    what = lab.MODEL
-    mkey = _store_key(fs, what, cv)
-    if (read_json(cache / "key.json") or {}).get("probabilities") == mkey and all(
-            (cache / f"{n}.npy").is_file() for n in ("probs_train", "probs_test")):
-        folds = (read_json(cache / "key.json") or {}).get("folds", cv)
-        return np.load(cache / "probs_train.npy"), np.load(cache / "probs_test.npy"), what, folds
+    """(out-of-fold train probabilities, test probabilities, folds), from the cache when it is this store's."""
+    mkey = _store_key(fs, lab.MODEL, cv)
+    keys = read_json(cache / "key.json") or {}
+    if keys.get("probabilities") == mkey and all((cache / f"{n}.npy").is_file() for n in ("probs_train", "probs_test")):
+        return np.load(cache / "probs_train.npy"), np.load(cache / "probs_test.npy"), keys.get("folds", cv)
     t = time.perf_counter()
     P_tr, P_te, folds = lab.probabilities(fs.X_train, fs.y_train, fs.X_test, len(fs.classes), cv, n_jobs)
-    log(f"audit: out-of-fold probabilities ({folds} folds, {what}) in {time.perf_counter() - t:.1f} s")
+    log(f"audit: out-of-fold probabilities ({folds} folds, {lab.MODEL}) in {time.perf_counter() - t:.1f} s")
     cache.mkdir(parents=True, exist_ok=True)
     atomic_save(cache / "probs_train.npy", P_tr)
     atomic_save(cache / "probs_test.npy", P_te)
     _set_cache_key(cache, probabilities=mkey, folds=folds)
-    return P_tr, P_te, what, folds
+    return P_tr, P_te, folds
 
 
 def _refuse_other_data(old: dict | None, fs: FeatureSet, path: Path, overwrite: bool) -> None:
@@ -203,10 +203,14 @@ def _records_key(records: list[dict]) -> list:
     return [[r["feature_set"], r["classifier"], r.get("features_fingerprint"), r["test_accuracy"]] for r in records]
 
 
-def is_current(out: Path, fs: FeatureSet) -> bool:
-    a = read_json(Path(out) / AUDIT)
+def _up_to_date(a: dict | None, fs: FeatureSet, records: list[dict]) -> bool:
+    """An audit.json made from these features with these parameters, scoring these records."""
     return bool(a) and a.get("format") == FORMAT and a.get("key") == _store_key(fs) \
-        and a.get("records_key") == _records_key(read_results(out))
+        and a.get("records_key") == _records_key(records)
+
+
+def is_current(out: Path, fs: FeatureSet) -> bool:
+    return _up_to_date(read_json(Path(out) / AUDIT), fs, read_results(out))
 
 
 def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weights: str | None = None,
@@ -222,8 +226,7 @@ def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weigh
     old = read_audit(out / AUDIT)
     _refuse_other_data(old, fs, out / AUDIT, overwrite)
     records = read_results(out)
-    key = _store_key(fs)
-    if old is not None and old.get("key") == key and old.get("records_key") == _records_key(records):
+    if _up_to_date(old, fs, records):
         log(f"audit: {out / AUDIT} is up to date")
         return old
     t0 = time.perf_counter()
@@ -260,19 +263,17 @@ def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weigh
             if int(j) != t_ and d <= bound:
                 a, b = n_tr + t_, n_tr + int(j)
                 cand.add((min(a, b), max(a, b)))
-    exact = dup.exact_pairs(hashes)
-    exact_set = {tuple(sorted(p)) for p in exact}
-    cand = sorted(cand - exact_set)
-    near = []
+    exact = set(dup.exact_pairs(hashes))  # (first, later): ordered as the candidates are
+    cand = sorted(cand - exact)
+    near = set()
     for c0 in range(0, len(cand), 1 << 15):  # in chunks: the signatures of every pair at once would be GBs
         ci = np.array(cand[c0:c0 + (1 << 15)])
-        corr, mad = dup.pixel_match(sigs[ci[:, 0]], sigs[ci[:, 1]])
-        near += [(int(a), int(b), float(c), float(m)) for (a, b), c, m, ok in zip(ci, corr, mad,
-                                                                                 dup.confirmed(corr, mad)) if ok]
+        near |= {(int(a), int(b)) for (a, b), ok in zip(ci, dup.confirmed(*dup.pixel_match(sigs[ci[:, 0]],
+                                                                                           sigs[ci[:, 1]]))) if ok}
     y_all = np.concatenate([fs.y_train, fs.y_test])
     where = lambda g: ("train", g) if g < n_tr else ("test", g - n_tr)  # noqa: E731
     groups = []
-    for members in dup.groups(n_tr + n_te, list(exact_set) + [(a, b) for a, b, *_ in near]):
+    for members in dup.groups(n_tr + n_te, sorted(exact | near)):
         kinds = {hashes[g] for g in members}
         labels = sorted({int(y_all[g]) for g in members})
         groups.append({"kind": "exact" if len(kinds) == 1 else "near",
@@ -280,11 +281,11 @@ def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weigh
                        "conflicting_labels": len(labels) > 1,
                        "splits": sorted({where(g)[0] for g in members})})
     leaked = {m[1] for grp in groups if len(grp["splits"]) == 2 for m in grp["members"] if m[0] == "test"}
-    pairs_across = sum(1 for a, b in exact_set | {(a, b) for a, b, *_ in near} if (a < n_tr) != (b < n_tr))
+    pairs_across = sum(1 for a, b in exact | near if (a < n_tr) != (b < n_tr))
     seconds["duplicates"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
-    P_tr, P_te, model_what, folds = _cached_probabilities(cache, fs, cv, n_jobs, log)
+    P_tr, P_te, folds = _cached_probabilities(cache, fs, cv, n_jobs, log)
     issues = {"train": lab.label_issues(fs.y_train, P_tr), "test": lab.label_issues(fs.y_test, P_te) if n_te else []}
     seconds["label issues"] = round(time.perf_counter() - t, 1)
 
@@ -341,7 +342,7 @@ def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weigh
     per_class = {s: [round(float(np.isin(np.flatnonzero(y[s] == c), issues[s]).mean()), 4) if (y[s] == c).any()
                      else None for c in range(len(fs.classes))] for s in ("train", "test")}
     seconds["total"] = round(time.perf_counter() - t0, 1)
-    doc = {"format": FORMAT, "key": key, "records_key": _records_key(records),
+    doc = {"format": FORMAT, "key": _store_key(fs), "records_key": _records_key(records),
            "created": datetime.now(UTC).isoformat(timespec="seconds"),
            "store": {"name": fs.name, "path": fs.meta.get("path"), "dataset": fs.dataset,
                      "fingerprint": fs.fingerprint, "labels_sha256": fs.labels_sha256, "recipe": _portable(fs.recipe),
@@ -353,7 +354,7 @@ def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weigh
                           "label_issues": "cleanlab find_label_issues (defaults), ranked by self-confidence"},
            "calibration": cal,
            "duplicates": {"counts": counts, "groups": groups},
-           "label_issues": {"model": model_what, "folds": folds, "share": share, "per_class": per_class,
+           "label_issues": {"model": lab.MODEL, "folds": folds, "share": share, "per_class": per_class,
                             "too_few_to_check": {s: lab.small_classes(y[s], len(fs.classes)) for s in y},
                             **label_items},
            "outliers": {"count": len(outlier_items), "items": outlier_items},
