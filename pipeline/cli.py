@@ -505,8 +505,8 @@ def neighbors(store, images, k, out, overwrite, weights, device):
 @click.option("--cv", type=int, default=DEFAULT_CV, show_default=True,
               help="Folds of the out-of-fold probabilities the label-issue check reads.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
-              help=f"The study folder for audit.json and audit.csv [default: {REPORTS_ROOT}/<dataset>]; its saved "
-                   f"logistic regression and predictions are used when present.")
+              help=f"The study folder for audit.json and audit.csv [default: {REPORTS_ROOT}/<dataset>]; its records' "
+                   f"saved test predictions give the accuracy without the flagged images.")
 @click.option("--overwrite", is_flag=True, help="Replace an audit.json of other data in --out.")
 @click.option("--weights", default=None, help="PATH to the backbone's weights when not where the store found it.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
