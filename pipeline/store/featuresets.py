@@ -79,6 +79,7 @@ class FeatureSet:
                 "layer": m["backbone"].get("layer"), "image_size": m.get("image_size"),
                 "preprocessing": m.get("preprocessing"), "engine": m.get("engine", {}).get("engine"),
                 "precision": m.get("precision"), "device": m.get("device", {}).get("type"),
+                **({"calibration": m["engine"]["int8"]["calibration"]} if "int8" in m.get("engine", {}) else {}),
                 "feature_dim": m["backbone"].get("feature_dim")}
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.data import DATASET, TEST_FRACTION
-from pipeline.embed.request import BACKBONE, IMAGE_SIZE, WEIGHTS
+from pipeline.embed.request import BACKBONE, WEIGHTS, native_size
 from pipeline.errors import PipelineError
 from pipeline.models.heads import HeadSpec
 from pipeline.results import REPORTS_ROOT
@@ -93,7 +93,7 @@ class FinetuneRequest:
     weights: str = WEIGHTS
     unfreeze: str = "2"  # "0".."N" or "all"
     augment: str = DEFAULT_AUGMENT  # comma-separated AUGMENTS, or "none"
-    image_size: int = IMAGE_SIZE
+    image_size: int | None = None  # None: the backbone's native size
     head_dropout: float = 0.2
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=FINETUNE_EPOCHS, batch_size=FINETUNE_BATCH))
     out: Path | None = None
@@ -102,8 +102,13 @@ class FinetuneRequest:
     def key(self) -> dict:
         """What makes a run the same run (`pipeline run` skips a fine-tuning whose record has this key)."""
         return {"dataset": self.dataset, "limit": self.limit, "backbone": self.backbone, "weights": self.weights,
-                "unfreeze": self.unfreeze, "augment": self.augment, "image_size": self.image_size,
+                "unfreeze": self.unfreeze, "augment": self.augment, "image_size": self.size,
                 "head_dropout": self.head_dropout, **{k: v for k, v in asdict(self.train).items() if k != "device"}}
+
+    @property
+    def size(self) -> int:
+        """The network's input size: the one asked for, else the backbone's native size."""
+        return native_size(self.backbone) if self.image_size is None else self.image_size
 
     def augments(self) -> tuple[str, ...]:
         if self.augment == "none":

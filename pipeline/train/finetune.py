@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pipeline.data import dataset_slug, load_dataset
 from pipeline.data.folder import refuse_output_inside
 from pipeline.embed.backbones import GlobalPool, Preprocess, build_backbone
-from pipeline.embed.request import IMAGE_SIZE
+from pipeline.embed.request import LITE, native_size
 from pipeline.errors import PipelineError
 from pipeline.files import folder_lock
 from pipeline.hardware import device_name, resolve_device
@@ -64,7 +64,7 @@ class _Stage(nn.Module):
 
 def split_blocks(name: str, model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The backbone as a sequence of named blocks whose composition (then global pooling) gives its features."""
-    if name == "efficientnet_lite0":
+    if name in LITE:
         m = model
         stem = nn.Sequential(m._conv_stem, m._bn0, m._swish)
         blocks = list(m._blocks)
@@ -170,9 +170,9 @@ def _images(split, size: int, log) -> torch.Tensor:
 # --- the stage ---------------------------------------------------------------------------------------
 
 def mode_name(backbone: str, weights: str, unfreeze: int, n_blocks: int, image_size: int,
-              default_size: int = IMAGE_SIZE, augmented: bool = True) -> str:
+              augmented: bool = True) -> str:
     """The record's feature-set name: backbone and mode, e.g. 'efficientnet_lite0 fine-tuned (last 2 blocks)'."""
-    size = [f"{image_size} px"] if image_size != default_size else []
+    size = [f"{image_size} px"] if image_size != native_size(backbone) else []
     if weights == "none" and unfreeze == n_blocks:
         return f"{backbone} from scratch" + (f" ({size[0]})" if size else "")
     init = "random-init " if weights == "none" else ""
@@ -213,7 +213,7 @@ def _finetune(req: FinetuneRequest, augments, out: Path, progress, log) -> dict:
     check_results_file(out, digest)
     tr, va = stratified_split(y_train, cfg.val_fraction, ds.classes, cfg.seed)
 
-    bb = build_backbone(req.backbone, req.weights, image_size=req.image_size)
+    bb = build_backbone(req.backbone, req.weights, image_size=req.size)
     blocks = split_blocks(req.backbone, bb.model)
     n = len(blocks)
     if req.unfreeze == "all":
@@ -235,13 +235,13 @@ def _finetune(req: FinetuneRequest, augments, out: Path, progress, log) -> dict:
     channels_last = precision == "bf16" or device.type == "cuda"
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    name = mode_name(req.backbone, req.weights, k, n, req.image_size, augmented=bool(augments))
+    name = mode_name(req.backbone, req.weights, k, n, req.size, augmented=bool(augments))
     log(f"{name}: {sum(p.numel() for p in net.parameters() if p.requires_grad):,} trainable parameters "
         f"({', '.join(net.names[net.frozen:]) or 'none'} + head); {device_name(device)}, {precision}"
         f"{', channels_last' if channels_last else ''}; augmentation: {', '.join(augments) or 'none'}")
 
-    images = {"train": _images(ds.splits["train"], req.image_size, log),
-              "test": _images(ds.splits["test"], req.image_size, log)}
+    images = {"train": _images(ds.splits["train"], req.size, log),
+              "test": _images(ds.splits["test"], req.size, log)}
     y_dev = torch.as_tensor(y_train, dtype=torch.long, device=device)
 
     def prepared(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -292,7 +292,7 @@ def _finetune(req: FinetuneRequest, augments, out: Path, progress, log) -> dict:
                 images_per_epoch=len(tr), train_mode=net.train_mode,
                 settings={"dataset": ds.content_hash, "backbone": req.backbone, "weights": bb.weights.get("sha256")
                           or bb.weights.get("id"), "unfreeze": k, "augment": list(augments),
-                          "image_size": req.image_size, "head_dropout": req.head_dropout, "device": device.type,
+                          "image_size": req.size, "head_dropout": req.head_dropout, "device": device.type,
                           "precision": precision})
     ckpt = checkpoint_path(out, record_stem(name, "finetune"))
     result = train(task, cfg, lr, ckpt, device, precision, req.overwrite, progress, started, log)
@@ -302,12 +302,12 @@ def _finetune(req: FinetuneRequest, augments, out: Path, progress, log) -> dict:
         y_test=y_test, pred=pred, classes=ds.classes, labels_sha256=digest, n_train=len(y_train),
         best_params={"unfreeze": k, "lr": lr, "lr_schedule": cfg.lr_schedule, "batch_size": bs,
                      "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing,
-                     "augment": ",".join(augments) or "none", "image_size": req.image_size},
+                     "augment": ",".join(augments) or "none", "image_size": req.size},
         cv_mean=result.val_accuracy, cv_std=0.0, cv_folds=1, tune_rows=len(tr), candidates=1,
         fit_seconds=result.seconds, backend="torch", device=str(device),
         mode="scratch" if req.weights == "none" and k == n else "frozen+head" if k == 0 else f"finetune-{k}",
         backbone=req.backbone, weights=bb.weights, unfreeze=k, blocks=net.names,
-        trainable_blocks=net.names[net.frozen:], augment=list(augments) or None, image_size=req.image_size,
+        trainable_blocks=net.names[net.frozen:], augment=list(augments) or None, image_size=req.size,
         cached_trunk=cache is not None, trainable_parameters=int(sum(p.numel() for p in task.params)),
         validation=f"stratified holdout: {cfg.val_fraction:.0%} of the training split ({len(va):,} rows)",
         precision=precision, channels_last=channels_last, dataset=req.dataset,
@@ -315,7 +315,7 @@ def _finetune(req: FinetuneRequest, augments, out: Path, progress, log) -> dict:
         epochs=cfg.epochs, stopped_by=result.stopped_by, history=result.history,
         train_img_per_s=result.throughput, resumed_at_epoch=result.resumed_at, max_minutes=cfg.max_minutes,
         request=req.key())
-    arch = {"kind": "finetune", "backbone": req.backbone, "weights": bb.weights, "image_size": req.image_size,
+    arch = {"kind": "finetune", "backbone": req.backbone, "weights": bb.weights, "image_size": req.size,
             "blocks": net.names, "unfreeze": k, "head_dropout": req.head_dropout, "feature_dim": bb.dim,
             "preprocessing": bb.describe_preprocessing()}
     about = {"classes": list(ds.classes), "dataset": req.dataset, "dataset_source": ds.source, "features": None}
