@@ -36,7 +36,7 @@ def test_int8_calibration_is_deterministic_cached_and_recorded(idx_dir, tmp_path
     for f in (b, c):
         np.testing.assert_array_equal(a.X_train, f.X_train)
         np.testing.assert_array_equal(a.X_test, f.X_test)
-    graphs = [f.meta["engine"]["int8"]["graphs"]["1"] for f in (a, b, c)]
+    graphs = [f.meta["engine"]["int8"]["graphs"]["3"] for f in (a, b, c)]
     assert [g["model"] for g in graphs] == ["calibrated", "calibrated", "cached"]
     assert len({g["recipe"] for g in graphs}) == 1
     cal = a.meta["engine"]["int8"]["calibration"]
@@ -68,7 +68,7 @@ def test_store_says_fp32_where_no_int8_kernel_ran(idx_dir, tmp_path, monkeypatch
     monkeypatch.setattr(engines, "int8_layers", lambda compiled: (0, 21))
     f = _extract(idx_dir, tmp_path / "s", monkeypatch, tmp_path / "cache")
     assert f.meta["precision"] == "fp32"
-    assert f.meta["engine"]["int8"]["graphs"]["1"]["int8_layers"] == 0
+    assert f.meta["engine"]["int8"]["graphs"]["3"]["int8_layers"] == 0
 
 
 def test_int8_refusals_are_one_line(idx_dir, tmp_path, runner, monkeypatch):
@@ -96,3 +96,23 @@ def test_embedder_int8_calibrates_on_fit_images(idx_dir, tmp_path, monkeypatch):
     np.testing.assert_array_equal(again.transform(images[:5]), X)
     with pytest.raises(Exception, match="calibrates on the images given to fit"):
         ImageEmbedder("resnet18", weights="none", image_size=48, precision="int8").fit()
+
+
+def test_new_images_get_the_stores_int8_model_or_a_clear_fallback(idx_dir, tmp_path, monkeypatch):
+    """predict / evaluate featurize new images with the store's own calibrated model (from the cache); without
+    it they say so and use the automatic choice."""
+    from pipeline.apply.featurize import _engine_for, build_for
+    from pipeline.store.featuresets import load_feature_set
+
+    f = _extract(idx_dir, tmp_path / "s", monkeypatch, tmp_path / "cache")
+    recipe = load_feature_set(str(tmp_path / "s")).recipe
+    logs: list[str] = []
+    eng = _engine_for(recipe, build_for(recipe), "cpu", logs.append)
+    d = eng.describe()
+    assert d["precision"] == f.meta["precision"] and d["int8"]["graphs"]["3"]["model"] == "cached" and not logs
+    test = load_dataset("fashion-mnist", str(idx_dir)).splits["test"].images
+    np.testing.assert_allclose(np.concatenate(list(eng.map([test[:8], test[8:]]))), f.X_test, rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "another-cache"))
+    eng = _engine_for(recipe, build_for(recipe), "cpu", logs.append)
+    assert "int8" not in eng.describe() and len(logs) == 1
+    assert "not available here" in logs[0] and "not in the cache" in logs[0]

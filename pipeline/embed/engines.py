@@ -172,7 +172,9 @@ class OpenVINOEngine:
         self._compiled: dict[int, object] = {}
         self._int8: dict[int, dict] = {}  # per graph: how its int8 model was had and how much of it ran int8
         self.nreq = 1
-        self._compile(channels)
+        # int8: one 3-channel model, grey input repeated before it, so that one calibrated model serves a
+        # store's grey images and anyone's colour photos later (predict, evaluate)
+        self._compile(3 if precision == "int8" else channels)
 
     def _compile(self, channels: int):
         if channels not in self._compiled:
@@ -252,7 +254,10 @@ class OpenVINOEngine:
         try:
             for b in batches:
                 with torch.inference_mode():
-                    x = _to_tensor(b, self.device, self.preprocess.resize).numpy()
+                    t = _to_tensor(b, self.device, self.preprocess.resize)
+                    if self.asked == "int8" and t.shape[1] == 1:
+                        t = t.expand(-1, 3, -1, -1).contiguous()
+                    x = t.numpy()
                 compiled = self._compile(x.shape[1])
                 parts = np.array_split(x, max(1, -(-len(x) // REQUEST_IMAGES)))
                 pending.append([workers.submit(compiled, part) for part in parts])

@@ -122,7 +122,9 @@ def quantized(ov, model, recipe: dict, batches) -> tuple[object, str, Path]:
                             f"PIPELINE_CACHE_DIR to a writable folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder, never a finished entry
-    return q, "calibrated", entry
+    # the model as read back from the cache, not NNCF's in memory (they can differ in a last bit): a run that
+    # calibrates and a run that reads the cache give the same features
+    return ov.Core().read_model(str(entry / "model.xml")), "calibrated", entry
 
 
 def import_nncf():
