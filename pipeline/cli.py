@@ -387,6 +387,9 @@ def report(out):
 @click.option("--weights", default=WEIGHTS, show_default=True, help="imagenet | none | PATH to a state dict.")
 @click.option("--image-size", type=int, default=None,
               help=f"{_SIZE_HELP} Another size (the ablation) gets its own store and report folders.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="The extraction's, as `pipeline extract --precision`; int8: the CPU, calibrated (the int8 "
+                   "extra). Not auto: its own store and report folders (-<precision>).")
 @click.option("--grid", default=DEFAULT_GRID, show_default=True, help=" | ".join(PRESETS))
 @click.option("--cv", type=int, default=DEFAULT_CV, show_default=True)
 @click.option("--classifiers", default=_CLASSIFIERS, show_default=True)
@@ -410,16 +413,17 @@ def report(out):
 @click.option("--overwrite", is_flag=True, help="Replace a finished store made with other settings (e.g. the "
                                                 "folder's images changed).")
 @dask_option("extraction (in shards) and the grid search run on its workers")
-def run(dataset, data_dir, limit, test_fraction, raw_size, backbone, weights, image_size, grid, cv, classifiers,
-        methods, wild, match_domain, heads, finetune, finetune_image_size, finetune_epochs, finetune_minutes, device,
-        n_jobs, out, overwrite, dask):
+def run(dataset, data_dir, limit, test_fraction, raw_size, backbone, weights, image_size, precision, grid, cv,
+        classifiers, methods, wild, match_domain, heads, finetune, finetune_image_size, finetune_epochs,
+        finetune_minutes, device, n_jobs, out, overwrite, dask):
     """extract -> classify (raw and embeddings, models saved) -> [train heads] -> [finetune] -> project ->
     [evaluate --wild] -> report; skips what is done, resumes the rest."""
     from pipeline.run import RunConfig
     from pipeline.run import run as run_all
 
     cfg = RunConfig(dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, limit=limit,
-                    image_size=image_size, raw_size=raw_size, test_fraction=test_fraction, grid=grid, cv=cv,
+                    image_size=image_size, precision=precision, raw_size=raw_size, test_fraction=test_fraction,
+                    grid=grid, cv=cv,
                     classifiers=_names(classifiers), methods=tuple(_names(methods)), device=device, n_jobs=n_jobs,
                     out=out, wild=wild, match_domain=match_domain, overwrite=overwrite, train=tuple(_names(heads)),
                     finetune=tuple(_names(finetune)), finetune_image_size=finetune_image_size,

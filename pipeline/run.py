@@ -47,6 +47,7 @@ class RunConfig:
     weights: str = WEIGHTS
     limit: int | None = None
     image_size: int | None = None  # None: the backbone's native size
+    precision: str = "auto"  # the extraction's (int8: the CPU, calibrated); not auto: its own folders
     raw_size: int = RAW_SIZE  # an image folder's raw pixels: resized to this square
     test_fraction: float = TEST_FRACTION  # an image folder without test/: this share of each class held out
     grid: str = DEFAULT_GRID
@@ -76,15 +77,17 @@ class RunConfig:
         """(store, report folder): the given ones, else the defaults. A --limit run (or another --image-size)
         gets its own, so it never collides with the full run's; an image folder is named after its
         directory (folder-<name>)."""
-        store = default_store(self.dataset, self.backbone, self.limit, self.image_size, self.data_dir)
+        store = default_store(self.dataset, self.backbone, self.limit, self.image_size, self.data_dir,
+                              self.precision)
         out = report_dir(dataset_slug(self.dataset, self.data_dir),
-                         run_suffix(self.limit, self.image_size, self.backbone))
+                         run_suffix(self.limit, self.image_size, self.backbone, self.precision))
         return Path(self.store or store), Path(self.out or out)
 
     def extract_request(self, store: Path) -> ExtractRequest:
         return ExtractRequest(dataset=self.dataset, data_dir=self.data_dir, limit=self.limit,
                               test_fraction=self.test_fraction, backbone=self.backbone, weights=self.weights,
-                              image_size=self.image_size, device=self.device, out=store, overwrite=self.overwrite,
+                              image_size=self.image_size, precision=self.precision, device=self.device, out=store,
+                              overwrite=self.overwrite,
                               dask=self.dask)
 
     def finetune_request(self, level: str, out: Path) -> FinetuneRequest:

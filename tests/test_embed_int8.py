@@ -116,3 +116,13 @@ def test_new_images_get_the_stores_int8_model_or_a_clear_fallback(idx_dir, tmp_p
     eng = _engine_for(recipe, build_for(recipe), "cpu", logs.append)
     assert "int8" not in eng.describe() and len(logs) == 1
     assert "not available here" in logs[0] and "not in the cache" in logs[0]
+
+
+def test_run_in_int8_gets_its_own_store_and_report_folders():
+    from pipeline.run import RunConfig
+
+    auto_store, auto_report = RunConfig(backbone="efficientnet_lite0").paths()
+    store, report = RunConfig(backbone="efficientnet_lite0", precision="int8").paths()
+    assert store.parent == auto_store.parent and store.name == "efficientnet_lite0-int8"
+    assert report.name == auto_report.name + "-int8"
+    assert RunConfig(backbone="efficientnet_lite0", precision="int8").extract_request(store).precision == "int8"

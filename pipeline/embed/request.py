@@ -83,15 +83,17 @@ def native_size(backbone: str) -> int:
 
 
 def default_store(dataset: str, backbone: str, limit: int | None = None, image_size: int | None = None,
-                  data_dir=None) -> Path:
-    """A run's store: features/<dataset>/<backbone>, with -first<N> for --limit and -<S>px for a size other
-    than the backbone's native one, so a smaller run never collides with the full one."""
-    return store_path(dataset_slug(dataset, data_dir), backbone, run_suffix(limit, image_size, backbone))
+                  data_dir=None, precision: str = "auto") -> Path:
+    """A run's store: features/<dataset>/<backbone>, with -first<N> for --limit, -<S>px for a size other
+    than the backbone's native one and -<precision> for a precision other than auto, so that a smaller or
+    different run never collides with the full one."""
+    return store_path(dataset_slug(dataset, data_dir), backbone, run_suffix(limit, image_size, backbone, precision))
 
 
-def run_suffix(limit: int | None, image_size: int | None, backbone: str) -> str:
+def run_suffix(limit: int | None, image_size: int | None, backbone: str, precision: str = "auto") -> str:
     other = image_size is not None and image_size != native_size(backbone)
-    return (f"-first{limit}" if limit else "") + (f"-{image_size}px" if other else "")
+    return (f"-first{limit}" if limit else "") + (f"-{image_size}px" if other else "") + \
+        (f"-{precision}" if precision != "auto" else "")
 
 
 @dataclass
