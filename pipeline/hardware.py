@@ -50,13 +50,28 @@ def device_name(device) -> str:
     return cpu_name()
 
 
-def cpu_has_bf16() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+        pass
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def cpu_label() -> str:
+    """The processor as a figure should name it: its name, its widest vector unit, the cores this process has
+    ('AMD EPYC with AVX-512-bf16, 2 cores'), since a name such as 'AMD EPYC' alone spans several generations."""
+    flags = _cpu_flags()
+    isa = next((name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX-512-bf16"),
+                                        ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
+    return f"{cpu_name()}{f' with {isa}' if isa else ''}, {cores()} cores"
 
 
 def auto_precision(device, half: bool) -> str:
