@@ -20,6 +20,23 @@ import pytest
 from click.testing import CliRunner
 from helpers import FAST, blobs, class_images, make_idx_dir, write_store
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _repo_outputs() -> set[Path]:
+    """What is in the repository's own features/ and reports/ folders (a user's finished work included)."""
+    return {f for d in ("features", "reports") for f in (REPO / d).rglob("*")}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tests_leave_the_repository_alone():
+    """A test that forgets to send a store or a report to its tmp_path (`pipeline run` puts the store under
+    ./features/) fails the suite instead of leaving files in the checkout."""
+    before = _repo_outputs()
+    yield
+    added = sorted(str(f.relative_to(REPO)) for f in _repo_outputs() - before)
+    assert not added, f"tests wrote into the repository: {added[:5]}"
+
 
 @pytest.fixture
 def idx_dir(tmp_path) -> Path:

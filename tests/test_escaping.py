@@ -67,7 +67,8 @@ def _number(c: str) -> bool:
         return False
 
 
-def test_the_data_folders_name_is_escaped_in_the_markdown_title(tmp_path, runner):
+def test_the_data_folders_name_is_escaped_in_the_markdown_title(tmp_path, runner, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the run's store goes to ./features/
     data = _hostile_folder(tmp_path / "<img src=x onerror=alert(1)>")
     out = tmp_path / "rep"
     r = run_cli(runner, "run", "--dataset", "folder", "--data-dir", data, "--backbone", "resnet18", "--weights",

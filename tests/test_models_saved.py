@@ -114,7 +114,8 @@ def test_run_json_of_the_wrong_types_is_one_line_in_report(saved, tmp_path, runn
     assert not (out / "report.html").exists()
 
 
-def test_what_pipeline_writes_passes_its_own_schemas(saved, tmp_path, runner):
+def test_what_pipeline_writes_passes_its_own_schemas(saved, tmp_path, runner, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the run's store goes to ./features/
     from pipeline.files import check_schema
     from pipeline.models.saved import CARD_SCHEMA
     from pipeline.report import RUN_SCHEMA
