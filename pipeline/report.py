@@ -33,7 +33,8 @@ SECTIONS = [("accuracy", "Accuracy"), ("bars", "Raw pixels vs embeddings"), ("co
             ("transfer", "Transfer modes"), ("wild", "In the wild"),
             ("maps", "Maps"), ("provenance", "Provenance")]
 DATASET_LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}
-VERSIONS = ("numpy", "scikit-learn", "torch", "torchvision", "openvino", "openTSNE", "umap-learn", "matplotlib")
+VERSIONS = ("numpy", "scikit-learn", "torch", "torchvision", "openvino", "nncf", "openTSNE", "umap-learn", "cleanlab",
+            "matplotlib")
 
 
 def _read_json(path: Path, default=None):
