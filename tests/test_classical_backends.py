@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,15 +148,49 @@ def test_executed_on_reads_the_fitted_object():
 
     X, y = blobs(60)
     assert executed_on(LogisticRegression().fit(X, y)) == ("sklearn-cpu", "cpu")
+    assert executed_on(LogisticRegression().fit(torch.as_tensor(X), torch.as_tensor(y))) == ("sklearn-cpu", "cpu")
 
-    class Proxy:  # what cuml.accel makes of an estimator: `_gpu` holds the GPU model after a GPU fit
-        _gpu_class = object
 
-        def __init__(self, gpu):
-            self._gpu = gpu
+STAND_IN = Path(__file__).parent / "stand_in_cuml"
+# A fresh process in which torch believes in one CUDA device, and `cuml` is the stand-in package: its accel
+# imports scikit-learn, as the real one does. Then what the CLI does, start to finish.
+STAND_IN_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: 1
+torch.cuda.get_device_name = lambda device=None: "a stand-in GPU"
+if sys.argv[2] == "sklearn-first":
+    import sklearn  # a user's script that imported scikit-learn before pipeline could hook it
+from pipeline.cli import main
+main(["classify", "--features", "raw", "--data-dir", sys.argv[3], "--classifiers", "lda,logreg,svc", "--grid",
+      "quick", "--cv", "2", "--device", "cuda", "--n-jobs", "1", "--out", sys.argv[4]])
+"""
 
-    assert executed_on(Proxy(object())) == ("cuml", "cuda")
-    assert executed_on(Proxy(None)) == ("sklearn-cpu (cuml.accel fallback)", "cpu")
+
+@pytest.mark.parametrize("order", ["pipeline-first", "sklearn-first"])
+def test_cuml_accel_starts_before_scikit_learn_and_labels_what_ran(tmp_path, order):
+    """cuml.accel installed by the CLI before scikit-learn is imported, although importing cuml.accel imports
+    scikit-learn itself; each record's backend read from its proxy (a GPU fit, or the SVC's CPU fallback for ten
+    classes); and scikit-learn imported first is one line, not a run on the wrong backend."""
+    from helpers import make_idx_dir
+
+    data = make_idx_dir(tmp_path / "d", n_train=120, n_test=40)
+    res = subprocess.run([sys.executable, "-c", STAND_IN_SCRIPT, str(STAND_IN), order, str(data), str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    if order == "sklearn-first":
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+        assert res.stderr.strip().splitlines()[-1].startswith("error: cuML is installed but scikit-learn was imported")
+        assert not (tmp_path / "o").exists()
+        return
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = {r["classifier"]: r for r in json.loads((tmp_path / "o" / "results.json").read_text())}
+    assert {c: (r["backend"], r["device"]) for c, r in records.items()} == {
+        "lda": ("sklearn-cpu", "cpu"),  # not a proxy: cuML does not accelerate LDA
+        "logreg": ("cuml", "cuda"),
+        "svc": ("sklearn-cpu (cuml.accel fallback)", "cpu")}
+    assert all(r["failed_fits"] == 0 for r in records.values())
 
 
 CUML_SCRIPT = r"""
@@ -164,7 +199,8 @@ sys.path.insert(0, "tests")
 from pipeline.classical.backends import make_backend
 backend = make_backend("cuda")  # installs cuml.accel before scikit-learn is imported
 from sklearn.linear_model import LogisticRegression
-assert hasattr(LogisticRegression, "_gpu_class"), "cuml.accel is not active"
+import cuml.accel
+assert cuml.accel.enabled() and cuml.accel.is_proxy(LogisticRegression), "cuml.accel is not active"
 from pipeline.classical.search import classify
 from pipeline.classical.specs import CLASSIFIERS
 from test_classical_backends import tiny_set
@@ -174,7 +210,7 @@ recs = classify([fs], list(CLASSIFIERS), "quick", 3, backend=backend, progress=F
 out = {}
 for r in recs:
     final = models[(fs.name, r["classifier"])].steps[-1][1]
-    gpu = vars(final).get("_gpu") is not None if hasattr(type(final), "_gpu_class") else None
+    gpu = vars(final).get("_gpu") is not None if cuml.accel.is_proxy(final) else None
     out[r["classifier"]] = [r["backend"], gpu, r["failed_fits"], r["test_accuracy"]]
 print(json.dumps({"backend": backend.name, "records": out}))
 """

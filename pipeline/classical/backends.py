@@ -76,30 +76,35 @@ class ArrayAPI(SklearnCPU):
 
 class CumlAccel(SklearnCPU):
     """cuML's zero-code-change accelerator: scikit-learn estimators become proxies that fit on the GPU where
-    cuML supports them (estimator and parameters) and on the CPU otherwise. Must be installed before
-    scikit-learn is imported, which is why the CLI builds the backend first."""
+    cuML supports them (estimator and parameters) and on the CPU otherwise. `cuml.accel.install()` must run
+    before scikit-learn is imported (cuML's documented API, as of cuML 26.10), which is why the CLI builds
+    the backend first. Importing `cuml.accel` itself imports scikit-learn, so whether scikit-learn came
+    first is read before that import."""
     name = "cuml"
     cuml = True
 
     def __init__(self, device: str = "cuda"):
+        sklearn_first = "sklearn" in sys.modules  # decided before `import cuml.accel` imports it
         import cuml.accel
 
-        if "sklearn" in sys.modules and not accel_active():
-            raise PipelineError("cuML is installed but scikit-learn was imported before cuml.accel could "
-                                "hook it; build the backend first (as the CLI does) or run under "
-                                "`python -m cuml.accel`")
-        if not accel_active():
+        if not cuml.accel.enabled():  # already on under `python -m cuml.accel` or CUML_ACCEL_ENABLED=1
+            if sklearn_first:
+                raise PipelineError("cuML is installed but scikit-learn was imported before cuml.accel could "
+                                    "hook it; build the backend first (as the CLI does) or run under "
+                                    "`python -m cuml.accel`")
             cuml.accel.install()
         self.device = device
 
 
-def accel_active() -> bool:
-    """Whether cuml.accel's proxies replaced scikit-learn's estimators (checked on LogisticRegression)."""
-    if "sklearn" not in sys.modules:
-        return False
-    from sklearn.linear_model import LogisticRegression
+def _accel():
+    """cuml.accel if this process imported it (only CumlAccel, or the user, does), else None."""
+    return sys.modules.get("cuml.accel")
 
-    return hasattr(LogisticRegression, "_gpu_class")
+
+def accel_active() -> bool:
+    """Whether cuml.accel is installed in this process, so that scikit-learn's estimators are its proxies."""
+    accel = _accel()
+    return accel is not None and bool(accel.enabled())
 
 
 Backend = SklearnCPU  # the type every backend satisfies
@@ -133,7 +138,9 @@ def executed_on(estimator) -> tuple[str, str]:
     fitted object: a cuml.accel proxy knows whether it fitted on the GPU, array-API estimators hold their
     fitted arrays where they computed them, anything else is scikit-learn on numpy."""
     est = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    if hasattr(type(est), "_gpu_class"):  # a cuml.accel proxy: `_gpu` is set only after a GPU fit
+    accel = _accel()
+    if accel is not None and accel.is_proxy(est):  # cuML says where a fit ran only in its profiler's report;
+        # its proxies hold the GPU model in `_gpu` after a GPU fit (cuML 26.10), None after a CPU fallback
         return ("cuml", "cuda") if vars(est).get("_gpu") is not None else (f"{CPU} (cuml.accel fallback)", "cpu")
     for name, value in vars(est).items():
         if not name.endswith("_") or name.startswith("_"):
