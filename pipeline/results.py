@@ -86,7 +86,8 @@ def make_record(feature_set: str, classifier: str, label: str, *, y_test: np.nda
             "cv_mean": float(cv_mean), "cv_std": float(cv_std), "cv_folds": cv_folds, "tune_rows": tune_rows,
             "candidates": candidates, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
             "search_seconds": search_seconds, "backend": backend, "device": device,
-            "device_name": device_name(device), "n_train": n_train, "n_test": len(y_test),
+            "device_name": " + ".join(device_name(d) for d in device.split(" + ")),  # one per device that ran
+            "n_train": n_train, "n_test": len(y_test),
             "labels_sha256": labels_sha256, **fields, **scores(y_test, np.asarray(pred), classes)}
 
 

@@ -23,4 +23,8 @@ def test_bench_gpu_smoke(tmp_path):
     per_clf = [r for r in got["rows"] if r["stage"] == "classify" and " all " not in r["what"]]
     assert len(per_clf) == 3 * 7  # raw + two embeddings, seven classifiers, each with where it ran
     assert all(r["backend"] and r["device"] for r in per_clf)
+    for row in (r for r in got["rows"] if r["stage"] == "classify" and " all " in r["what"]):
+        name = row["what"].split(" all ")[0]  # the "all" row names the devices its classifiers ran on
+        ran = {d for r in per_clf if r["what"].startswith(name + " ") for d in r["device"].split(" + ")}
+        assert set(row["device"].split(" + ")) == ran, (row, ran)
     assert got["total_seconds"] > 0 and got["hardware"] in res.stdout

@@ -81,6 +81,14 @@ def test_every_classifier_and_preset_on_every_backend(backend_name, preset):
             assert r["device"] == str(on_torch[0].device)
         else:
             assert r["backend"] == "sklearn-cpu" and r["device"] == "cpu", (c, r["backend"])
+        # every step says where it ran, read from its own fitted arrays (not the final step's)
+        model = models[(fs.name, c)]
+        assert list(r["steps"]) == [name for name, _ in model.steps], (c, r["steps"])
+        for name, step in model.steps:
+            tensors = [v for k, v in vars(step).items() if k.endswith("_") and isinstance(v, torch.Tensor)]
+            want = (f"sklearn-array-api-{tensors[0].device.type} on {tensors[0].device}" if tensors
+                    else "sklearn-cpu on cpu")
+            assert r["steps"][name] == want, (c, name, r["steps"])
     if backend.array_api:
         assert {r["classifier"] for r in recs if r["backend"] != "sklearn-cpu"} == {"lda", "logreg"}
 
@@ -151,6 +159,28 @@ def test_executed_on_reads_the_fitted_object():
     assert executed_on(LogisticRegression().fit(torch.as_tensor(X), torch.as_tensor(y))) == ("sklearn-cpu", "cpu")
 
 
+def test_a_pipeline_is_labelled_by_every_step_not_the_last():
+    """GPU PCA then CPU QDA must not read "cpu": here PCA on torch tensors (array-API), QDA on numpy, and a
+    stateless step that ran wherever its input was."""
+    import sklearn
+    from sklearn.decomposition import PCA
+    from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from pipeline.classical.backends import STATELESS, steps_ran_on
+
+    X, y = blobs(90)
+    X = np.abs(X)
+    with sklearn.config_context(array_api_dispatch=True):
+        pca = PCA(4).fit(torch.as_tensor(X))
+    pipe = Pipeline([("sqrt", FunctionTransformer(np.sqrt).fit(X)), ("pca", pca),
+                     ("qda", QuadraticDiscriminantAnalysis().fit(X[:, :4], y))])
+    assert steps_ran_on(pipe) == {"sqrt": (STATELESS, STATELESS), "pca": ("sklearn-array-api-cpu", "cpu"),
+                                  "qda": ("sklearn-cpu", "cpu")}
+    assert executed_on(pipe) == ("sklearn-array-api-cpu + sklearn-cpu", "cpu")
+
+
 STAND_IN = Path(__file__).parent / "stand_in_cuml"
 # A fresh process in which torch believes in one CUDA device, and `cuml` is the stand-in package: its accel
 # imports scikit-learn, as the real one does. Then what the CLI does, start to finish.
@@ -188,8 +218,10 @@ def test_cuml_accel_starts_before_scikit_learn_and_labels_what_ran(tmp_path, ord
     records = {r["classifier"]: r for r in json.loads((tmp_path / "o" / "results.json").read_text())}
     assert {c: (r["backend"], r["device"]) for c, r in records.items()} == {
         "lda": ("sklearn-cpu", "cpu"),  # not a proxy: cuML does not accelerate LDA
-        "logreg": ("cuml", "cuda"),
-        "svc": ("sklearn-cpu (cuml.accel fallback)", "cpu")}
+        "logreg": ("sklearn-cpu + cuml", "cpu + cuda"),  # the stand-in proxies no scaler: step by step
+        "svc": ("sklearn-cpu + sklearn-cpu (cuml.accel fallback)", "cpu")}
+    assert records["svc"]["steps"] == {"scale": "sklearn-cpu on cpu", "pca": "sklearn-cpu on cpu",
+                                       "clf": "sklearn-cpu (cuml.accel fallback) on cpu"}
     assert all(r["failed_fits"] == 0 for r in records.values())
 
 
@@ -211,7 +243,7 @@ out = {}
 for r in recs:
     final = models[(fs.name, r["classifier"])].steps[-1][1]
     gpu = vars(final).get("_gpu") is not None if cuml.accel.is_proxy(final) else None
-    out[r["classifier"]] = [r["backend"], gpu, r["failed_fits"], r["test_accuracy"]]
+    out[r["classifier"]] = [r["steps"]["clf"], gpu, r["failed_fits"], r["test_accuracy"]]
 print(json.dumps({"backend": backend.name, "records": out}))
 """
 
@@ -227,5 +259,6 @@ def test_cuml_accel_is_turned_on_and_labels_come_from_the_estimator():
     assert got["backend"] == "cuml"
     for c, (label, gpu, failed, acc) in got["records"].items():
         assert failed == 0 and acc > 0.5, (c, label)
-        assert label == ("cuml" if gpu else "sklearn-cpu (cuml.accel fallback)" if gpu is False else "sklearn-cpu")
-    assert got["records"]["logreg"][0] == "cuml"
+        assert label == ("cuml on cuda" if gpu else "sklearn-cpu (cuml.accel fallback) on cpu" if gpu is False
+                         else "sklearn-cpu on cpu")
+    assert got["records"]["logreg"][0] == "cuml on cuda"

@@ -9,9 +9,9 @@ A backend is a small class with a name, built by one factory, `make_backend(devi
 - `cuml`: cuML's `cuml.accel`, installed before scikit-learn is imported, so that every scikit-learn
   estimator that cuML covers runs on the GPU, and the rest (or unsupported parameters) fall back to the CPU.
 
-What a record calls its backend is never the backend's name: `executed_on(fitted_estimator)` reads it from
-the fitted object (torch tensors in its fitted attributes, a cuml.accel proxy that did or did not fit on
-the GPU, or plain numpy).
+What a record calls its backend is never the backend's name: `executed_on(fitted_estimator)` reads it,
+step by step, from the fitted object (torch tensors in its fitted attributes, a cuml.accel proxy that did
+or did not fit on the GPU, or plain numpy).
 """
 from __future__ import annotations
 
@@ -133,15 +133,32 @@ def make_backend(device: str = "auto", array_api: bool | None = None, cuml: bool
     return SklearnCPU()
 
 
+STATELESS = "where its input was"  # a step with no fitted arrays (a FunctionTransformer): nothing to read
+
+
 def executed_on(estimator) -> tuple[str, str]:
-    """(backend, device) a fitted estimator (or a Pipeline's final step) actually ran on, read from the
-    fitted object: a cuml.accel proxy knows whether it fitted on the GPU, array-API estimators hold their
-    fitted arrays where they computed them, anything else is scikit-learn on numpy."""
-    est = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    """(backend, device) a fitted estimator actually ran on, over every step of a Pipeline: the distinct
+    ones in step order joined by " + " ("sklearn-array-api-cuda + sklearn-cpu" for GPU PCA then CPU QDA),
+    so a label never reads the final step only. Each step's is `steps_ran_on`'s."""
+    ran = [r for r in steps_ran_on(estimator).values() if r != (STATELESS, STATELESS)] or [(CPU, "cpu")]
+    return " + ".join(dict.fromkeys(b for b, _ in ran)), " + ".join(dict.fromkeys(d for _, d in ran))
+
+
+def steps_ran_on(estimator) -> dict[str, tuple[str, str]]:
+    """Each step of a fitted Pipeline (or the one estimator, by its class name) -> (backend, device), read from
+    the fitted object: a cuml.accel proxy knows whether it fitted on the GPU, array-API estimators hold their
+    fitted arrays where they computed them, numpy arrays are scikit-learn on the CPU, and a step with no
+    fitted arrays ran wherever its input was (STATELESS)."""
+    steps = estimator.steps if hasattr(estimator, "steps") else [(type(estimator).__name__.lower(), estimator)]
+    return {name: _ran_on(step) for name, step in steps if step is not None and step != "passthrough"}
+
+
+def _ran_on(est) -> tuple[str, str]:
     accel = _accel()
     if accel is not None and accel.is_proxy(est):  # cuML says where a fit ran only in its profiler's report;
         # its proxies hold the GPU model in `_gpu` after a GPU fit (cuML 26.10), None after a CPU fallback
         return ("cuml", "cuda") if vars(est).get("_gpu") is not None else (f"{CPU} (cuml.accel fallback)", "cpu")
+    numpy = False
     for name, value in vars(est).items():
         if not name.endswith("_") or name.startswith("_"):
             continue
@@ -150,7 +167,12 @@ def executed_on(estimator) -> tuple[str, str]:
             return f"sklearn-array-api-{value.device.type}", str(value.device)
         if kind == "cupy":
             return "sklearn-array-api-cuda", f"cuda:{value.device.id}"
-    return CPU, "cpu"
+        if isinstance(value, list) and value and hasattr(value[0], "fit"):  # sub-estimators: a forest, one-vs-rest
+            inner = _ran_on(value[0])
+            if inner != (STATELESS, STATELESS):
+                return inner
+        numpy |= kind == "numpy"
+    return (CPU, "cpu") if numpy else (STATELESS, STATELESS)
 
 
 def _need_scipy_array_api():

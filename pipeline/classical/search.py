@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.classical.backends import Backend, SklearnCPU, executed_on
+from pipeline.classical.backends import STATELESS, Backend, SklearnCPU, executed_on, steps_ran_on
 from pipeline.classical.specs import (
     CLASSIFIERS,
     DEFAULT_CLASSIFIERS,
@@ -349,7 +349,8 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
         cv_mean=np.mean(best_scores), cv_std=np.std(best_scores), cv_folds=len(plan.folds),
         tune_rows=len(plan.tune_idx), candidates=len(plan.candidates), fit_seconds=round(fit_s, 3),
         predict_seconds=round(pred_s, 3), search_seconds=round(search_s, 2), backend=ran_on, device=device,
-        estimator=_steps(est)), est, pred
+        estimator=_steps(est), steps={k: " on ".join(v) if v[0] != STATELESS else STATELESS
+                                      for k, v in steps_ran_on(est).items()}), est, pred
 
 
 def _steps(est) -> list[str]:
