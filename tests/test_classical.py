@@ -183,15 +183,20 @@ def test_dask_path(store):
     assert ran_there >= 1  # the search's fits ran on the cluster's worker, not in this process's pool
 
 
-def test_array_api_on_torch_cpu_tensors(store):
+def test_array_api_on_torch_cpu_tensors(store, tmp_path):
+    from pipeline.models.saved import load_model
+
     fs = load_feature_set(str(store), "fashion-mnist")
     backend = make_backend("cpu", array_api=True)
-    recs = {r["classifier"]: r for r in classify([fs], ["lda", "logreg", "rf"], "quick", 3, backend=backend,
-                                                 progress=False)}
-    assert recs["lda"]["backend"] == recs["logreg"]["backend"] == "sklearn-array-api-cpu"
+    recs = {r["classifier"]: r for r in classify([fs], ["lda", "qda", "logreg", "rf"], "quick", 3, backend=backend,
+                                                 progress=False, out=tmp_path)}
+    model, _ = load_model(tmp_path / recs["qda"]["model"])  # saved with numpy arrays, loaded as a trusted type
+    assert type(model[-1]).__name__ == "ArrayQDA" and isinstance(model[-1].means_, np.ndarray)
+    assert (model.predict(fs.X_test) == np.load(tmp_path / "predictions" / f"{fs.name}_qda.npy")).mean() >= 0.98
+    assert recs["lda"]["backend"] == recs["logreg"]["backend"] == recs["qda"]["backend"] == "sklearn-array-api-cpu"
     assert recs["rf"]["backend"] == "sklearn-cpu"  # not supported by array-API dispatch: stays on numpy
-    plain = {r["classifier"]: r for r in classify([fs], ["lda", "logreg"], "quick", 3, progress=False)}
-    for c in ("lda", "logreg"):
+    plain = {r["classifier"]: r for r in classify([fs], ["lda", "qda", "logreg"], "quick", 3, progress=False)}
+    for c in ("lda", "qda", "logreg"):
         assert recs[c]["test_accuracy"] > 0.5
         assert abs(recs[c]["test_accuracy"] - plain[c]["test_accuracy"]) <= 2 / 60  # same model, other arrays
 

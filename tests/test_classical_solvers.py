@@ -7,10 +7,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from pipeline.classical.solvers import DenseLinearSVC
+from pipeline.classical.solvers import ArrayQDA, DenseLinearSVC
 
 
-@parametrize_with_checks([DenseLinearSVC()])
+@parametrize_with_checks([DenseLinearSVC(), ArrayQDA(reg_param=0.1)])  # reg: the checks include collinear data
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -72,3 +72,30 @@ def test_rbf_svc_predict_is_libsvms_vote(n_classes):
     for C, gamma in ((0.1, "scale"), (10.0, "scale"), (1.0, 0.3)):
         svc = SVC(C=C, gamma=gamma).fit(X[:300], names[:300])
         assert np.array_equal(rbf_svc_predict(svc, X[300:], chunk=7), svc.predict(X[300:])), (C, gamma)
+
+
+@pytest.mark.parametrize("reg_param", [0.0, 0.3])
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_array_qda_is_scikit_learns_qda_on_numpy_and_on_torch_tensors(reg_param, n_classes):
+    """The same model as QuadraticDiscriminantAnalysis(reg_param): on numpy (float64) and on torch CPU tensors
+    (float64) the same predictions, and scores and probabilities within 1e-8; fitted arrays stay where the
+    input was."""
+    import torch
+    from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis
+
+    rng = np.random.default_rng(n_classes)
+    centres = rng.normal(size=(n_classes, 12)) * 1.5
+    y = np.arange(600) % n_classes
+    X = centres[y] + rng.normal(size=(600, 12)) * rng.uniform(0.5, 2, size=(n_classes, 12))[y]
+    Xt = centres[np.arange(300) % n_classes] + rng.normal(size=(300, 12))
+    ref = QuadraticDiscriminantAnalysis(reg_param=reg_param).fit(X, y)
+    on_numpy = ArrayQDA(reg_param=reg_param).fit(X, y)
+    on_torch = ArrayQDA(reg_param=reg_param).fit(torch.as_tensor(X), torch.as_tensor(y))
+    assert isinstance(on_numpy.means_, np.ndarray) and isinstance(on_torch.means_, torch.Tensor)
+    for qda, take in ((on_numpy, lambda a: a), (on_torch, lambda a: torch.as_tensor(a))):
+        np.testing.assert_array_equal(np.asarray(qda.predict(take(Xt))), ref.predict(Xt))
+        np.testing.assert_allclose(np.asarray(qda.decision_function(take(Xt))), ref.decision_function(Xt),
+                                   rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(np.asarray(qda.predict_proba(take(Xt))), ref.predict_proba(Xt), atol=1e-8)
+    with pytest.raises(np.linalg.LinAlgError, match="not full rank"):  # as scikit-learn refuses it
+        ArrayQDA().fit(np.c_[X, X[:, :1]], y)

@@ -7,6 +7,9 @@ Fashion-MNIST: the search's fits 6-12x, the refits on all 60,000 rows 1.8-2.9x f
 a lower objective (benchmarks/bench_linsvc.py).
 
 `rbf_svc_predict` gives a fitted RBF `SVC`'s own predictions with its kernel as dense matrix products.
+
+`ArrayQDA` is scikit-learn's `QuadraticDiscriminantAnalysis(reg_param, tol)` computed in torch, so that it
+fits where its input is (torch CUDA tensors on a GPU backend); scikit-learn 1.9's QDA has no Array API path.
 """
 from __future__ import annotations
 
@@ -14,12 +17,12 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 
 class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
@@ -133,3 +136,109 @@ def rbf_svc_predict(svc, X, chunk: int = 1024) -> np.ndarray:
                 pair += 1
         out[a:a + chunk] = votes.argmax(1)
     return svc.classes_[out]
+
+
+class ArrayQDA(ClassifierMixin, BaseEstimator):
+    """`QuadraticDiscriminantAnalysis(reg_param, tol)`'s model and predictions, computed in torch where the
+    input is: numpy in, numpy fitted arrays (float64, on the CPU); torch tensors in (CPU or CUDA), fitted
+    tensors on that device. Per class, as scikit-learn 1.9's `solver="svd"`: an SVD of the centred rows, the
+    covariance's eigenvalues S**2 / n_k shrunk toward 1 by `reg_param`, a class with an eigenvalue <= `tol`
+    refused as collinear; a row's score is the Gaussian log-likelihood (up to a constant) plus the log prior."""
+
+    _parameter_constraints = {"reg_param": [Interval(Real, 0, 1, closed="both")],
+                              "tol": [Interval(Real, 0, None, closed="left")]}
+
+    def __init__(self, reg_param: float = 0.0, tol: float = 1e-4):
+        self.reg_param = reg_param
+        self.tol = tol
+
+    def fit(self, X, y):
+        import torch
+
+        self._validate_params()
+        on_torch = isinstance(X, torch.Tensor)
+        if on_torch:
+            if X.ndim != 2:
+                raise ValueError(f"Expected a 2-D tensor, got {X.ndim}-D")
+            self.n_features_in_ = X.shape[1]
+            Xt, labels = (X if X.is_floating_point() else X.double()), np.asarray(_host(y))
+        else:
+            X, y = validate_data(self, X, y, dtype=np.float64)
+            Xt, labels = _tensor(X), y
+        check_classification_targets(labels)
+        self.classes_, yi = np.unique(labels, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"The number of classes has to be greater than one; got {len(self.classes_)} class")
+        counts = np.bincount(yi)
+        if counts.min() < 2:
+            raise ValueError(f"y has only 1 sample in class {self.classes_[counts.argmin()]}, covariance is ill "
+                             f"defined.")
+        yi = torch.as_tensor(yi, device=Xt.device)
+        means, rotations, scalings = [], [], []
+        for k in range(len(self.classes_)):
+            Xk = Xt[yi == k]
+            mu = Xk.mean(0)
+            _, S, Vt = torch.linalg.svd(Xk - mu, full_matrices=False)
+            S2 = (1 - self.reg_param) * S ** 2 / len(Xk) + self.reg_param
+            if int((S2 > self.tol).sum()) < self.n_features_in_:  # as scikit-learn 1.9 refuses it
+                raise np.linalg.LinAlgError(f"The covariance matrix of class {self.classes_[k]} is not full rank. "
+                                            f"Increase the value of `reg_param` to reduce the collinearity.")
+            means.append(mu)
+            rotations.append(Vt.T)
+            scalings.append(S2)
+        out = (lambda t: t) if on_torch else (lambda t: t.numpy())
+        self.means_ = out(torch.stack(means))
+        self.priors_ = out(torch.as_tensor(counts / counts.sum(), dtype=Xt.dtype, device=Xt.device))
+        self.rotations_ = [out(r) for r in rotations]
+        self.scalings_ = [out(s) for s in scalings]
+        return self
+
+    def _scores(self, X):
+        import torch
+
+        check_is_fitted(self)
+        on_torch = isinstance(X, torch.Tensor)
+        if not on_torch:
+            X = _tensor(validate_data(self, X, dtype=np.float64, reset=False))
+        t = (lambda a: a) if isinstance(self.means_, torch.Tensor) else torch.from_numpy
+        X = X.to(t(self.means_).dtype)
+        cols = []
+        for mu, R, S in zip(t(self.means_), self.rotations_, self.scalings_):
+            R, S = t(R), t(S)
+            z = (X - mu) @ (R * S ** -0.5)
+            cols.append(-0.5 * ((z ** 2).sum(1) + torch.log(S).sum()))
+        return torch.stack(cols, 1) + torch.log(t(self.priors_)), on_torch
+
+    def decision_function(self, X):
+        d, on_torch = self._scores(X)
+        d = d[:, 1] - d[:, 0] if len(self.classes_) == 2 else d
+        return d if on_torch else d.numpy()
+
+    def predict_log_proba(self, X):
+        d, on_torch = self._scores(X)
+        d = d - d.logsumexp(1, keepdim=True)
+        return d if on_torch else d.numpy()
+
+    def predict_proba(self, X):
+        p = self.predict_log_proba(X)
+        return p.exp() if hasattr(p, "exp") and not isinstance(p, np.ndarray) else np.exp(p)
+
+    def predict(self, X):
+        import torch
+
+        d, on_torch = self._scores(X)
+        best = d.argmax(1)
+        if on_torch and self.classes_.dtype.kind in "iub":  # numeric labels stay on the input's device
+            return torch.as_tensor(self.classes_, device=best.device)[best]
+        return self.classes_[best.cpu().numpy()]
+
+
+def _tensor(X: np.ndarray):
+    """A numpy array as a CPU tensor without a copy, unless it is read-only (a memory-mapped store)."""
+    import torch
+
+    return torch.from_numpy(X if X.flags.writeable else X.copy())
+
+
+def _host(y):
+    return y.detach().cpu().numpy() if hasattr(y, "detach") else y

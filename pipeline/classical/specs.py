@@ -80,8 +80,11 @@ def _lda(native: bool = False):
 def _qda(native: bool = False):
     from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis as QDA
 
-    # PCA and regularised covariances, no standardisation (docs/decisions.md#qda-no-scaling)
-    return _pipe(_pca(60), ("clf", QDA(reg_param=0.3)))
+    from pipeline.classical.solvers import ArrayQDA
+
+    # PCA and regularised covariances, no standardisation (docs/decisions.md#qda-no-scaling); on the Array API
+    # the same model computed in torch, since scikit-learn's QDA has no Array API path
+    return _pipe(_pca(60), ("clf", (ArrayQDA if native else QDA)(reg_param=0.3)))
 
 
 def _logreg(native: bool = False):
@@ -137,6 +140,8 @@ def _knn(native: bool = False):
     return _pipe(_scale(), _pca(50), ("clf", KNeighborsClassifier(n_neighbors=5, weights="distance")))
 
 
+_QDA_GRIDS = {"quick": {}, "default": {"pca__n_components": [40, 80], "clf__reg_param": [0.1, 0.3]},
+              "full": {"pca__n_components": [20, 40, 60, 80, 120], "clf__reg_param": [0.0, 0.01, 0.1, 0.2, 0.3, 0.5]}}
 _LOGREG_GRIDS = {"quick": {}, "default": {"clf__C": [0.01, 0.1, 1.0]},  # lbfgs: the same on the Array API
                  "full": {"clf__C": [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}}
 
@@ -147,9 +152,7 @@ CLASSIFIERS = {s.name: s for s in [
         # SVD LDA has no shrinkage; its rank threshold is what regularises it on collinear raw pixels
         array_api_grids={"quick": {}, "default": {"clf__tol": [1e-4, 1e-2]},
                          "full": {"clf__tol": [1e-6, 1e-4, 1e-3, 1e-2, 1e-1]}}),
-    ClassifierSpec("qda", "QDA", _qda, {
-        "quick": {}, "default": {"pca__n_components": [40, 80], "clf__reg_param": [0.1, 0.3]},
-        "full": {"pca__n_components": [20, 40, 60, 80, 120], "clf__reg_param": [0.0, 0.01, 0.1, 0.2, 0.3, 0.5]}}),
+    ClassifierSpec("qda", "QDA", _qda, _QDA_GRIDS, array_api_grids=_QDA_GRIDS),  # ArrayQDA: the same model
     ClassifierSpec("logreg", "Logistic regression", _logreg, _LOGREG_GRIDS, array_api_grids=_LOGREG_GRIDS),
     ClassifierSpec("linsvc", "Linear SVC", _linsvc, {
         "quick": {}, "default": {"clf__C": [3e-4, 1e-3, 3e-3]},
