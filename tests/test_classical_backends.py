@@ -90,7 +90,7 @@ def test_every_classifier_and_preset_on_every_backend(backend_name, preset):
                     else "sklearn-cpu on cpu")
             assert r["steps"][name] == want, (c, name, r["steps"])
     if backend.array_api:
-        assert {r["classifier"] for r in recs if r["backend"] != "sklearn-cpu"} == {"lda", "logreg", "qda"}
+        assert {r["classifier"] for r in recs if r["backend"] != "sklearn-cpu"} == {"lda", "logreg", "qda", "knn"}
 
 
 def test_failed_fits_are_counted_and_all_failing_is_one_line(tmp_path):

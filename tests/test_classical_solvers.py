@@ -7,10 +7,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from pipeline.classical.solvers import ArrayQDA, DenseLinearSVC
+from pipeline.classical.solvers import ArrayKNN, ArrayQDA, DenseLinearSVC
 
 
-@parametrize_with_checks([DenseLinearSVC(), ArrayQDA(reg_param=0.1)])  # reg: the checks include collinear data
+@parametrize_with_checks([DenseLinearSVC(), ArrayQDA(reg_param=0.1), ArrayKNN()])  # reg: the checks' data is collinear
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -99,3 +99,24 @@ def test_array_qda_is_scikit_learns_qda_on_numpy_and_on_torch_tensors(reg_param,
         np.testing.assert_allclose(np.asarray(qda.predict_proba(take(Xt))), ref.predict_proba(Xt), atol=1e-8)
     with pytest.raises(np.linalg.LinAlgError, match="not full rank"):  # as scikit-learn refuses it
         ArrayQDA().fit(np.c_[X, X[:, :1]], y)
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_array_knn_is_scikit_learns_knn_on_numpy_and_on_torch_tensors(weights, k):
+    """KNeighborsClassifier's predictions and probabilities (Euclidean, brute force): the same predictions on
+    numpy and on torch CPU tensors (float64), probabilities within 1e-6, in chunks smaller than the queries;
+    queries that are training rows (distance 0) take the whole vote, as in scikit-learn."""
+    import torch
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(k)
+    X, y = rng.normal(size=(800, 16)), rng.integers(0, 6, 800)
+    Xt = np.r_[rng.normal(size=(200, 16)), X[:50]]  # the last 50 are training rows
+    ref = KNeighborsClassifier(k, weights=weights).fit(X, y)
+    on_numpy = ArrayKNN(k, weights=weights, chunk=64).fit(X, y)
+    on_torch = ArrayKNN(k, weights=weights, chunk=64).fit(torch.as_tensor(X), torch.as_tensor(y))
+    assert isinstance(on_numpy.fit_X_, np.ndarray) and isinstance(on_torch.fit_X_, torch.Tensor)
+    for knn, take in ((on_numpy, lambda a: a), (on_torch, lambda a: torch.as_tensor(a))):
+        np.testing.assert_array_equal(np.asarray(knn.predict(take(Xt))), ref.predict(Xt))
+        np.testing.assert_allclose(np.asarray(knn.predict_proba(take(Xt))), ref.predict_proba(Xt), atol=1e-6)

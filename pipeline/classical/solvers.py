@@ -10,6 +10,8 @@ a lower objective (benchmarks/bench_linsvc.py).
 
 `ArrayQDA` is scikit-learn's `QuadraticDiscriminantAnalysis(reg_param, tol)` computed in torch, so that it
 fits where its input is (torch CUDA tensors on a GPU backend); scikit-learn 1.9's QDA has no Array API path.
+`ArrayKNN` is `KNeighborsClassifier` (Euclidean, brute force) the same way: distances by one matrix product
+per chunk of queries, the k nearest by top-k, the vote weighted as scikit-learn weighs it.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._base import LinearClassifierMixin
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -229,6 +231,85 @@ class ArrayQDA(ClassifierMixin, BaseEstimator):
         d, on_torch = self._scores(X)
         best = d.argmax(1)
         if on_torch and self.classes_.dtype.kind in "iub":  # numeric labels stay on the input's device
+            return torch.as_tensor(self.classes_, device=best.device)[best]
+        return self.classes_[best.cpu().numpy()]
+
+
+class ArrayKNN(ClassifierMixin, BaseEstimator):
+    """`KNeighborsClassifier(n_neighbors, weights)` with the Euclidean metric, computed in torch where the input
+    is (numpy: float64 on the CPU; torch tensors: on their device). Squared distances as
+    |x|^2 - 2 x.X^T + |X|^2 (clipped at 0) in chunks of `chunk` queries, the `n_neighbors` nearest by top-k,
+    then scikit-learn's vote: uniform, or weights 1/distance with a query's zero-distance neighbours taking
+    the whole vote; a tied vote goes to the smallest class. Neighbours tied at exactly the k-th distance may
+    be chosen differently from scikit-learn's."""
+
+    _parameter_constraints = {"n_neighbors": [Interval(Integral, 1, None, closed="left")],
+                              "weights": [StrOptions({"uniform", "distance"})],
+                              "chunk": [Interval(Integral, 1, None, closed="left")]}
+
+    def __init__(self, n_neighbors: int = 5, weights: str = "uniform", chunk: int = 2048):
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+        self.chunk = chunk
+
+    def fit(self, X, y):
+        import torch
+
+        self._validate_params()
+        if isinstance(X, torch.Tensor):
+            if X.ndim != 2:
+                raise ValueError(f"Expected a 2-D tensor, got {X.ndim}-D")
+            self.n_features_in_ = X.shape[1]
+            Xt, labels = (X if X.is_floating_point() else X.double()), np.asarray(_host(y))
+        else:
+            X, y = validate_data(self, X, y, dtype=np.float64)
+            Xt, labels = _tensor(X), y
+        check_classification_targets(labels)
+        if self.n_neighbors > len(Xt):
+            raise ValueError(f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {self.n_neighbors}, "
+                             f"n_samples_fit = {len(Xt)}, n_samples = {len(Xt)}")
+        self.classes_, yi = np.unique(labels, return_inverse=True)
+        self.fit_X_ = Xt if isinstance(X, torch.Tensor) else Xt.numpy()
+        self.fit_y_ = torch.as_tensor(yi, device=Xt.device) if isinstance(X, torch.Tensor) else yi
+        return self
+
+    def _votes(self, X):
+        import torch
+
+        check_is_fitted(self)
+        on_torch = isinstance(X, torch.Tensor)
+        if not on_torch:
+            X = _tensor(validate_data(self, X, dtype=np.float64, reset=False))
+        F = self.fit_X_ if isinstance(self.fit_X_, torch.Tensor) else torch.from_numpy(self.fit_X_)
+        fy = self.fit_y_ if isinstance(self.fit_y_, torch.Tensor) else torch.from_numpy(self.fit_y_)
+        X = X.to(F.dtype)
+        f2 = (F * F).sum(1)
+        out = []
+        for i in range(0, len(X), self.chunk):
+            q = X[i:i + self.chunk]
+            d2 = ((q * q).sum(1, keepdim=True) - 2 * q @ F.T + f2).clamp_(min=0)
+            dist, idx = d2.topk(self.n_neighbors, dim=1, largest=False)
+            if self.weights == "uniform":
+                w = torch.ones_like(dist)
+            else:
+                dist = dist.sqrt()
+                zero = dist == 0
+                w = torch.where(zero.any(1, keepdim=True), zero.to(dist.dtype), 1 / dist)
+            votes = torch.zeros(len(q), len(self.classes_), dtype=dist.dtype, device=dist.device)
+            out.append(votes.scatter_add_(1, fy[idx], w))
+        return torch.cat(out), on_torch
+
+    def predict_proba(self, X):
+        v, on_torch = self._votes(X)
+        p = v / v.sum(1, keepdim=True)
+        return p if on_torch else p.numpy()
+
+    def predict(self, X):
+        import torch
+
+        v, on_torch = self._votes(X)
+        best = v.argmax(1)  # the first maximum: the smallest class, as scikit-learn's mode
+        if on_torch and self.classes_.dtype.kind in "iub":
             return torch.as_tensor(self.classes_, device=best.device)[best]
         return self.classes_[best.cpu().numpy()]
 

@@ -137,11 +137,19 @@ def _svc_predict(est, X):
 def _knn(native: bool = False):
     from sklearn.neighbors import KNeighborsClassifier
 
-    return _pipe(_scale(), _pca(50), ("clf", KNeighborsClassifier(n_neighbors=5, weights="distance")))
+    from pipeline.classical.solvers import ArrayKNN
+
+    # on the Array API: the same vote by matrix products and top-k in torch (scikit-learn's has no such path)
+    return _pipe(_scale(), _pca(50), ("clf", (ArrayKNN if native else KNeighborsClassifier)(n_neighbors=5,
+                                                                                          weights="distance")))
 
 
 _QDA_GRIDS = {"quick": {}, "default": {"pca__n_components": [40, 80], "clf__reg_param": [0.1, 0.3]},
               "full": {"pca__n_components": [20, 40, 60, 80, 120], "clf__reg_param": [0.0, 0.01, 0.1, 0.2, 0.3, 0.5]}}
+_KNN_GRIDS = {  # PCA-50 and PCA-100 both searched (docs/decisions.md#knn-pca)
+    "quick": {}, "default": {"clf__n_neighbors": [5, 10], "pca__n_components": [50, 100]},
+    "full": {"pca__n_components": [30, 50, 100], "clf__n_neighbors": [1, 3, 5, 7, 10, 15, 20],
+             "clf__weights": ["uniform", "distance"]}}
 _LOGREG_GRIDS = {"quick": {}, "default": {"clf__C": [0.01, 0.1, 1.0]},  # lbfgs: the same on the Array API
                  "full": {"clf__C": [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}}
 
@@ -171,11 +179,7 @@ CLASSIFIERS = {s.name: s for s in [
                  "clf__gamma": ["scale", 1e-3, 3e-3]}},
         # libsvm fits on one core (its one-vs-one fit has no parallel form), releasing the GIL
         fast_predict=_svc_predict, one_core_refit=True),
-    ClassifierSpec("knn", "k-NN", _knn, {
-        # PCA-50 and PCA-100 both searched (docs/decisions.md#knn-pca)
-        "quick": {}, "default": {"clf__n_neighbors": [5, 10], "pca__n_components": [50, 100]},
-        "full": {"pca__n_components": [30, 50, 100], "clf__n_neighbors": [1, 3, 5, 7, 10, 15, 20],
-                 "clf__weights": ["uniform", "distance"]}}),
+    ClassifierSpec("knn", "k-NN", _knn, _KNN_GRIDS, array_api_grids=_KNN_GRIDS),  # ArrayKNN: the same vote
 ]}
 DEFAULT_CLASSIFIERS = tuple(CLASSIFIERS)
 
