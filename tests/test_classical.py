@@ -188,15 +188,16 @@ def test_array_api_on_torch_cpu_tensors(store, tmp_path):
 
     fs = load_feature_set(str(store), "fashion-mnist")
     backend = make_backend("cpu", array_api=True)
-    recs = {r["classifier"]: r for r in classify([fs], ["lda", "qda", "logreg", "knn", "rf"], "quick", 3,
+    recs = {r["classifier"]: r for r in classify([fs], ["lda", "qda", "logreg", "linsvc", "knn", "rf"], "quick", 3,
                                                  backend=backend, progress=False, out=tmp_path)}
     model, _ = load_model(tmp_path / recs["qda"]["model"])  # saved with numpy arrays, loaded as a trusted type
     assert type(model[-1]).__name__ == "ArrayQDA" and isinstance(model[-1].means_, np.ndarray)
     assert (model.predict(fs.X_test) == np.load(tmp_path / "predictions" / f"{fs.name}_qda.npy")).mean() >= 0.98
-    assert {recs[c]["backend"] for c in ("lda", "qda", "logreg", "knn")} == {"sklearn-array-api-cpu"}
+    native = ("lda", "qda", "logreg", "linsvc", "knn")
+    assert {recs[c]["backend"] for c in native} == {"sklearn-array-api-cpu"}
     assert recs["rf"]["backend"] == "sklearn-cpu"  # not supported by array-API dispatch: stays on numpy
-    plain = {r["classifier"]: r for r in classify([fs], ["lda", "qda", "logreg", "knn"], "quick", 3, progress=False)}
-    for c in ("lda", "qda", "logreg", "knn"):
+    plain = {r["classifier"]: r for r in classify([fs], list(native), "quick", 3, progress=False)}
+    for c in native:
         assert recs[c]["test_accuracy"] > 0.5
         assert abs(recs[c]["test_accuracy"] - plain[c]["test_accuracy"]) <= 2 / 60  # same model, other arrays
 

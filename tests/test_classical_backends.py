@@ -90,7 +90,8 @@ def test_every_classifier_and_preset_on_every_backend(backend_name, preset):
                     else "sklearn-cpu on cpu")
             assert r["steps"][name] == want, (c, name, r["steps"])
     if backend.array_api:
-        assert {r["classifier"] for r in recs if r["backend"] != "sklearn-cpu"} == {"lda", "logreg", "qda", "knn"}
+        on_torch = {r["classifier"] for r in recs if r["backend"] != "sklearn-cpu"}
+        assert on_torch == {"lda", "qda", "logreg", "linsvc", "knn"}  # the forest and the RBF SVC stay on numpy
 
 
 def test_failed_fits_are_counted_and_all_failing_is_one_line(tmp_path):

@@ -120,3 +120,23 @@ def test_array_knn_is_scikit_learns_knn_on_numpy_and_on_torch_tensors(weights, k
     for knn, take in ((on_numpy, lambda a: a), (on_torch, lambda a: torch.as_tensor(a))):
         np.testing.assert_array_equal(np.asarray(knn.predict(take(Xt))), ref.predict(Xt))
         np.testing.assert_allclose(np.asarray(knn.predict_proba(take(Xt))), ref.predict_proba(Xt), atol=1e-6)
+
+
+def test_dense_linear_svc_on_torch_tensors_is_the_same_solve():
+    """On torch tensors the objective's products run on the tensors' device and scipy's L-BFGS steps the same
+    weights: the same iterations, coefficients within 1e-5, fitted tensors where the rows are, the same
+    predictions."""
+    import sklearn
+    import torch
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 1500)
+    X = (rng.normal(size=(1500, 30)) + 2 * np.eye(5, 30)[y]).astype(np.float32)
+    ref = DenseLinearSVC(C=0.1).fit(X, y)
+    with sklearn.config_context(array_api_dispatch=True):
+        svc = DenseLinearSVC(C=0.1).fit(torch.as_tensor(X), torch.as_tensor(y))
+        pred = svc.predict(torch.as_tensor(X))
+    assert isinstance(svc.coef_, torch.Tensor) and svc.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(svc.coef_.numpy(), ref.coef_, atol=1e-5)
+    np.testing.assert_allclose(svc.intercept_.numpy(), ref.intercept_, atol=1e-5)
+    np.testing.assert_array_equal(pred.numpy(), ref.predict(X))

@@ -57,7 +57,14 @@ class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
         from scipy.optimize import minimize
 
         self._validate_params()
-        X, y = validate_data(self, X, y, dtype=np.float32, order="C")
+        on_torch = _is_tensor(X)
+        if on_torch:  # torch tensors (the Array API backend): the products run on their device
+            if X.ndim != 2:
+                raise ValueError(f"Expected a 2-D tensor, got {X.ndim}-D")
+            self.n_features_in_ = X.shape[1]
+            y = np.asarray(_host(y))
+        else:
+            X, y = validate_data(self, X, y, dtype=np.float32, order="C")
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
@@ -68,23 +75,10 @@ class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
         d = X.shape[1]
         C = np.float32(self.C)
 
-        def objective(w):
-            W = w[:d * k].reshape(d, k).astype(np.float32)
-            b = w[d * k:].astype(np.float32)
-            slack = X @ W
-            slack += b
-            slack *= Y
-            np.subtract(1, slack, out=slack)
-            np.maximum(slack, 0, out=slack)
-            f = 0.5 * float(w @ w) + self.C * float(np.square(slack, dtype=np.float64).sum())
-            slack *= Y
-            slack *= -2 * C  # d loss / d (X W + b)
-            grad = np.concatenate([(X.T @ slack).ravel(), slack.sum(0)]).astype(np.float64)
-            grad += w
-            last["grad"] = grad
-            return f, grad
-
-        last = {}
+        if on_torch:
+            objective, last = _torch_objective(X, Y, self.C, d, k)
+        else:
+            objective, last = self._numpy_objective(X, Y, C, d, k)
         w0 = np.zeros((d + 1) * k)
         stop = self.tol * np.linalg.norm(objective(w0)[1])
 
@@ -103,7 +97,64 @@ class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
                           "raise max_iter or lower C", ConvergenceWarning, stacklevel=2)
         self.coef_ = res.x[:d * k].reshape(d, k).T.copy()
         self.intercept_ = res.x[d * k:].copy()
+        if on_torch:  # fitted where the rows are, so that predictions run there and the record says so
+            self.coef_ = _like(X, self.coef_)
+            self.intercept_ = _like(X, self.intercept_)
         return self
+
+    def _numpy_objective(self, X, Y, C, d, k):
+        last = {}
+
+        def objective(w):
+            W = w[:d * k].reshape(d, k).astype(np.float32)
+            b = w[d * k:].astype(np.float32)
+            slack = X @ W
+            slack += b
+            slack *= Y
+            np.subtract(1, slack, out=slack)
+            np.maximum(slack, 0, out=slack)
+            f = 0.5 * float(w @ w) + self.C * float(np.square(slack, dtype=np.float64).sum())
+            slack *= Y
+            slack *= -2 * C  # d loss / d (X W + b)
+            grad = np.concatenate([(X.T @ slack).ravel(), slack.sum(0)]).astype(np.float64)
+            grad += w
+            last["grad"] = grad
+            return f, grad
+
+        return objective, last
+
+
+def _torch_objective(X, Y, C: float, d: int, k: int):
+    """DenseLinearSVC's objective and gradient with the rows as float32 torch tensors on their device: the
+    same sums as the numpy one (products in float32, the loss summed in float64); scipy's L-BFGS steps the
+    (d + 1) * k weights on the host, so each evaluation moves only those weights and their gradient."""
+    import torch
+
+    X = X.to(torch.float32)
+    Y = torch.as_tensor(Y, device=X.device)
+    last = {}
+
+    def objective(w):
+        wt = torch.as_tensor(w, dtype=torch.float32, device=X.device)
+        slack = ((1 - Y * (X @ wt[:d * k].reshape(d, k) + wt[d * k:])).clamp_(min=0))
+        f = 0.5 * float(w @ w) + C * float(slack.double().square().sum())
+        g = slack * Y * (-2 * C)
+        grad = torch.cat([(X.T @ g).ravel(), g.sum(0)]).double().cpu().numpy() + w
+        last["grad"] = grad
+        return f, grad
+
+    return objective, last
+
+
+def _is_tensor(X) -> bool:
+    return type(X).__module__.split(".")[0] == "torch"
+
+
+def _like(X, a: np.ndarray):
+    """A fitted numpy array as a tensor of X's float dtype on X's device."""
+    import torch
+
+    return torch.as_tensor(a, dtype=X.dtype if X.is_floating_point() else torch.float32, device=X.device)
 
 
 def rbf_svc_predict(svc, X, chunk: int = 1024) -> np.ndarray:

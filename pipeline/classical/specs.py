@@ -150,6 +150,9 @@ _KNN_GRIDS = {  # PCA-50 and PCA-100 both searched (docs/decisions.md#knn-pca)
     "quick": {}, "default": {"clf__n_neighbors": [5, 10], "pca__n_components": [50, 100]},
     "full": {"pca__n_components": [30, 50, 100], "clf__n_neighbors": [1, 3, 5, 7, 10, 15, 20],
              "clf__weights": ["uniform", "distance"]}}
+_LINSVC_GRIDS = {"quick": {}, "default": {"clf__C": [3e-4, 1e-3, 3e-3]},
+                 # C >= 0.3 does not converge within max_iter on standardised pixels (and costs minutes per fit)
+                 "full": {"clf__C": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1]}}
 _LOGREG_GRIDS = {"quick": {}, "default": {"clf__C": [0.01, 0.1, 1.0]},  # lbfgs: the same on the Array API
                  "full": {"clf__C": [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}}
 
@@ -162,10 +165,8 @@ CLASSIFIERS = {s.name: s for s in [
                          "full": {"clf__tol": [1e-6, 1e-4, 1e-3, 1e-2, 1e-1]}}),
     ClassifierSpec("qda", "QDA", _qda, _QDA_GRIDS, array_api_grids=_QDA_GRIDS),  # ArrayQDA: the same model
     ClassifierSpec("logreg", "Logistic regression", _logreg, _LOGREG_GRIDS, array_api_grids=_LOGREG_GRIDS),
-    ClassifierSpec("linsvc", "Linear SVC", _linsvc, {
-        "quick": {}, "default": {"clf__C": [3e-4, 1e-3, 3e-3]},
-        # C >= 0.3 does not converge within max_iter on standardised pixels (and costs minutes per fit)
-        "full": {"clf__C": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1]}}),
+    # DenseLinearSVC computes its products where its input is: the same estimator on the Array API
+    ClassifierSpec("linsvc", "Linear SVC", _linsvc, _LINSVC_GRIDS, array_api_grids=_LINSVC_GRIDS),
     ClassifierSpec("rf", "Random forest", _rf, {
         "quick": {"clf__n_estimators": [50]}, "default": {"clf__min_samples_leaf": [1, 2]},
         # more trees never hurt accuracy, so `full` fixes a generous 300 rather than searching the count
