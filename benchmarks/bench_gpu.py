@@ -162,7 +162,8 @@ def main():
         wall = time.perf_counter() - t
         for meta in done:
             row("maps", f"{meta['feature_set']} {m} (5-NN {meta['knn_accuracy']:.3f})", meta["seconds"],
-                "cuda" if meta["implementation"].startswith("Cuml") else "cpu", None, meta["implementation"])
+                "cuda" if meta["implementation"].startswith("Cuml") else backend.device
+                if meta["implementation"].startswith("Torchdr") else "cpu", None, meta["implementation"])
         row("maps", f"{m} all {len(done)} maps (wall: maps of one method may run at once)", wall, "")
 
     total = sum(r["seconds"] for r in rows if r["stage"] == "load" or " all " in r["what"])

@@ -56,6 +56,26 @@ def test_maps_are_cached_scored_and_drawn(tmp_path):
     assert load_map(tmp_path, "raw", "pca")[1]["fingerprint"] == sets[0].fingerprint
 
 
+def test_array_api_backend_maps_with_torchdr_as_well_as_the_cpu_libraries(tmp_path):
+    """On the Array API backend (CPU tensors here; a CUDA GPU without cuML in use) t-SNE and UMAP are
+    torchdr's on the backend's device; each map's record names it, and its 5-NN accuracy and trustworthiness
+    stay within 0.02 of openTSNE's / umap-learn's on the same features."""
+    pytest.importorskip("torchdr")
+    from pipeline.classical.backends import make_backend
+
+    sets = feature_sets()
+    cpu = project(sets, ["tsne", "umap"], tmp_path / "cpu", n_jobs=2, log=lambda m: None)
+    torch_maps = project(sets, ["tsne", "umap"], tmp_path / "torch", backend=make_backend("cpu", array_api=True),
+                         n_jobs=2, log=lambda m: None)
+    for m, impl in (("tsne", "TorchdrTSNEMap"), ("umap", "TorchdrUMAPMap")):
+        for ref, got in zip(cpu[m], torch_maps[m]):
+            assert got["implementation"] == impl and ref["implementation"] != impl
+            coords, _ = load_map(tmp_path / "torch", got["feature_set"], m)
+            assert coords.shape == (200, 2) and np.isfinite(coords).all()
+            for score in ("knn_accuracy", "trustworthiness"):
+                assert abs(got[score] - ref[score]) <= 0.02, (m, got["feature_set"], score, got[score], ref[score])
+
+
 def test_one_core_maps_run_at_once_in_worker_processes(tmp_path, monkeypatch):
     """A method that runs on one core (seeded UMAP; here PCA, marked so) maps the feature sets at once in
     worker processes, with the coordinates and records of mapping them one after another."""
