@@ -50,7 +50,7 @@ _TEXT = {"type": ["string", "null"]}
 # run.json (written by `pipeline run`), declaratively: the fields the report reads, with their types
 RUN_SCHEMA = {"type": "object", "properties": {
     "command": _TEXT, "started": _TEXT, "finished": _TEXT, "dataset": _TEXT, "data_dir": _TEXT,
-    "stores": {"type": "array", "items": {"type": "string"}}, "stages": _STAGES,
+    "stores": {"type": "array", "items": {"type": "string"}}, "stages": _STAGES, "ran": {"type": "object"},
     "previous_runs": {"type": "array", "items": {"type": "object", "properties": {
         "command": _TEXT, "started": _TEXT, "finished": _TEXT, "stages": _STAGES}}}}}
 

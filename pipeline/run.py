@@ -127,6 +127,21 @@ class RunConfig:
             raise PipelineError(f"--finetune {','.join(bad)}: give unfreeze levels (0, 1, 2, ..., all) or scratch")
 
 
+def what_ran(store: Path, out: Path) -> dict:
+    """Where the run's work actually ran, read from what each stage wrote (not the backend chosen, which
+    run.json's `backend` names): the store's engine, precision and device, each classifier record's
+    backend and device (every step of its pipeline), each map's implementation."""
+    meta = read_json(Path(store) / "meta.json") or {}
+    engine, device = meta.get("engine") or {}, meta.get("device") or {}
+    maps = [read_json(p) or {} for p in sorted((Path(out) / "maps").glob("*.json"))]
+    return {"extract": {"engine": engine.get("engine"), "precision": meta.get("precision"),
+                        "device": device.get("type"), "device_name": device.get("name")},
+            "classify": {f"{r['feature_set']} {r['classifier']}": f"{r['backend']} on {r.get('device', '?')}"
+                         for r in read_results(out)},
+            "maps": {f"{m['feature_set']} {m['method']}": m["implementation"] for m in maps
+                     if {"feature_set", "method", "implementation"} <= set(m)}}
+
+
 def run(cfg: RunConfig, command: str | None = None,
         log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
     cfg.check()
@@ -295,6 +310,7 @@ def run(cfg: RunConfig, command: str | None = None,
         if cfg.wild:
             stage("evaluate", do_evaluate)
         stage("maps.html", do_map_view)  # after evaluate: the wild photos go on the maps too
+        info["ran"] = what_ran(store, out)
         info["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         stage("report", lambda: ("ran", ", ".join(p.name for p in write_report(out))))
         write_report(out)  # once more, so the report's provenance includes the report stage's own time

@@ -127,4 +127,12 @@ def test_what_pipeline_writes_passes_its_own_schemas(saved, tmp_path, runner, mo
     r = run_cli(runner, "run", "--data-dir", data, "--weights", "none", "--image-size", 32, "--grid", "quick",
                 "--classifiers", "lda", "--methods", "pca", "--cv", 2, "--device", "cpu", "--out", tmp_path / "o")
     assert r.exit_code == 0, r.output
-    check_schema(json.loads((tmp_path / "o" / "run.json").read_text()), RUN_SCHEMA, "run.json", "")
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    check_schema(info, RUN_SCHEMA, "run.json", "")
+    # what ran, read back from what each stage wrote (not the backend chosen)
+    meta = json.loads(next((tmp_path / "features").rglob("meta.json")).read_text())
+    assert info["ran"]["extract"] == {"engine": meta["engine"]["engine"], "precision": meta["precision"],
+                                      "device": "cpu", "device_name": meta["device"]["name"]}
+    records = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert info["ran"]["classify"] == {f"{r['feature_set']} lda": f"{r['backend']} on {r['device']}" for r in records}
+    assert len(records) == 2 and set(info["ran"]["maps"].values()) == {"PCAMap"} and len(info["ran"]["maps"]) == 2
