@@ -209,16 +209,7 @@ class ArrayQDA(ClassifierMixin, BaseEstimator):
         import torch
 
         self._validate_params()
-        on_torch = isinstance(X, torch.Tensor)
-        if on_torch:
-            if X.ndim != 2:
-                raise ValueError(f"Expected a 2-D tensor, got {X.ndim}-D")
-            self.n_features_in_ = X.shape[1]
-            Xt, labels = (X if X.is_floating_point() else X.double()), np.asarray(_host(y))
-        else:
-            X, y = validate_data(self, X, y, dtype=np.float64)
-            Xt, labels = _tensor(X), y
-        check_classification_targets(labels)
+        Xt, labels, on_torch = _fit_input(self, X, y)
         self.classes_, yi = np.unique(labels, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"The number of classes has to be greater than one; got {len(self.classes_)} class")
@@ -249,10 +240,7 @@ class ArrayQDA(ClassifierMixin, BaseEstimator):
     def _scores(self, X):
         import torch
 
-        check_is_fitted(self)
-        on_torch = isinstance(X, torch.Tensor)
-        if not on_torch:
-            X = _tensor(validate_data(self, X, dtype=np.float64, reset=False))
+        X, on_torch = _predict_input(self, X)
         t = (lambda a: a) if isinstance(self.means_, torch.Tensor) else torch.from_numpy
         X = X.to(t(self.means_).dtype)
         cols = []
@@ -307,30 +295,19 @@ class ArrayKNN(ClassifierMixin, BaseEstimator):
         import torch
 
         self._validate_params()
-        if isinstance(X, torch.Tensor):
-            if X.ndim != 2:
-                raise ValueError(f"Expected a 2-D tensor, got {X.ndim}-D")
-            self.n_features_in_ = X.shape[1]
-            Xt, labels = (X if X.is_floating_point() else X.double()), np.asarray(_host(y))
-        else:
-            X, y = validate_data(self, X, y, dtype=np.float64)
-            Xt, labels = _tensor(X), y
-        check_classification_targets(labels)
+        Xt, labels, on_torch = _fit_input(self, X, y)
         if self.n_neighbors > len(Xt):
             raise ValueError(f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {self.n_neighbors}, "
                              f"n_samples_fit = {len(Xt)}, n_samples = {len(Xt)}")
         self.classes_, yi = np.unique(labels, return_inverse=True)
-        self.fit_X_ = Xt if isinstance(X, torch.Tensor) else Xt.numpy()
-        self.fit_y_ = torch.as_tensor(yi, device=Xt.device) if isinstance(X, torch.Tensor) else yi
+        self.fit_X_ = Xt if on_torch else Xt.numpy()
+        self.fit_y_ = torch.as_tensor(yi, device=Xt.device) if on_torch else yi
         return self
 
     def _votes(self, X):
         import torch
 
-        check_is_fitted(self)
-        on_torch = isinstance(X, torch.Tensor)
-        if not on_torch:
-            X = _tensor(validate_data(self, X, dtype=np.float64, reset=False))
+        X, on_torch = _predict_input(self, X)
         F = self.fit_X_ if isinstance(self.fit_X_, torch.Tensor) else torch.from_numpy(self.fit_X_)
         fy = self.fit_y_ if isinstance(self.fit_y_, torch.Tensor) else torch.from_numpy(self.fit_y_)
         X = X.to(F.dtype)
@@ -363,6 +340,29 @@ class ArrayKNN(ClassifierMixin, BaseEstimator):
         if on_torch and self.classes_.dtype.kind in "iub":
             return torch.as_tensor(self.classes_, device=best.device)[best]
         return self.classes_[best.cpu().numpy()]
+
+
+def _fit_input(est, X, y):
+    """(rows as a float tensor, labels as numpy, whether X was a tensor): a tensor as it is (its device; its
+    feature count recorded), numpy validated as scikit-learn does and viewed as a float64 CPU tensor."""
+    if _is_tensor(X):
+        if X.ndim != 2:
+            raise ValueError(f"Expected a 2-D tensor, got {X.ndim}-D")
+        est.n_features_in_ = X.shape[1]
+        Xt, labels, on_torch = (X if X.is_floating_point() else X.double()), np.asarray(_host(y)), True
+    else:
+        X, y = validate_data(est, X, y, dtype=np.float64)
+        Xt, labels, on_torch = _tensor(X), y, False
+    check_classification_targets(labels)
+    return Xt, labels, on_torch
+
+
+def _predict_input(est, X):
+    """(rows as a tensor, whether X was one) for a fitted estimator's scores."""
+    check_is_fitted(est)
+    if _is_tensor(X):
+        return X, True
+    return _tensor(validate_data(est, X, dtype=np.float64, reset=False)), False
 
 
 def _tensor(X: np.ndarray):

@@ -179,11 +179,8 @@ class CumlUMAPMap(UMAPMap):
                                random_state=SEED).fit_transform(Z), dtype=np.float32)
 
 
-class TorchdrTSNEMap(TSNEMap):
-    """torchdr's t-SNE in torch on the Array API backend's device (a CUDA GPU without cuML): exact affinities
-    on the first 50 principal components, perplexity 30, PCA initialisation. On the CPU it is far slower than
-    openTSNE (3,000 Fashion-MNIST images: 404 s against 5 s on 2 cores), so only an Array API backend uses it."""
-    params = {"pca": 50, "perplexity": 30, "init": "pca", "knn": "exact"}
+class _Torchdr:
+    """A map by torchdr on the Array API backend's device, on the first 50 principal components."""
     requires, extra = ("torchdr", "torchdr"), "gpu"
     one_core = False
 
@@ -195,29 +192,28 @@ class TorchdrTSNEMap(TSNEMap):
 
         torchdr = _need("torchdr", "torchdr", "gpu")
         Z = torch.as_tensor(_pca(X, self.params["pca"], standardize=False), device=self.device)
-        out = torchdr.TSNE(perplexity=min(self.params["perplexity"], (len(Z) - 1) / 3), init="pca",
-                           device=self.device, backend=None, random_state=SEED).fit_transform(Z)
-        return out.detach().cpu().numpy().astype(np.float32)
+        return self._estimator(torchdr, len(Z)).fit_transform(Z).detach().cpu().numpy().astype(np.float32)
 
 
-class TorchdrUMAPMap(UMAPMap):
-    """torchdr's UMAP in torch on the Array API backend's device, on the same 50 components, n_neighbors and
-    min_dist as umap-learn's map; exact neighbours (no faiss)."""
-    requires, extra = ("torchdr", "torchdr"), "gpu"
-    one_core = False
+class TorchdrTSNEMap(_Torchdr, TSNEMap):
+    """torchdr's t-SNE in torch on the Array API backend's device (a CUDA GPU without cuML): exact affinities,
+    perplexity 30, PCA initialisation. On the CPU it is far slower than openTSNE (3,000 Fashion-MNIST images:
+    404 s against 5 s on 2 cores), so only an Array API backend uses it."""
+    params = {"pca": 50, "perplexity": 30, "init": "pca", "knn": "exact"}
 
-    def __init__(self, n_jobs: int = 1, device: str = "cpu"):
-        self.n_jobs, self.device = n_jobs, device
+    def _estimator(self, torchdr, n: int):
+        return torchdr.TSNE(perplexity=min(self.params["perplexity"], (n - 1) / 3), init="pca",
+                            device=self.device, backend=None, random_state=SEED)
 
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
-        import torch
 
-        torchdr = _need("torchdr", "torchdr", "gpu")
+class TorchdrUMAPMap(_Torchdr, UMAPMap):
+    """torchdr's UMAP in torch on the Array API backend's device, with umap-learn's map's n_neighbors and
+    min_dist; exact neighbours (no faiss)."""
+
+    def _estimator(self, torchdr, n: int):
         p = self.params
-        Z = torch.as_tensor(_pca(X, p["pca"], standardize=False), device=self.device)
-        out = torchdr.UMAP(n_neighbors=min(p["n_neighbors"], len(Z) - 1), min_dist=p["min_dist"],
-                           device=self.device, backend=None, random_state=SEED).fit_transform(Z)
-        return out.detach().cpu().numpy().astype(np.float32)
+        return torchdr.UMAP(n_neighbors=min(p["n_neighbors"], n - 1), min_dist=p["min_dist"], device=self.device,
+                            backend=None, random_state=SEED)
 
 
 METHODS = {m.name: m for m in (PCAMap, TSNEMap, UMAPMap)}
