@@ -43,12 +43,14 @@ CONFIGS = [("ResNet-18 (random)", "resnet18", "none", 224)] + \
 NATIVE = {"Lite0 224 px", "Lite1 240 px", "Lite2 260 px"}
 
 
-def subset(ds: Dataset, n_train: int, n_test: int) -> Dataset:
-    splits = {}
-    for name, n in (("train", n_train), ("test", n_test)):
-        s = ds.splits[name]
-        rows = np.sort(stratified_subsample(s.labels, n if n < len(s) else None))
-        splits[name] = Split(name, s.labels[rows], s.images[rows])
+def subset_rows(ds: Dataset, n_train: int, n_test: int) -> dict[str, np.ndarray]:
+    """Each split's stratified sample (seed 0), in order: the same rows for the images and the raw pixels."""
+    return {name: np.sort(stratified_subsample(ds.splits[name].labels, n if n < len(ds.splits[name]) else None))
+            for name, n in (("train", n_train), ("test", n_test))}
+
+
+def subset(ds: Dataset, rows: dict[str, np.ndarray]) -> Dataset:
+    splits = {name: Split(name, ds.splits[name].labels[r], ds.splits[name].images[r]) for name, r in rows.items()}
     return Dataset(ds.name, ds.classes, splits, ds.source)
 
 
@@ -88,7 +90,8 @@ def main():
     out = Path(a.out)
     os.environ.setdefault("PIPELINE_CACHE_DIR", str(out / "cache"))  # a fresh cache: calibration is timed
     full = load_dataset("fashion-mnist", a.data_dir)
-    ds = subset(full, a.train, a.test)
+    rows_of = subset_rows(full, a.train, a.test)
+    ds = subset(full, rows_of)
     bf16 = cpu_has_bf16()
     print(f"CPU: {cpu_label()}; Fashion-MNIST "
           f"{len(ds.splits['train']):,} train / {len(ds.splits['test']):,} test images (stratified, seed 0); "
@@ -97,8 +100,7 @@ def main():
     rows = []
     if keep is None or "raw" in keep:
         raw = load_feature_set("raw", "fashion-mnist", a.data_dir)
-        tr = np.sort(stratified_subsample(raw.y_train, a.train if a.train < len(raw.y_train) else None))
-        te = np.sort(stratified_subsample(raw.y_test, a.test if a.test < len(raw.y_test) else None))
+        tr, te = rows_of["train"], rows_of["test"]
         raw = replace(raw, X_train=raw.X_train[tr], y_train=raw.y_train[tr], X_test=raw.X_test[te],
                       y_test=raw.y_test[te])
         rows.append({"config": "raw pixels", "precision": "-", "img_per_s": None, **scores(raw, out / "raw")})

@@ -59,10 +59,7 @@ class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
         self._validate_params()
         on_torch = _is_tensor(X)
         if on_torch:  # torch tensors (the Array API backend): the products run on their device
-            if X.ndim != 2:
-                raise ValueError(f"Expected a 2-D tensor, got {X.ndim}-D")
-            self.n_features_in_ = X.shape[1]
-            y = np.asarray(_host(y))
+            y = _tensor_labels(self, X, y)
         else:
             X, y = validate_data(self, X, y, dtype=np.float32, order="C")
         check_classification_targets(y)
@@ -241,14 +238,13 @@ class ArrayQDA(ClassifierMixin, BaseEstimator):
         import torch
 
         X, on_torch = _predict_input(self, X)
-        t = (lambda a: a) if isinstance(self.means_, torch.Tensor) else torch.from_numpy
-        X = X.to(t(self.means_).dtype)
+        means = _as_tensor(self.means_)
+        X = X.to(means.dtype)
         cols = []
-        for mu, R, S in zip(t(self.means_), self.rotations_, self.scalings_):
-            R, S = t(R), t(S)
+        for mu, R, S in zip(means, map(_as_tensor, self.rotations_), map(_as_tensor, self.scalings_)):
             z = (X - mu) @ (R * S ** -0.5)
             cols.append(-0.5 * ((z ** 2).sum(1) + torch.log(S).sum()))
-        return torch.stack(cols, 1) + torch.log(t(self.priors_)), on_torch
+        return torch.stack(cols, 1) + torch.log(_as_tensor(self.priors_)), on_torch
 
     def decision_function(self, X):
         d, on_torch = self._scores(X)
@@ -257,21 +253,17 @@ class ArrayQDA(ClassifierMixin, BaseEstimator):
 
     def predict_log_proba(self, X):
         d, on_torch = self._scores(X)
-        d = d - d.logsumexp(1, keepdim=True)
+        d = d.log_softmax(1)
         return d if on_torch else d.numpy()
 
     def predict_proba(self, X):
-        p = self.predict_log_proba(X)
-        return p.exp() if hasattr(p, "exp") and not isinstance(p, np.ndarray) else np.exp(p)
+        d, on_torch = self._scores(X)
+        p = d.softmax(1)
+        return p if on_torch else p.numpy()
 
     def predict(self, X):
-        import torch
-
         d, on_torch = self._scores(X)
-        best = d.argmax(1)
-        if on_torch and self.classes_.dtype.kind in "iub":  # numeric labels stay on the input's device
-            return torch.as_tensor(self.classes_, device=best.device)[best]
-        return self.classes_[best.cpu().numpy()]
+        return _class_labels(self.classes_, d.argmax(1), on_torch)
 
 
 class ArrayKNN(ClassifierMixin, BaseEstimator):
@@ -308,8 +300,7 @@ class ArrayKNN(ClassifierMixin, BaseEstimator):
         import torch
 
         X, on_torch = _predict_input(self, X)
-        F = self.fit_X_ if isinstance(self.fit_X_, torch.Tensor) else torch.from_numpy(self.fit_X_)
-        fy = self.fit_y_ if isinstance(self.fit_y_, torch.Tensor) else torch.from_numpy(self.fit_y_)
+        F, fy = _as_tensor(self.fit_X_), _as_tensor(self.fit_y_)
         X = X.to(F.dtype)
         f2 = (F * F).sum(1)
         out = []
@@ -333,28 +324,45 @@ class ArrayKNN(ClassifierMixin, BaseEstimator):
         return p if on_torch else p.numpy()
 
     def predict(self, X):
-        import torch
-
         v, on_torch = self._votes(X)
-        best = v.argmax(1)  # the first maximum: the smallest class, as scikit-learn's mode
-        if on_torch and self.classes_.dtype.kind in "iub":
-            return torch.as_tensor(self.classes_, device=best.device)[best]
-        return self.classes_[best.cpu().numpy()]
+        return _class_labels(self.classes_, v.argmax(1), on_torch)  # the first maximum: the smallest class
 
 
 def _fit_input(est, X, y):
     """(rows as a float tensor, labels as numpy, whether X was a tensor): a tensor as it is (its device; its
     feature count recorded), numpy validated as scikit-learn does and viewed as a float64 CPU tensor."""
     if _is_tensor(X):
-        if X.ndim != 2:
-            raise ValueError(f"Expected a 2-D tensor, got {X.ndim}-D")
-        est.n_features_in_ = X.shape[1]
-        Xt, labels, on_torch = (X if X.is_floating_point() else X.double()), np.asarray(_host(y)), True
+        Xt, labels, on_torch = (X if X.is_floating_point() else X.double()), _tensor_labels(est, X, y), True
     else:
         X, y = validate_data(est, X, y, dtype=np.float64)
         Xt, labels, on_torch = _tensor(X), y, False
     check_classification_targets(labels)
     return Xt, labels, on_torch
+
+
+def _tensor_labels(est, X, y) -> np.ndarray:
+    """A tensor's rows checked (2-D, their feature count recorded on `est`) and its labels as numpy."""
+    if X.ndim != 2:
+        raise ValueError(f"Expected a 2-D tensor, got {X.ndim}-D")
+    est.n_features_in_ = X.shape[1]
+    return np.asarray(_host(y))
+
+
+def _as_tensor(a):
+    """A fitted attribute as a tensor: itself when fitted on tensors, a view of the numpy array otherwise."""
+    import torch
+
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(a)
+
+
+def _class_labels(classes: np.ndarray, best, on_torch: bool):
+    """The classes at the winning indices: on the input's device when it was a tensor and the labels are
+    numbers, else numpy."""
+    import torch
+
+    if on_torch and classes.dtype.kind in "iub":
+        return torch.as_tensor(classes, device=best.device)[best]
+    return classes[best.cpu().numpy()]
 
 
 def _predict_input(est, X):
