@@ -118,16 +118,23 @@ def test_one_core_refits_of_the_feature_sets_run_at_once(data_dir, store, monkey
 
 def test_refits_at_once_within_memory_and_a_failed_one_keeps_the_others(tmp_path, data_dir, store, monkeypatch):
     """As many one-core refits at once as cores, feature sets and half the free memory allow (an RBF SVC's
-    kernel cache is 1000 MiB); one that fails is one line, after the others' records are saved."""
+    kernel cache is 1000 MiB; on a GPU, ArraySVC's whole n x n float64 kernel as well); one that fails is one
+    line, after the others' records are saved."""
     from pipeline.classical import search as cl
-    from pipeline.classical.backends import SklearnCPU
+    from pipeline.classical.backends import ArrayAPI, SklearnCPU
 
     sets = [load_feature_set("raw", "fashion-mnist", data_dir), load_feature_set(str(store), "fashion-mnist")]
     for free, n in ((None, 2), (5 * 2 ** 30, 2), (3 * 2 ** 30, 1)):
         monkeypatch.setattr(cl, "available_memory", lambda free=free: free)
-        assert cl._refits_at_once("svc", sets, 8, SklearnCPU()) == n, free
-    assert cl._refits_at_once("svc", sets, 1, SklearnCPU()) == 1  # one core
-    assert cl._refits_at_once("lda", sets, 8, SklearnCPU()) == 1  # its refit uses every core already
+        assert cl._refits_at_once("svc", sets, 8, SklearnCPU(), False) == n, free
+    assert cl._refits_at_once("svc", sets, 1, SklearnCPU(), False) == 1  # one core
+    assert cl._refits_at_once("lda", sets, 8, SklearnCPU(), False) == 1  # its refit uses every core already
+    # two refits fit in half the free memory with libsvm's cache alone, but not with a GPU-precomputed kernel
+    per_refit = max(2 ** 30 * 1000 // 1024 + 4 * fs.X_train.nbytes for fs in sets)
+    kernel = 8 * max(len(fs.y_train) for fs in sets) ** 2
+    monkeypatch.setattr(cl, "available_memory", lambda: 4 * per_refit + kernel)
+    assert cl._refits_at_once("svc", sets, 8, ArrayAPI("cpu"), True) == 2  # on CPU tensors libsvm's own kernel
+    assert cl._refits_at_once("svc", sets, 8, ArrayAPI("cuda:0"), True) == 1
     monkeypatch.setattr(cl, "available_memory", lambda: None)
     real = cl._refit_and_test
 
@@ -188,13 +195,15 @@ def test_array_api_on_torch_cpu_tensors(store, tmp_path):
 
     fs = load_feature_set(str(store), "fashion-mnist")
     backend = make_backend("cpu", array_api=True)
-    recs = {r["classifier"]: r for r in classify([fs], ["lda", "qda", "logreg", "linsvc", "knn", "rf"], "quick", 3,
-                                                 backend=backend, progress=False, out=tmp_path)}
-    model, _ = load_model(tmp_path / recs["qda"]["model"])  # saved with numpy arrays, loaded as a trusted type
-    assert type(model[-1]).__name__ == "ArrayQDA" and isinstance(model[-1].means_, np.ndarray)
-    assert (model.predict(fs.X_test) == np.load(tmp_path / "predictions" / f"{fs.name}_qda.npy")).mean() >= 0.98
-    native = ("lda", "qda", "logreg", "linsvc", "knn")
-    assert {recs[c]["backend"] for c in native} == {"sklearn-array-api-cpu"}
+    recs = {r["classifier"]: r for r in classify([fs], ["lda", "qda", "logreg", "linsvc", "svc", "knn", "rf"], "quick",
+                                                 3, backend=backend, progress=False, out=tmp_path)}
+    for c, name, fitted in (("qda", "ArrayQDA", "means_"), ("svc", "ArraySVC", "support_vectors_")):
+        model, _ = load_model(tmp_path / recs[c]["model"])  # saved with numpy arrays, loaded as a trusted type
+        assert type(model[-1]).__name__ == name and isinstance(getattr(model[-1], fitted), np.ndarray)
+        assert (model.predict(fs.X_test) == np.load(tmp_path / "predictions" / f"{fs.name}_{c}.npy")).mean() >= 0.98
+    native = ("lda", "qda", "logreg", "linsvc", "svc", "knn")
+    assert {recs[c]["backend"] for c in native} == {"sklearn-array-api-cpu", "sklearn-array-api-cpu + sklearn-cpu"}
+    assert recs["svc"]["steps"]["clf"] == "sklearn-array-api-cpu + sklearn-cpu on cpu"  # libsvm on the host
     assert recs["rf"]["backend"] == "sklearn-cpu"  # not supported by array-API dispatch: stays on numpy
     plain = {r["classifier"]: r for r in classify([fs], list(native), "quick", 3, progress=False)}
     for c in native:

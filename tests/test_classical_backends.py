@@ -1,4 +1,4 @@
-"""One contract over every classifier x preset x backend that can run here.
+"""One contract over every classifier x preset, and every map method, x backend that can run here.
 
 Each record must come from fits that all worked (a grid invalid for the formulation a backend runs fails
 here), have finite scores, and name the backend that *actually* fitted it: checked on the fitted estimator
@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import assert_one_line_error, blobs, run_cli, write_store
 
-from pipeline.classical.backends import executed_on, make_backend
+from pipeline.classical.backends import ArrayAPI, executed_on, make_backend
 from pipeline.classical.search import classify
 from pipeline.classical.specs import CLASSIFIERS, PRESETS
 from pipeline.errors import PipelineError
@@ -33,6 +33,8 @@ def _has_cuml() -> bool:
 BACKENDS = [
     pytest.param("sklearn-cpu", id="sklearn-cpu"),
     pytest.param("array-api-cpu", id="array-api-torch-cpu"),
+    # as on a GPU: the classifiers with no array-API formulation on a host thread beside the others
+    pytest.param("array-api-cpu-overlap", id="array-api-torch-cpu-host-beside"),
     pytest.param("array-api-cuda", id="array-api-torch-cuda", marks=[
         pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]),
 ]
@@ -41,6 +43,7 @@ BACKENDS = [
 def _backend(name: str):
     return {"sklearn-cpu": lambda: make_backend("cpu"),
             "array-api-cpu": lambda: make_backend("cpu", array_api=True),
+            "array-api-cpu-overlap": lambda: ArrayAPI("cpu", overlap_host=True),
             "array-api-cuda": lambda: make_backend("cuda", cuml=False)}[name]()
 
 
@@ -75,23 +78,96 @@ def test_every_classifier_and_preset_on_every_backend(backend_name, preset):
         on_torch = [a for a in arrays if isinstance(a, torch.Tensor)]
         # which formulation ran is read off the fitted object ...
         assert bool(on_torch) == CLASSIFIERS[c].native(backend), (c, backend.name)
-        # ... and the record says exactly that
+        # ... and the record says exactly that (and where a solver ran on the host beside the arrays, both)
+        model = models[(fs.name, c)]
+        host = " + sklearn-cpu" if vars(model.steps[-1][1]).get("fit_on_host_") else ""
         if on_torch:
-            assert r["backend"] == f"sklearn-array-api-{on_torch[0].device.type}", r["backend"]
+            assert r["backend"] == f"sklearn-array-api-{on_torch[0].device.type}{host}", r["backend"]
             assert r["device"] == str(on_torch[0].device)
         else:
             assert r["backend"] == "sklearn-cpu" and r["device"] == "cpu", (c, r["backend"])
         # every step says where it ran, read from its own fitted arrays (not the final step's)
-        model = models[(fs.name, c)]
         assert list(r["steps"]) == [name for name, _ in model.steps], (c, r["steps"])
         for name, step in model.steps:
             tensors = [v for k, v in vars(step).items() if k.endswith("_") and isinstance(v, torch.Tensor)]
-            want = (f"sklearn-array-api-{tensors[0].device.type} on {tensors[0].device}" if tensors
+            host = " + sklearn-cpu" if vars(step).get("fit_on_host_") else ""
+            want = (f"sklearn-array-api-{tensors[0].device.type}{host} on {tensors[0].device}" if tensors
                     else "sklearn-cpu on cpu")
             assert r["steps"][name] == want, (c, name, r["steps"])
     if backend.array_api:
         on_torch = {r["classifier"] for r in recs if r["backend"] != "sklearn-cpu"}
-        assert on_torch == {"lda", "qda", "logreg", "linsvc", "knn"}  # the forest and the RBF SVC stay on numpy
+        assert on_torch == {"lda", "qda", "logreg", "linsvc", "svc", "knn"}  # the forest stays on numpy
+        # the kernel precomputed where the rows are on a GPU; on the CPU libsvm computes its own
+        assert models[(fs.name, "svc")].steps[-1][1].precompute_ is (backend.device != "cpu")
+
+
+MAP_IMPLEMENTATIONS = {False: {"pca": "PCAMap", "tsne": "TSNEMap", "umap": "UMAPMap"},  # numpy: the CPU libraries
+                       True: {"pca": "PCAMap", "tsne": "TorchdrTSNEMap", "umap": "TorchdrUMAPMap"}}  # torch
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne", "umap"])
+@pytest.mark.parametrize("backend_name", [b for b in BACKENDS if b.id != "array-api-torch-cpu-host-beside"])
+def test_every_map_method_on_every_backend(backend_name, method, tmp_path):
+    """Every map method on every backend: a finite 2-D map of every row whose neighbourhoods keep the classes,
+    and a record naming the implementation that drew it (torchdr's on an Array API backend's device)."""
+    from pipeline.maps.project import load_map, project
+
+    if method != "pca" and backend_name != "sklearn-cpu":
+        pytest.importorskip("torchdr")
+    backend = _backend(backend_name)
+    fs = tiny_set(120, 40)
+    meta, = project([fs], [method], tmp_path, backend=backend, n_jobs=2, log=lambda m: None)[method]
+    coords, saved = load_map(tmp_path, fs.name, method)
+    assert coords.shape == (160, 2) and np.isfinite(coords).all() and saved == meta
+    assert meta["implementation"] == MAP_IMPLEMENTATIONS[backend.array_api][method]
+    assert meta["knn_accuracy"] > 0.5 and meta["trustworthiness"] > 0.7, meta  # chance: 0.1
+
+
+def test_host_classifiers_run_beside_the_device_ones_with_the_same_records(tmp_path, monkeypatch):
+    """On a device backend the classifiers with no formulation there (the forest) run on a host thread at the
+    same time as the others, not after them: here the forest's search waits until k-NN's (the last device
+    classifier, after it in the order) has started, which only happens side by side. The records are those
+    of the classifiers run one after another, in the classifiers' order; a device classifier that fails lets
+    the forest in progress finish and keep its record."""
+    import threading
+
+    from pipeline.classical import search
+
+    fs = tiny_set()
+    names = ["lda", "rf", "knn"]
+    knn_started, seen, real = threading.Event(), {}, search._search
+
+    def watched(fs, c, *a):
+        seen[c] = threading.current_thread().name
+        if c == "knn":
+            knn_started.set()
+        if c == "rf":
+            assert knn_started.wait(60), "the forest did not run beside the device classifiers"
+        return real(fs, c, *a)
+
+    monkeypatch.setattr(search, "_search", watched)
+    logs = []
+    beside = classify([fs], names, "quick", 3, backend=ArrayAPI("cpu", overlap_host=True), n_jobs=2,
+                      progress=False, log=logs.append)
+    assert seen["rf"] != seen["lda"] == seen["knn"]
+    assert "on the host's cores while the device fits the others: rf" in logs
+    monkeypatch.setattr(search, "_search", real)
+    in_turn = classify([fs], names, "quick", 3, backend=ArrayAPI("cpu", overlap_host=False), n_jobs=2,
+                       progress=False)
+    keep = ("classifier", "test_accuracy", "cv_mean", "best_params", "backend", "device", "steps")
+    assert [{k: r[k] for k in keep} for r in beside] == [{k: r[k] for k in keep} for r in in_turn]
+
+    def failing(fs, c, *a):
+        if c == "knn":
+            raise PipelineError("knn broke")
+        return real(fs, c, *a)
+
+    monkeypatch.setattr(search, "_search", failing)
+    with pytest.raises(PipelineError, match="knn broke"):
+        classify([fs], names, "quick", 3, backend=ArrayAPI("cpu", overlap_host=True), n_jobs=2, progress=False,
+                 out=tmp_path)
+    saved = {r["classifier"] for r in json.loads((tmp_path / "results.json").read_text())}
+    assert saved == {"lda", "rf"}
 
 
 def test_failed_fits_are_counted_and_all_failing_is_one_line(tmp_path):

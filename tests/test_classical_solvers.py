@@ -7,10 +7,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from pipeline.classical.solvers import ArrayKNN, ArrayQDA, DenseLinearSVC
+from pipeline.classical.solvers import ArrayKNN, ArrayQDA, ArraySVC, DenseLinearSVC
 
 
-@parametrize_with_checks([DenseLinearSVC(), ArrayQDA(reg_param=0.1), ArrayKNN()])  # reg: the checks' data is collinear
+@parametrize_with_checks([DenseLinearSVC(), ArrayQDA(reg_param=0.1), ArrayKNN(), ArraySVC(),
+                          ArraySVC(precompute=True)])  # reg: the checks' data is collinear
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -140,3 +141,82 @@ def test_dense_linear_svc_on_torch_tensors_is_the_same_solve():
     np.testing.assert_allclose(svc.coef_.numpy(), ref.coef_, atol=1e-5)
     np.testing.assert_allclose(svc.intercept_.numpy(), ref.intercept_, atol=1e-5)
     np.testing.assert_array_equal(pred.numpy(), ref.predict(X))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+@pytest.mark.parametrize("precompute", [False, True])
+def test_array_svc_is_libsvms_model_and_vote_on_numpy_and_on_torch_tensors(n_classes, precompute):
+    """ArraySVC fits libsvm's model and predicts as SVC.predict does, on numpy and on torch CPU tensors, for any
+    labels, gammas and chunking. Where libsvm computes the kernel itself: the same support vectors, dual
+    coefficients and intercepts within 1e-10. Handed the kernel computed where the rows are (its last bits
+    differ from libsvm's own sums), libsvm may take a step more or fewer: here the same support vectors,
+    coefficients within 5e-3 (its stopping tolerance is 1e-3) and the same predictions. Fitted on tensors,
+    its support vectors stay tensors on their device and its label names the host that ran libsvm."""
+    import torch
+    from sklearn.datasets import make_classification
+    from sklearn.svm import SVC
+
+    from pipeline.classical.backends import executed_on
+
+    X, y = make_classification(400, 20, n_informative=10, n_classes=n_classes, random_state=n_classes)
+    names = np.array(["shirt", "bag", "coat", "boot", "dress"])[y]  # not in sorted order
+    for C, gamma in ((0.1, "scale"), (10.0, "scale"), (1.0, 0.03), (1.0, "auto")):
+        ref = SVC(C=C, gamma=gamma).fit(X[:300], names[:300])
+        for data, take in ((X, lambda a: a), (torch.as_tensor(X), torch.as_tensor)):
+            svc = ArraySVC(C=C, gamma=gamma, precompute=precompute, chunk=7).fit(data[:300], names[:300])
+            assert svc.precompute_ is precompute
+            np.testing.assert_array_equal(svc.support_, ref.support_)
+            np.testing.assert_allclose(svc.dual_coef_, ref.dual_coef_, atol=5e-3 if precompute else 1e-10)
+            np.testing.assert_allclose(svc.intercept_, ref.intercept_, atol=5e-3 if precompute else 1e-10)
+            np.testing.assert_array_equal(svc.predict(take(X[300:])), ref.predict(X[300:]))
+            on_torch = isinstance(data, torch.Tensor)
+            assert isinstance(svc.support_vectors_, torch.Tensor) is on_torch
+            assert executed_on(svc) == (("sklearn-array-api-cpu + sklearn-cpu", "cpu") if on_torch
+                                        else ("sklearn-cpu", "cpu"))
+        codes = ArraySVC(C=C, gamma=gamma).fit(torch.as_tensor(X[:300]), torch.as_tensor(y[:300]))
+        pred = codes.predict(torch.as_tensor(X[300:]))  # numeric labels stay on the rows' device
+        assert isinstance(pred, torch.Tensor)
+        np.testing.assert_array_equal(pred.numpy(), SVC(C=C, gamma=gamma).fit(X[:300], y[:300]).predict(X[300:]))
+
+
+def test_array_svc_precomputes_the_kernel_only_on_a_gpu_with_room_for_it(monkeypatch):
+    """precompute="auto" is resolved in fit: never for rows on the CPU (there the kernel's products cost more
+    than libsvm saves), and on a CUDA device only where the n x n float64 kernel takes at most a third of
+    the host's available memory."""
+    import torch
+
+    from pipeline import hardware
+
+    X, y = np.random.default_rng(0).normal(size=(60, 4)), np.arange(60) % 3
+    assert ArraySVC().fit(X, y).precompute_ is False
+    assert ArraySVC().fit(torch.as_tensor(X), torch.as_tensor(y)).precompute_ is False
+    svc = ArraySVC()
+    cuda = type("Rows", (), {"device": torch.device("cuda:0"), "__len__": lambda self: 60_000})()
+    monkeypatch.setattr(hardware, "available_memory", lambda: 120 * 2 ** 30)
+    assert svc._resolve_precompute(cuda) is True  # 60,000 rows: a 27 GiB kernel of 120 GiB available
+    monkeypatch.setattr(hardware, "available_memory", lambda: 64 * 2 ** 30)
+    assert svc._resolve_precompute(cuda) is False
+    monkeypatch.setattr(hardware, "available_memory", lambda: None)
+    assert svc._resolve_precompute(cuda) is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_array_svc_on_cuda_tensors_is_the_cpu_model():
+    """On CUDA tensors ArraySVC precomputes the kernel on the GPU (auto), fits libsvm on the host, keeps its
+    support vectors on the GPU and predicts there: the same support vectors and predictions as on the CPU."""
+    import torch
+    from sklearn.datasets import make_classification
+
+    from pipeline.classical.backends import executed_on
+
+    X, y = make_classification(3000, 40, n_informative=20, n_classes=10, n_clusters_per_class=1, random_state=0)
+    cpu = ArraySVC(C=10).fit(X[:2000], y[:2000])
+    gpu = ArraySVC(C=10).fit(torch.as_tensor(X[:2000], device="cuda"), torch.as_tensor(y[:2000], device="cuda"))
+    assert gpu.precompute_ is True and cpu.precompute_ is False
+    assert gpu.support_vectors_.device.type == "cuda"
+    np.testing.assert_array_equal(gpu.support_, cpu.support_)
+    pred = gpu.predict(torch.as_tensor(X[2000:], device="cuda"))
+    assert pred.device.type == "cuda"
+    assert (pred.cpu().numpy() == cpu.predict(X[2000:])).mean() >= 0.999
+    assert executed_on(gpu) == ("sklearn-array-api-cuda + sklearn-cpu", "cuda:0 + cpu")

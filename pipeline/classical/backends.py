@@ -11,7 +11,8 @@ A backend is a small class with a name, built by one factory, `make_backend(devi
 
 What a record calls its backend is never the backend's name: `executed_on(fitted_estimator)` reads it,
 step by step, from the fitted object (torch tensors in its fitted attributes, a cuml.accel proxy that did
-or did not fit on the GPU, or plain numpy).
+or did not fit on the GPU, or plain numpy). An estimator whose solver ran on the host while its fitted arrays
+are on a device (`ArraySVC`: libsvm) says so with a fitted `fit_on_host_`, and its label names both.
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ class SklearnCPU:
     array_api = False  # whether classifiers with an array-API formulation should use it
     cuml = False  # whether cuML's own t-SNE / UMAP may draw the maps
     device = "cpu"
+    # whether the classifiers that run on the host (no array-API formulation) run at the same time as the
+    # others, which then run on a device and leave the host's cores free
+    overlap_host = False
 
     def context(self):
         return contextlib.nullcontext()
@@ -47,17 +51,19 @@ class SklearnCPU:
         return y
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device}
+        return {"backend": self.name, "device": self.device, "overlap_host": self.overlap_host}
 
 
 class ArrayAPI(SklearnCPU):
     """scikit-learn's Array API dispatch on torch tensors on `device` (cuda, or cpu as the tests use it)."""
     array_api = True
 
-    def __init__(self, device: str = "cuda"):
+    def __init__(self, device: str = "cuda", overlap_host: bool | None = None):
         _need_scipy_array_api()
         self.device = device
         self.name = f"sklearn-array-api-{device.split(':')[0]}"
+        # None: where the device is not the host's (on CPU tensors both would share the same cores)
+        self.overlap_host = device != "cpu" if overlap_host is None else overlap_host
 
     def context(self):
         import sklearn
@@ -141,7 +147,7 @@ def executed_on(estimator) -> tuple[str, str]:
     ones in step order joined by " + " ("sklearn-array-api-cuda + sklearn-cpu" for GPU PCA then CPU QDA),
     so a label never reads the final step only. Each step's is `steps_ran_on`'s."""
     ran = [r for r in steps_ran_on(estimator).values() if r != (STATELESS, STATELESS)] or [(CPU, "cpu")]
-    return " + ".join(dict.fromkeys(b for b, _ in ran)), " + ".join(dict.fromkeys(d for _, d in ran))
+    return tuple(" + ".join(dict.fromkeys(part for r in ran for part in r[i].split(" + "))) for i in (0, 1))
 
 
 def steps_ran_on(estimator) -> dict[str, tuple[str, str]]:
@@ -154,6 +160,13 @@ def steps_ran_on(estimator) -> dict[str, tuple[str, str]]:
 
 
 def _ran_on(est) -> tuple[str, str]:
+    backend, device = _arrays_on(est)
+    if vars(est).get("fit_on_host_") and backend != CPU:  # its arrays on a device, its solver on the host
+        return f"{backend} + {CPU}", device if device == "cpu" else f"{device} + cpu"  # (ArraySVC's libsvm)
+    return backend, device
+
+
+def _arrays_on(est) -> tuple[str, str]:
     accel = _accel()
     if accel is not None and accel.is_proxy(est):  # cuML says where a fit ran only in its profiler's report;
         # its proxies hold the GPU model in `_gpu` after a GPU fit (cuML 26.10), None after a CPU fallback

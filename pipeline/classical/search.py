@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,69 +194,117 @@ def _classify(run: _Run) -> list[dict]:
     bar = tqdm(total=total, unit="fit", disable=(not progress) if progress is not None else None,
                file=sys.stderr, dynamic_ncols=True)
 
-    def search(fs, c):
+    def search(fs, c, n_jobs):
         plan = plans[(fs.name, c)]
         bar.set_description(f"{fs.name} {c}")
         return fs, c, plan, *_search(fs, c, plan, grid, backend, n_jobs, client, bar, log)
 
-    def refit(fs, c, plan, best, best_scores, search_s, errors, cheap):
+    def refit(fs, c, plan, best, best_scores, search_s, errors, cheap, n_jobs):
         rec, est, pred = _refit_and_test(fs, c, plan, best, best_scores, backend, search_s, n_jobs)
         rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid),
                    failed_fits=len(errors), fit_errors=list(dict.fromkeys(errors))[:5], search_params=cheap)
         return fs, plan, rec, est, pred
 
-    def finish(fs, plan, rec, est, pred):
-        bar.update(1)
-        records.append(rec)
-        if models is not None:
-            models[(fs.name, rec["classifier"])] = est
-        log(f"{fs.name:>20} {rec['classifier']:<7} test {rec['test_accuracy']:.4f}  cv {rec['cv_mean']:.4f}"
-            f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({rec['search_seconds'] + rec['fit_seconds']:.0f} s, "
-            f"{rec['backend']})")
-        if out is not None:
-            _save(out, fs, rec, est, backend if plan.native else None, log)
-            save_predictions(out, rec, pred)
-            write_results(out, [rec])
+    lock = threading.Lock()  # records, the results file and the bar are shared with a host thread
 
+    def finish(fs, plan, rec, est, pred):
+        with lock:
+            bar.update(1)
+            records.append(rec)
+            if models is not None:
+                models[(fs.name, rec["classifier"])] = est
+            log(f"{fs.name:>20} {rec['classifier']:<7} test {rec['test_accuracy']:.4f}  cv {rec['cv_mean']:.4f}"
+                f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({rec['search_seconds'] + rec['fit_seconds']:.0f} s, "
+                f"{rec['backend']})")
+            if out is not None:
+                _save(out, fs, rec, est, backend if plan.native else None, log)
+                save_predictions(out, rec, pred)
+                write_results(out, [rec])
+
+    def run_classifier(c, n_jobs):
+        # a refit on one core (libsvm) that releases the GIL: the feature sets' refits run at once, on
+        # threads, once every set's search is done; any other refit follows its own search (not in the
+        # background of the next one: docs/decisions.md#background-refits)
+        at_once = _refits_at_once(c, sets, n_jobs, backend, any(plans[(fs.name, c)].native for fs in sets))
+        if at_once > 1:
+            searched = [search(fs, c, n_jobs) for fs in sets]
+            failed = None
+            with ThreadPoolExecutor(at_once) as pool:  # each record saved as its refit ends
+                for done in as_completed([pool.submit(refit, *a, n_jobs) for a in searched]):
+                    try:
+                        finish(*done.result())
+                    except Exception as e:  # noqa: BLE001 - the others' records are kept first
+                        failed = failed or e
+            if failed is not None:
+                raise failed
+        else:
+            for fs in sets:
+                finish(*refit(*search(fs, c, n_jobs), n_jobs))
+
+    # on a device backend the classifiers with no formulation there run on the host's cores at the same time
+    # as the others run on the device (one core left to drive it), not after them
+    host = [c for c in classifiers if not any(plans[(fs.name, c)].native for fs in sets)] \
+        if backend.overlap_host and len(classifiers) > 1 else []
     try:
-        with bar:
+        with bar, _beside(host, lambda stop: [run_classifier(c, max(1, n_jobs - 1)) for c in host
+                                              if not stop.is_set()], log):
             for c in classifiers:
-                # a refit on one core (libsvm) that releases the GIL: the feature sets' refits run at once,
-                # on threads, once every set's search is done; any other refit follows its own search (not in
-                # the background of the next one: docs/decisions.md#background-refits)
-                at_once = _refits_at_once(c, sets, n_jobs, backend)
-                if at_once > 1:
-                    searched = [search(fs, c) for fs in sets]
-                    failed = None
-                    with ThreadPoolExecutor(at_once) as pool:  # each record saved as its refit ends
-                        for done in as_completed([pool.submit(refit, *a) for a in searched]):
-                            try:
-                                finish(*done.result())
-                            except Exception as e:  # noqa: BLE001 - the others' records are kept first
-                                failed = failed or e
-                    if failed is not None:
-                        raise failed
-                else:
-                    for fs in sets:
-                        finish(*refit(*search(fs, c)))
+                if c not in host:
+                    run_classifier(c, n_jobs)
     finally:
         if client is not None:
             client.close()
-    return records
+    order = {c: i for i, c in enumerate(classifiers)}
+    return sorted(records, key=lambda r: order[r["classifier"]])
 
 
-def _refits_at_once(c: str, sets: list[FeatureSet], n_jobs: int, backend: Backend) -> int:
-    """How many feature sets' refits of classifier c run at once: one, unless its refit runs on one core (and
-    on the CPU); then as many as cores, feature sets and half the available memory allow (an RBF SVC's refit
-    holds its kernel cache and a few copies of the rows; docs/decisions.md#refits-at-once)."""
+@contextlib.contextmanager
+def _beside(names: list[str], work: Callable, log):
+    """Runs `work(stop)` on a thread while the block runs; on leaving, waits for it (its records are saved as
+    they come) and raises the block's error, else work's. If the block fails, `stop` is set: work finishes the
+    classifier in progress and starts no other. Nothing to run: a plain block."""
+    if not names:
+        yield
+        return
+    log(f"on the host's cores while the device fits the others: {', '.join(names)}")
+    result, stop = {}, threading.Event()
+
+    def target():
+        try:
+            work(stop)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=target, name="pipeline-host-classifiers", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException:
+        stop.set()
+        if thread.is_alive():
+            log("waiting for the host's classifier in progress to finish (its record is kept)")
+        thread.join()
+        raise
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+
+
+def _refits_at_once(c: str, sets: list[FeatureSet], n_jobs: int, backend: Backend, native: bool) -> int:
+    """How many feature sets' refits of classifier c run at once: one, unless its refit runs on one core
+    (and not under cuML); then as many as cores, feature sets and half the available memory allow (an RBF
+    SVC's refit holds its kernel cache, or its whole kernel, and a few copies of the rows;
+    docs/decisions.md#refits-at-once)."""
     spec = CLASSIFIERS[c]
-    if not spec.one_core_refit or backend.cuml or spec.native(backend):
+    if not spec.one_core_refit or backend.cuml:
         return 1
     n = min(n_jobs, len(sets))
     free = available_memory()
     if free:
-        cache = spec.make(False).get_params().get("clf__cache_size", 0) * 2 ** 20
-        n = min(n, max(1, free // 2 // max(int(cache + 4 * fs.X_train.nbytes) for fs in sets)))
+        est = spec.make(native)
+        held = spec.refit_bytes or (lambda *_: 0)
+        n = min(n, max(1, free // 2 // max(held(est, len(fs.y_train), backend.device if native else "cpu")
+                                           + 4 * fs.X_train.nbytes for fs in sets)))
     return n
 
 
@@ -264,8 +313,10 @@ def _search(fs: FeatureSet, c: str, plan: SearchPlan, grid, backend: Backend, n_
     the progress bar -> (best candidate's index, its fold scores, search seconds, fit errors, search params)."""
     from joblib import Parallel, delayed, parallel_config
 
-    # GPU work (array-API, cuML proxies) stays in this process; CPU fits go to workers
-    in_process = plan.native or backend.cuml or len(plan.candidates) * len(plan.folds) == 1
+    # GPU work (array-API, cuML proxies) stays in this process; CPU fits go to workers. An array-API
+    # formulation whose solver runs on one host core and releases the GIL (ArraySVC) fits on threads
+    threads = plan.native and CLASSIFIERS[c].one_core_refit and not backend.cuml
+    in_process = (plan.native and not threads) or backend.cuml or len(plan.candidates) * len(plan.folds) == 1
     jobs = 1 if in_process else n_jobs
     blas = max(1, (os.cpu_count() or 1) // jobs)
     tasks = [(ci, tr, te) for ci in range(len(plan.candidates)) for tr, te in plan.folds]
@@ -273,8 +324,8 @@ def _search(fs: FeatureSet, c: str, plan: SearchPlan, grid, backend: Backend, n_
     t0 = time.perf_counter()
     scores = [[] for _ in plan.candidates]
     errors = []
-    cfg = parallel_config(backend="dask") if client is not None and not in_process else \
-        parallel_config(backend="loky" if jobs > 1 else "sequential", n_jobs=jobs)
+    cfg = parallel_config(backend="dask") if client is not None and not (in_process or threads) else \
+        parallel_config(backend="threading" if threads else "loky" if jobs > 1 else "sequential", n_jobs=jobs)
     cheap = CLASSIFIERS[c].search_params if isinstance(grid, str) else {}
     with cfg:
         results = Parallel(return_as="generator_unordered")(

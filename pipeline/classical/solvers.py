@@ -12,6 +12,8 @@ a lower objective (benchmarks/bench_linsvc.py).
 fits where its input is (torch CUDA tensors on a GPU backend); scikit-learn 1.9's QDA has no Array API path.
 `ArrayKNN` is `KNeighborsClassifier` (Euclidean, brute force) the same way: distances by one matrix product
 per chunk of queries, the k nearest by top-k, the vote weighted as scikit-learn weighs it.
+`ArraySVC` is `SVC(kernel="rbf")`: libsvm fits it on the host (there is no GPU formulation of its solver here),
+from a kernel computed where the rows are when that pays, and its one-vs-one vote runs where the rows are.
 """
 from __future__ import annotations
 
@@ -174,18 +176,128 @@ def rbf_svc_predict(svc, X, chunk: int = 1024) -> np.ndarray:
         x = np.asarray(X[a:a + chunk], np.float64)
         d2 = (x * x).sum(1)[:, None] + sv_sq[None] - 2 * (x @ sv.T)
         K = np.exp(-svc._gamma * np.maximum(d2, 0, out=d2))
-        # part[i][:, k]: class i's support vectors' share of the decisions with the k-th class of dual_coef_'s rows
-        part = [K[:, first[i]:first[i + 1]] @ coef[:, first[i]:first[i + 1]].T for i in range(n)]
-        votes = np.zeros((len(x), n), np.intp)
-        pair = 0
-        for i in range(n):
-            for j in range(i + 1, n):
-                win = part[i][:, j - 1] + part[j][:, i] + b[pair] > 0
-                votes[:, i] += win
-                votes[:, j] += ~win
-                pair += 1
-        out[a:a + chunk] = votes.argmax(1)
+        out[a:a + chunk] = _ovo_vote(K, coef, b, first, np.zeros((len(x), n), np.intp)).argmax(1)
     return svc.classes_[out]
+
+
+def _ovo_vote(K, coef, b, first, votes):
+    """libsvm's one-vs-one vote from the kernel between the rows and the support vectors (numpy or torch alike):
+    `coef` and `b` libsvm's dual coefficients and intercepts, `first` where each class's support vectors start,
+    `votes` zeros (rows x classes), filled and returned; its row's first maximum is the prediction."""
+    n = votes.shape[1]
+    # part[i][:, k]: class i's support vectors' share of the decisions with the k-th class of coef's rows
+    part = [K[:, first[i]:first[i + 1]] @ coef[:, first[i]:first[i + 1]].T for i in range(n)]
+    pair = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            win = part[i][:, j - 1] + part[j][:, i] + b[pair] > 0
+            votes[:, i] += win
+            votes[:, j] += ~win
+            pair += 1
+    return votes
+
+
+class ArraySVC(ClassifierMixin, BaseEstimator):
+    """`SVC(kernel="rbf", C, gamma, cache_size)`'s model, fitted by libsvm on the host (one core), its
+    predictions computed in torch where the input is: numpy in, the support vectors as a float64 numpy array;
+    torch tensors in (CPU or CUDA), the support vectors as tensors on that device, where `predict` computes
+    the kernel and libsvm's one-vs-one vote (`rbf_svc_predict`'s, the lower class on a tied vote).
+
+    `precompute`: libsvm fits from the exact RBF kernel of the training rows, computed where they are in
+    float64 and handed to it as `kernel="precomputed"` (True), or computes the kernel itself, a row at a
+    time, as scikit-learn's SVC does (False). "auto", resolved in `fit` (`precompute_` says which ran): True
+    for rows on a CUDA device whose n x n kernel takes at most a third of the host's available memory,
+    False otherwise (on the CPU the kernel's products cost more than libsvm saves; benchmarks/bench_svc_fit.py).
+    Either way the model is libsvm's: the same support vectors and dual coefficients up to the kernel's
+    rounding. `dual_coef_` and `intercept_` are scikit-learn's SVC's (their sign flipped for two classes)."""
+
+    _parameter_constraints = {"C": [Interval(Real, 0, None, closed="neither")],
+                              "gamma": [StrOptions({"scale", "auto"}), Interval(Real, 0, None, closed="neither")],
+                              "cache_size": [Interval(Real, 0, None, closed="neither")],
+                              "precompute": ["boolean", StrOptions({"auto"})],
+                              "chunk": [Interval(Integral, 1, None, closed="left")]}
+
+    def __init__(self, C: float = 1.0, gamma="scale", cache_size: float = 200, precompute="auto",
+                 chunk: int = 1024):
+        self.C = C
+        self.gamma = gamma
+        self.cache_size = cache_size
+        self.precompute = precompute
+        self.chunk = chunk
+
+    def fit(self, X, y):
+        import torch
+        from sklearn.svm import SVC
+
+        self._validate_params()
+        Xt, labels, on_torch = _fit_input(self, X, y)
+        Xt = Xt.to(torch.float64)
+        self.classes_, yi = np.unique(labels, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"The number of classes has to be greater than one; got {len(self.classes_)} class")
+        var = float(Xt.var(correction=0)) if self.gamma == "scale" else None
+        self._gamma = (1.0 / (Xt.shape[1] * var) if var else 1.0) if self.gamma == "scale" else \
+            1.0 / Xt.shape[1] if self.gamma == "auto" else float(self.gamma)
+        self.precompute_ = self._resolve_precompute(Xt)
+        if self.precompute_:
+            svc = SVC(kernel="precomputed", C=self.C, cache_size=self.cache_size).fit(self._kernel(Xt), yi)
+        else:
+            svc = SVC(kernel="rbf", C=self.C, gamma=self._gamma, cache_size=self.cache_size).fit(
+                Xt.cpu().numpy(), yi)
+        support = torch.as_tensor(svc.support_, device=Xt.device)
+        self.support_ = svc.support_
+        self.n_support_ = svc.n_support_
+        self.support_vectors_ = Xt[support] if on_torch else Xt[support].numpy()
+        self.dual_coef_, self.intercept_ = svc.dual_coef_, svc.intercept_
+        self.n_iter_, self.fit_status_ = svc.n_iter_, svc.fit_status_
+        self.fit_on_host_ = True  # libsvm's solver ran on the CPU, wherever the arrays are (labels read it)
+        return self
+
+    def _resolve_precompute(self, Xt) -> bool:
+        if self.precompute != "auto":
+            return bool(self.precompute)
+        from pipeline.hardware import available_memory
+
+        free = available_memory()
+        return Xt.device.type == "cuda" and free is not None and 3 * 8 * len(Xt) ** 2 <= free
+
+    def _kernel(self, Xt) -> np.ndarray:
+        """The training rows' RBF kernel, float64, computed on their device in row blocks, gathered on the host."""
+        import torch
+
+        K = np.empty((len(Xt), len(Xt)))
+        host, sq = torch.from_numpy(K), (Xt * Xt).sum(1)
+        for a in range(0, len(Xt), self.chunk):  # each block straight into the host's array
+            host[a:a + self.chunk].copy_(_rbf(Xt[a:a + self.chunk], Xt, sq, self._gamma))
+        return K
+
+    def predict(self, X):
+        import torch
+
+        X, on_torch = _predict_input(self, X)
+        sv = _as_tensor(self.support_vectors_)
+        X = X.to(sv.device, torch.float64)
+        sign = -1 if len(self.classes_) == 2 else 1  # scikit-learn flips libsvm's signs for two classes
+        coef = sign * torch.as_tensor(self.dual_coef_, device=sv.device)
+        b = (sign * torch.as_tensor(self.intercept_, device=sv.device)).tolist()
+        first = np.concatenate([[0], np.cumsum(self.n_support_)]).tolist()
+        sq = (sv * sv).sum(1)
+        if not len(X):
+            return _class_labels(self.classes_, torch.zeros(0, dtype=torch.int64, device=sv.device), on_torch)
+        best = torch.cat([_ovo_vote(_rbf(X[a:a + self.chunk], sv, sq, self._gamma), coef, b, first,
+                                    torch.zeros(len(X[a:a + self.chunk]), len(self.classes_), dtype=torch.int64,
+                                                device=sv.device)).argmax(1)
+                          for a in range(0, len(X), self.chunk)])
+        return _class_labels(self.classes_, best, on_torch)
+
+
+def _rbf(A, B, b_sq, gamma: float):
+    """exp(-gamma |a - b|^2) between the rows of A and B (torch, B's squared norms given), clipped at distance 0:
+    one product into one block, the rest in place."""
+    import torch
+
+    d2 = torch.addmm(b_sq[None], A, B.T, alpha=-2).add_((A * A).sum(1, keepdim=True))
+    return d2.clamp_(min=0).mul_(-gamma).exp_()
 
 
 class ArrayQDA(ClassifierMixin, BaseEstimator):

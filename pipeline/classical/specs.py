@@ -36,8 +36,11 @@ class ClassifierSpec:
     refit_on: Callable | None = None
     # (fitted pipeline, X) -> the pipeline's own predictions, computed faster than its predict (numpy only)
     fast_predict: Callable | None = None
-    # the refit runs on one core and releases the GIL: the refits of several feature sets run at once
+    # the refit runs on one core and releases the GIL: the refits of several feature sets run at once (and
+    # the search's fits of its array-API formulation, whose solver is on the host, run on threads)
     one_core_refit: bool = False
+    # (unfitted pipeline, training rows, backend's device) -> bytes one refit holds beyond its rows
+    refit_bytes: Callable | None = None
 
     def native(self, backend: Backend, custom: bool = False) -> bool:
         """Whether this classifier runs in the backend's array-API formulation. A custom grid (--grid FILE)
@@ -119,7 +122,20 @@ def _rf(native: bool = False):
 def _svc(native: bool = False):
     from sklearn.svm import SVC
 
-    return _pipe(_scale(), _pca(100), ("clf", SVC(C=10, gamma="scale", cache_size=1000)))
+    from pipeline.classical.solvers import ArraySVC
+
+    # on the Array API: libsvm's model, fitted on the host from the kernel computed where the rows are (on a
+    # GPU), its vote computed there (ArraySVC); scaling and PCA on the backend's device
+    return _pipe(_scale(), _pca(100), ("clf", (ArraySVC if native else SVC)(C=10, gamma="scale", cache_size=1000)))
+
+
+def _svc_refit_bytes(est, rows: int, device: str) -> int:
+    """Memory one RBF SVC refit holds beyond its rows: libsvm's kernel cache, and the whole n x n float64
+    kernel where ArraySVC will precompute it (on a GPU; `ArraySVC.precompute`)."""
+    clf = est[-1]
+    kernel = getattr(clf, "precompute", False)
+    kernel = kernel is True or (kernel == "auto" and device.startswith("cuda"))
+    return int(clf.cache_size * 2 ** 20) + (8 * rows ** 2 if kernel else 0)
 
 
 def _svc_predict(est, X):
@@ -155,6 +171,9 @@ _LINSVC_GRIDS = {"quick": {}, "default": {"clf__C": [3e-4, 1e-3, 3e-3]},
                  "full": {"clf__C": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1]}}
 _LOGREG_GRIDS = {"quick": {}, "default": {"clf__C": [0.01, 0.1, 1.0]},  # lbfgs: the same on the Array API
                  "full": {"clf__C": [1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]}}
+_SVC_GRIDS = {"quick": {}, "default": {"clf__C": [3.0, 10.0]},
+              "full": {"pca__n_components": [50, 100, 200], "clf__C": [1.0, 3.0, 10.0, 30.0],
+                       "clf__gamma": ["scale", 1e-3, 3e-3]}}
 
 CLASSIFIERS = {s.name: s for s in [
     ClassifierSpec("lda", "LDA", _lda, {
@@ -174,12 +193,10 @@ CLASSIFIERS = {s.name: s for s in [
                  "clf__min_samples_leaf": [1, 2, 4]}},
         # the search ranks min_samples_leaf with 100 trees; the refit grows the pipeline's 200
         search_params={"clf__n_estimators": 100}, refit_on=_rf_on),
-    ClassifierSpec("svc", "RBF SVC", _svc, {
-        "quick": {}, "default": {"clf__C": [3.0, 10.0]},
-        "full": {"pca__n_components": [50, 100, 200], "clf__C": [1.0, 3.0, 10.0, 30.0],
-                 "clf__gamma": ["scale", 1e-3, 3e-3]}},
-        # libsvm fits on one core (its one-vs-one fit has no parallel form), releasing the GIL
-        fast_predict=_svc_predict, one_core_refit=True),
+    ClassifierSpec("svc", "RBF SVC", _svc, _SVC_GRIDS,
+        # libsvm fits on one core (its one-vs-one fit has no parallel form), releasing the GIL; ArraySVC is
+        # that model on the Array API (the same estimator and grids)
+        array_api_grids=_SVC_GRIDS, fast_predict=_svc_predict, one_core_refit=True, refit_bytes=_svc_refit_bytes),
     ClassifierSpec("knn", "k-NN", _knn, _KNN_GRIDS, array_api_grids=_KNN_GRIDS),  # ArrayKNN: the same vote
 ]}
 DEFAULT_CLASSIFIERS = tuple(CLASSIFIERS)

@@ -21,10 +21,11 @@ from pipeline.store.featuresets import RAW_SIZE_MAX
 MODELS_DIR = "models"
 FORMAT = "pipeline-model/1"
 # Beyond skops' default trusted set (scikit-learn's estimators, numpy arrays): the only types our pipelines
-# hold that skops does not trust by default (a tree's state, this project's own linear SVC, QDA, k-NN).
+# hold that skops does not trust by default (a tree's state, this project's own linear SVC, QDA, k-NN, RBF SVC).
 # Anything else in a file is refused, never loaded.
 TRUSTED = ("sklearn.tree._tree.Tree", "pipeline.classical.solvers.DenseLinearSVC",
            "pipeline.classical.solvers.ArrayQDA", "pipeline.classical.solvers.ArrayKNN",
+           "pipeline.classical.solvers.ArraySVC",
            "pipeline.solvers.DenseLinearSVC")  # the linear SVC's name in models saved before the subpackages
 _MOVED = {"pipeline.solvers": "pipeline.classical.solvers"}  # old module path -> where it lives now
 _VERSIONS = ("scikit-learn", "numpy", "skops", "torch", "torchvision", "openvino")  # a card records these
