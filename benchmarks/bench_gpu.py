@@ -5,6 +5,11 @@ device, seconds, img/s and the backend each classifier actually ran on.
     python benchmarks/bench_gpu.py --data-dir DIR [--device auto|cuda|cpu] [--grid default] \
                                    [--methods pca,tsne,umap] [--limit N] [--json FILE]
     python benchmarks/bench_gpu.py --smoke       # tiny synthetic data on whatever device is here (CI runs it)
+    python benchmarks/bench_gpu.py --compare NEW.json [--against OLD.json] [--records results.json]
+
+--compare prints, side by side, the stages' wall seconds and each (feature set, classifier)'s seconds and test
+accuracy of two such runs (e.g. this code and an earlier commit's on the same machine), and each accuracy's
+distance from the CPU records of a results.json (flagged beyond 0.3 points).
 
 On a GPU machine: extract's figure "loop img/s" is the engine alone on uint8 batches already in memory
 (upload, resize and normalise on the device, bf16 forward, copy-back), after two warm-up batches;
@@ -79,7 +84,76 @@ def loop_rate(backbone, dataset, device: str, precision: str, max_images: int) -
     return n / (time.perf_counter() - t), bs, eng.describe()
 
 
+STAGES = ("load", "extract", "classify", "maps")
+
+
+def _stage_seconds(run: dict) -> dict:
+    """Each stage's wall seconds: its rows that time a whole step (load, and the rows with ' all ')."""
+    out = dict.fromkeys(STAGES, 0.0)
+    for r in run["rows"]:
+        if r["seconds"] is not None and (r["stage"] == "load" or " all " in r["what"]):
+            out[r["stage"]] += r["seconds"]
+    return out
+
+
+def _fits(run: dict) -> dict:
+    """(feature set, classifier) -> (seconds, test accuracy, device) from a run's classify rows."""
+    import re
+
+    out = {}
+    for r in run["rows"]:
+        m = re.fullmatch(r"(\S+) (\S+) \(test ([0-9.]+)\)", r["what"]) if r["stage"] == "classify" else None
+        if m:
+            out[m[1], m[2]] = (r["seconds"], float(m[3]), r["device"])
+    return out
+
+
+def compare(new_path: str, old_path: str | None = None, records: str | None = None) -> None:
+    new = json.loads(Path(new_path).read_text())
+    old = json.loads(Path(old_path).read_text()) if old_path else None
+    cpu = {(r["feature_set"], r["classifier"]): r["test_accuracy"]
+           for r in json.loads(Path(records).read_text())} if records else {}
+    print(f"# new: {new['hardware']}; backend {new['backend']}")
+    if old:
+        print(f"# old: {old['hardware']}; backend {old['backend']}")
+    for name, run in (("new", new), ("old", old)):
+        if run:
+            sets = dict.fromkeys(k[0] for k in _fits(run))
+            maps = dict.fromkeys(r["what"].split()[1] for r in run["rows"]
+                                 if r["stage"] == "maps" and "(5-NN" in r["what"])
+            print(f"# {name} covers: classify {', '.join(sets) or 'nothing'}; maps {', '.join(maps) or 'none'}")
+    ns, os_ = _stage_seconds(new), _stage_seconds(old) if old else {}
+    print("\n| stage | old s | new s | old / new |\n|---|---|---|---|")
+    for st in (*STAGES, "total"):
+        a = sum(os_.values()) if st == "total" and old else os_.get(st)
+        b = sum(ns.values()) if st == "total" else ns[st]
+        print(f"| {st} | {f'{a:.1f}' if a is not None else '–'} | {b:.1f} | "
+              f"{f'{a / b:.1f}×' if a and b else '–'} |")
+    nf, of = _fits(new), _fits(old) if old else {}
+    print("\n| features | classifier | old s | new s | old test | new test | new − CPU record (pt) | new ran on |")
+    print("|---|---|---|---|---|---|---|---|")
+    far = []
+    for key, (sec, acc, dev) in nf.items():
+        o = of.get(key)
+        ref = cpu.get(key)
+        gap = f"{(acc - ref) * 100:+.2f}" if ref is not None else "–"
+        if ref is not None and abs(acc - ref) > 0.003:
+            far.append(key)
+        print(f"| {key[0]} | {key[1]} | {f'{o[0]:.1f}' if o else '–'} | {sec:.1f} | {f'{o[1]:.4f}' if o else '–'} "
+              f"| {acc:.4f} | {gap}{' (beyond 0.3)' if key in far else ''} | {dev} |")
+    if cpu:
+        print(f"\n# {len([k for k in nf if k in cpu]) - len(far)} of {len([k for k in nf if k in cpu])} accuracies "
+              f"within 0.3 points of the CPU records" + (f"; beyond: {far}" if far else ""))
+
+
 def main():
+    if "--compare" in sys.argv:
+        cp = argparse.ArgumentParser()
+        cp.add_argument("--compare", required=True)
+        cp.add_argument("--against", default=None)
+        cp.add_argument("--records", default=None)
+        a = cp.parse_args()
+        return compare(a.compare, a.against, a.records)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None, help="Fashion-MNIST's IDX files (default: as `pipeline extract`)")
     ap.add_argument("--device", default="auto")
@@ -145,15 +219,17 @@ def main():
 
     sets = [load_feature_set("raw", "fashion-mnist", args.data_dir, args.limit)] + \
         [load_feature_set(str(p), "fashion-mnist") for p in stores.values()]
-    for fs in [s for s in sets if s.name in args.classify_sets.split(",")]:
-        t = time.perf_counter()
-        recs = classify([fs], args.classifiers.split(","), args.grid, 3, backend=backend, progress=False,
-                        log=lambda m: None)
-        for r in recs:
-            row("classify", f"{fs.name} {r['classifier']} (test {r['test_accuracy']:.4f})",
-                r["search_seconds"] + r["fit_seconds"] + r["predict_seconds"], r["device"], None, r["backend"])
-        ran = dict.fromkeys(d for r in recs for d in r["device"].split(" + "))  # what ran, not what was asked
-        row("classify", f"{fs.name} all {len(recs)} classifiers", time.perf_counter() - t, " + ".join(ran))
+    # one call over every feature set, as `pipeline run` classifies: RBF SVC refits at once, the classifiers
+    # with no device formulation on the host's cores beside the others
+    t = time.perf_counter()
+    recs = classify([s for s in sets if s.name in args.classify_sets.split(",")], args.classifiers.split(","),
+                    args.grid, 3, backend=backend, progress=False, log=lambda m: None)
+    wall = time.perf_counter() - t
+    for r in recs:
+        row("classify", f"{r['feature_set']} {r['classifier']} (test {r['test_accuracy']:.4f})",
+            r["search_seconds"] + r["fit_seconds"] + r["predict_seconds"], r["device"], None, r["backend"])
+    ran = dict.fromkeys(d for r in recs for d in r["device"].split(" + "))  # what ran, not what was asked
+    row("classify", f"{len(sets)} feature sets: all {len(recs)} fits, one call", wall, " + ".join(ran))
 
     mapped = [s for s in sets if s.name in args.map_sets.split(",")]
     for m in args.methods.split(","):

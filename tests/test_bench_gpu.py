@@ -23,8 +23,19 @@ def test_bench_gpu_smoke(tmp_path):
     per_clf = [r for r in got["rows"] if r["stage"] == "classify" and " all " not in r["what"]]
     assert len(per_clf) == 3 * 7  # raw + two embeddings, seven classifiers, each with where it ran
     assert all(r["backend"] and r["device"] for r in per_clf)
-    for row in (r for r in got["rows"] if r["stage"] == "classify" and " all " in r["what"]):
-        name = row["what"].split(" all ")[0]  # the "all" row names the devices its classifiers ran on
-        ran = {d for r in per_clf if r["what"].startswith(name + " ") for d in r["device"].split(" + ")}
-        assert set(row["device"].split(" + ")) == ran, (row, ran)
+    whole, = (r for r in got["rows"] if r["stage"] == "classify" and " all " in r["what"])
+    ran = {d for r in per_clf for d in r["device"].split(" + ")}  # it names the devices its records ran on
+    assert set(whole["device"].split(" + ")) == ran, (whole, ran)
     assert got["total_seconds"] > 0 and got["hardware"] in res.stdout
+
+    # --compare: the run against itself (as an "old" run) and against CPU records made from its own numbers
+    records = tmp_path / "results.json"
+    fits = [r["what"].split()[:2] + [float(r["what"].split("(test ")[1].rstrip(")"))] for r in per_clf]
+    records.write_text(json.dumps([{"feature_set": f, "classifier": c, "test_accuracy": a + (0.01 if c == "lda" else 0)}
+                                   for f, c, a in fits if f == "raw"]))
+    cmp = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--compare", str(out), "--against",
+                          str(out), "--records", str(records)], capture_output=True, text=True, timeout=120)
+    assert cmp.returncode == 0, cmp.stderr[-3000:]
+    assert "| total |" in cmp.stdout and "1.0×" in cmp.stdout
+    assert "| raw | lda |" in cmp.stdout and "-1.00 (beyond 0.3)" in cmp.stdout
+    assert "# 6 of 7 accuracies within 0.3 points of the CPU records; beyond: [('raw', 'lda')]" in cmp.stdout
