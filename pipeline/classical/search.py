@@ -61,12 +61,13 @@ def _estimator(classifier: str, native: bool, params: dict):
 
 def _fit_score(backend, classifier, native, params, X, y, train, test, blas_threads):
     """One candidate on one fold -> (accuracy, None), or (nan, "Error: message") if anything in it failed:
-    a failed fit is scored like scikit-learn's error_score=nan and counted, never fatal on its own."""
+    a failed fit is scored like scikit-learn's error_score=nan and counted, never fatal on its own.
+    `blas_threads` None: the process's BLAS threads are left as they are (a fit on a thread)."""
     from threadpoolctl import threadpool_limits
 
     context, conv = _on(backend, native)
     try:
-        with threadpool_limits(blas_threads), context:
+        with threadpool_limits(blas_threads) if blas_threads else contextlib.nullcontext(), context:
             est = _estimator(classifier, native, params)
             Xb, yb = conv(X), conv(y)
             est.fit(Xb[train], yb[train])
@@ -221,13 +222,14 @@ def _classify(run: _Run) -> list[dict]:
                 save_predictions(out, rec, pred)
                 write_results(out, [rec])
 
-    def run_classifier(c, n_jobs):
+    def run_classifier(c, n_jobs, stop=None):
         # a refit on one core (libsvm) that releases the GIL: the feature sets' refits run at once, on
         # threads, once every set's search is done; any other refit follows its own search (not in the
-        # background of the next one: docs/decisions.md#background-refits)
+        # background of the next one: docs/decisions.md#background-refits). `stop` set: no next feature set
+        todo = [fs for fs in sets if stop is None or not stop.is_set()]
         at_once = _refits_at_once(c, sets, n_jobs, backend, any(plans[(fs.name, c)].native for fs in sets))
         if at_once > 1:
-            searched = [search(fs, c, n_jobs) for fs in sets]
+            searched = [search(fs, c, n_jobs) for fs in todo if stop is None or not stop.is_set()]
             failed = None
             with ThreadPoolExecutor(at_once) as pool:  # each record saved as its refit ends
                 for done in as_completed([pool.submit(refit, *a, n_jobs) for a in searched]):
@@ -238,7 +240,9 @@ def _classify(run: _Run) -> list[dict]:
             if failed is not None:
                 raise failed
         else:
-            for fs in sets:
+            for fs in todo:
+                if stop is not None and stop.is_set():
+                    break
                 finish(*refit(*search(fs, c, n_jobs), n_jobs))
 
     # on a device backend the classifiers with no formulation there run on the host's cores at the same time
@@ -246,7 +250,7 @@ def _classify(run: _Run) -> list[dict]:
     host = [c for c in classifiers if not any(plans[(fs.name, c)].native for fs in sets)] \
         if backend.overlap_host and len(classifiers) > 1 else []
     try:
-        with bar, _beside(host, lambda stop: [run_classifier(c, max(1, n_jobs - 1)) for c in host
+        with bar, _beside(host, lambda stop: [run_classifier(c, max(1, n_jobs - 1), stop) for c in host
                                               if not stop.is_set()], log):
             for c in classifiers:
                 if c not in host:
@@ -262,7 +266,8 @@ def _classify(run: _Run) -> list[dict]:
 def _beside(names: list[str], work: Callable, log):
     """Runs `work(stop)` on a thread while the block runs; on leaving, waits for it (its records are saved as
     they come) and raises the block's error, else work's. If the block fails, `stop` is set: work finishes the
-    classifier in progress and starts no other. Nothing to run: a plain block."""
+    feature set in progress and starts no other (its error, if it fails too, is logged). Nothing to run: a
+    plain block."""
     if not names:
         yield
         return
@@ -282,8 +287,10 @@ def _beside(names: list[str], work: Callable, log):
     except BaseException:
         stop.set()
         if thread.is_alive():
-            log("waiting for the host's classifier in progress to finish (its record is kept)")
+            log("waiting for the host's classifier to finish its feature set in progress (its record is kept)")
         thread.join()
+        if "error" in result:
+            log(f"the host's classifiers failed too: {type(result['error']).__name__}: {result['error']}")
         raise
     thread.join()
     if "error" in result:
@@ -295,17 +302,22 @@ def _refits_at_once(c: str, sets: list[FeatureSet], n_jobs: int, backend: Backen
     (and not under cuML); then as many as cores, feature sets and half the available memory allow (an RBF
     SVC's refit holds its kernel cache, or its whole kernel, and a few copies of the rows;
     docs/decisions.md#refits-at-once)."""
-    spec = CLASSIFIERS[c]
-    if not spec.one_core_refit or backend.cuml:
+    if not CLASSIFIERS[c].one_core_refit or backend.cuml:
         return 1
-    n = min(n_jobs, len(sets))
+    return _at_once(c, [len(fs.y_train) for fs in sets], [fs.X_train.nbytes for fs in sets],
+                    min(n_jobs, len(sets)), backend, native)
+
+
+def _at_once(c: str, rows: list[int], row_bytes: list[int], n: int, backend: Backend, native: bool) -> int:
+    """At most n one-core fits of classifier c at once, as many as half the available memory holds: each
+    budgeted at what its spec says it holds (`refit_bytes`: an RBF SVC's kernel cache, or its whole kernel)
+    for the most rows given, plus four copies of the largest rows."""
     free = available_memory()
-    if free:
-        est = spec.make(native)
-        held = spec.refit_bytes or (lambda *_: 0)
-        n = min(n, max(1, free // 2 // max(held(est, len(fs.y_train), backend.device if native else "cpu")
-                                           + 4 * fs.X_train.nbytes for fs in sets)))
-    return n
+    if not free:
+        return n
+    spec = CLASSIFIERS[c]
+    held = (spec.refit_bytes or (lambda *_: 0))(spec.make(native), max(rows), backend.device if native else "cpu")
+    return min(n, max(1, free // 2 // (held + 4 * max(row_bytes))))
 
 
 def _search(fs: FeatureSet, c: str, plan: SearchPlan, grid, backend: Backend, n_jobs: int, client, bar, log):
@@ -318,7 +330,10 @@ def _search(fs: FeatureSet, c: str, plan: SearchPlan, grid, backend: Backend, n_
     threads = plan.native and CLASSIFIERS[c].one_core_refit and not backend.cuml
     in_process = (plan.native and not threads) or backend.cuml or len(plan.candidates) * len(plan.folds) == 1
     jobs = 1 if in_process else n_jobs
-    blas = max(1, (os.cpu_count() or 1) // jobs)
+    if threads:  # as many fits at once as half the free memory holds (each may hold its whole kernel)
+        jobs = _at_once(c, [len(tr) for tr, _ in plan.folds], [fs.X_train.nbytes], jobs, backend, True)
+    # BLAS threads per fit in worker processes; a thread must not set them (the limit is the whole process's)
+    blas = None if threads else max(1, (os.cpu_count() or 1) // jobs)
     tasks = [(ci, tr, te) for ci in range(len(plan.candidates)) for tr, te in plan.folds]
     X = _on(backend, plan.native)[1](fs.X_train)  # array-API: one upload for all fits
     t0 = time.perf_counter()
