@@ -33,8 +33,6 @@ def _has_cuml() -> bool:
 BACKENDS = [
     pytest.param("sklearn-cpu", id="sklearn-cpu"),
     pytest.param("array-api-cpu", id="array-api-torch-cpu"),
-    # as on a GPU: the classifiers with no array-API formulation on a host thread beside the others
-    pytest.param("array-api-cpu-overlap", id="array-api-torch-cpu-host-beside"),
     pytest.param("array-api-cuda", id="array-api-torch-cuda", marks=[
         pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]),
 ]
@@ -43,7 +41,6 @@ BACKENDS = [
 def _backend(name: str):
     return {"sklearn-cpu": lambda: make_backend("cpu"),
             "array-api-cpu": lambda: make_backend("cpu", array_api=True),
-            "array-api-cpu-overlap": lambda: ArrayAPI("cpu", overlap_host=True),
             "array-api-cuda": lambda: make_backend("cuda", cuml=False)}[name]()
 
 
@@ -106,7 +103,7 @@ MAP_IMPLEMENTATIONS = {False: {"pca": "PCAMap", "tsne": "TSNEMap", "umap": "UMAP
 
 
 @pytest.mark.parametrize("method", ["pca", "tsne", "umap"])
-@pytest.mark.parametrize("backend_name", [b for b in BACKENDS if b.id != "array-api-torch-cpu-host-beside"])
+@pytest.mark.parametrize("backend_name", BACKENDS)
 def test_every_map_method_on_every_backend(backend_name, method, tmp_path):
     """Every map method on every backend: a finite 2-D map of every row whose neighbourhoods keep the classes,
     and a record naming the implementation that drew it (torchdr's on an Array API backend's device)."""
