@@ -118,15 +118,15 @@ def compare(new_path: str, old_path: str | None = None, records: str | None = No
     old = json.loads(Path(old_path).read_text()) if old_path else None
     cpu = {(r["feature_set"], r["classifier"]): r["test_accuracy"]
            for r in json.loads(Path(records).read_text())} if records else {}
+    covers = []
     for name, run in (("new", new), ("old", old)):
         if run:
             print(f"# {name}: {run['hardware']}; backend {run['backend']}"
                   + ("" if run.get("complete", True) else " (cut short: the rows it finished)"))
-    for name, run in (("new", new), ("old", old)):
-        if run:
             sets = dict.fromkeys(k[0] for k in _fits(run))
             maps = dict.fromkeys(m for _, m in sorted(_maps(run)))
-            print(f"# {name} covers: classify {', '.join(sets) or 'nothing'}; maps {', '.join(maps) or 'none'}")
+            covers.append(f"# {name} covers: classify {', '.join(sets) or 'nothing'}; maps {', '.join(maps) or 'none'}")
+    print("\n".join(covers))
     ns, os_ = _stage_seconds(new), _stage_seconds(old) if old else {}
     nf, of = _fits(new), _fits(old) if old else {}
     same = {"classify": set(nf) == set(of), "maps": _maps(new) == _maps(old) if old else False}
@@ -144,7 +144,7 @@ def compare(new_path: str, old_path: str | None = None, records: str | None = No
               f"{a / b:.1f}× |")
     print("\n| features | classifier | old s | new s | old test | new test | new − CPU record (pt) | new ran on |")
     print("|---|---|---|---|---|---|---|---|")
-    far = []
+    far, checked = [], [k for k in nf if k in cpu]
     for key, (sec, acc, dev) in nf.items():
         o = of.get(key)
         ref = cpu.get(key)
@@ -154,8 +154,8 @@ def compare(new_path: str, old_path: str | None = None, records: str | None = No
         print(f"| {key[0]} | {key[1]} | {f'{o[0]:.1f}' if o else '–'} | {sec:.1f} | {f'{o[1]:.4f}' if o else '–'} "
               f"| {acc:.4f} | {gap}{' (beyond 0.3)' if key in far else ''} | {dev} |")
     if cpu:
-        print(f"\n# {len([k for k in nf if k in cpu]) - len(far)} of {len([k for k in nf if k in cpu])} accuracies "
-              f"within 0.3 points of the CPU records" + (f"; beyond: {far}" if far else ""))
+        print(f"\n# {len(checked) - len(far)} of {len(checked)} accuracies within 0.3 points of the CPU records"
+              + (f"; beyond: {far}" if far else ""))
 
 
 def main():

@@ -226,10 +226,12 @@ def _classify(run: _Run) -> list[dict]:
         # a refit on one core (libsvm) that releases the GIL: the feature sets' refits run at once, on
         # threads, once every set's search is done; any other refit follows its own search (not in the
         # background of the next one: docs/decisions.md#background-refits). `stop` set: no next feature set
-        todo = [fs for fs in sets if stop is None or not stop.is_set()]
+        def go():
+            return stop is None or not stop.is_set()
+
         at_once = _refits_at_once(c, sets, n_jobs, backend, any(plans[(fs.name, c)].native for fs in sets))
         if at_once > 1:
-            searched = [search(fs, c, n_jobs) for fs in todo if stop is None or not stop.is_set()]
+            searched = [search(fs, c, n_jobs) for fs in sets if go()]
             failed = None
             with ThreadPoolExecutor(at_once) as pool:  # each record saved as its refit ends
                 for done in as_completed([pool.submit(refit, *a, n_jobs) for a in searched]):
@@ -240,13 +242,12 @@ def _classify(run: _Run) -> list[dict]:
             if failed is not None:
                 raise failed
         else:
-            for fs in todo:
-                if stop is not None and stop.is_set():
-                    break
-                finish(*refit(*search(fs, c, n_jobs), n_jobs))
+            for fs in sets:
+                if go():
+                    finish(*refit(*search(fs, c, n_jobs), n_jobs))
 
     # on a device backend the classifiers with no formulation there run on the host's cores at the same time
-    # as the others run on the device (one core left to drive it), not after them
+    # as the others run on the device, not after them, with one worker fewer (docs/decisions.md#gpu-classical)
     host = [c for c in classifiers if not any(plans[(fs.name, c)].native for fs in sets)] \
         if backend.overlap_host and len(classifiers) > 1 else []
     try:

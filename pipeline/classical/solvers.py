@@ -253,13 +253,23 @@ class ArraySVC(ClassifierMixin, BaseEstimator):
         self.fit_on_host_ = True  # libsvm's solver ran on the CPU, wherever the arrays are (labels read it)
         return self
 
+    def _precomputes_on(self, device: str) -> bool:
+        """Whether a fit on rows on `device` would precompute the kernel, room permitting (the one home of
+        the rule: the refits' memory budget reads it too, through `held_bytes`)."""
+        return self.precompute is True or (self.precompute == "auto" and device.startswith("cuda"))
+
+    def held_bytes(self, rows: int, device: str) -> int:
+        """What a fit on `rows` rows on `device` holds beyond them: libsvm's kernel cache, and the whole n x n
+        float64 kernel where it is precomputed."""
+        return int(self.cache_size * 2 ** 20) + (8 * rows ** 2 if self._precomputes_on(device) else 0)
+
     def _resolve_precompute(self, Xt) -> bool:
         if self.precompute != "auto":
             return bool(self.precompute)
         from pipeline.hardware import available_memory
 
         free = available_memory()
-        return Xt.device.type == "cuda" and free is not None and 3 * 8 * len(Xt) ** 2 <= free
+        return self._precomputes_on(str(Xt.device)) and free is not None and 3 * 8 * len(Xt) ** 2 <= free
 
     def _kernel(self, Xt) -> np.ndarray:
         """The training rows' RBF kernel, float64, computed on their device in row blocks, gathered on the host."""

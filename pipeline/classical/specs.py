@@ -131,11 +131,9 @@ def _svc(native: bool = False):
 
 def _svc_refit_bytes(est, rows: int, device: str) -> int:
     """Memory one RBF SVC refit holds beyond its rows: libsvm's kernel cache, and the whole n x n float64
-    kernel where ArraySVC will precompute it (on a GPU; `ArraySVC.precompute`)."""
+    kernel where ArraySVC will precompute it (`ArraySVC.held_bytes`)."""
     clf = est[-1]
-    kernel = getattr(clf, "precompute", False)
-    kernel = kernel is True or (kernel == "auto" and device.startswith("cuda"))
-    return int(clf.cache_size * 2 ** 20) + (8 * rows ** 2 if kernel else 0)
+    return clf.held_bytes(rows, device) if hasattr(clf, "held_bytes") else int(clf.cache_size * 2 ** 20)
 
 
 def _svc_predict(est, X):
