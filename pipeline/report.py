@@ -591,12 +591,9 @@ def write_report(out: Path) -> tuple[Path, Path]:
         return _write_report(out)
 
 
-def _write_report(out: Path) -> tuple[Path, Path]:
-    d = gather(out)
-    out = d["out"]
-    points = transfer_points(d["records"])
-    figs = _figures(d, points)
-    sections = {
+def _sections(d: dict, points) -> dict:
+    """Each section's caption and tables (the galleries' and the audit's are added by `_file_blocks`)."""
+    return {
         "accuracy": (raw_note(d) + _caption(d["records"]), [accuracy_rows(d["records"]), detail_rows(d["records"])]
                      if d["records"] else []),
         "bars": ("Grouped bars per classifier" + ("; hatched bars are the original study's." if
@@ -616,9 +613,11 @@ def _write_report(out: Path) -> tuple[Path, Path]:
                        [t for t in (stage_rows(d["run"]), dataset_rows(d["stores"]), store_rows(d["stores"]))
                         if t[1]]),
     }
-    images = {"bars": [("test accuracy per classifier", figs["bars"])] if figs["bars"] else [],
-              "confusion": figs["confusion"], "wild": figs["wild"], "transfer": figs["transfer"],
-              "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}
+
+
+def _file_blocks(d: dict, sections: dict) -> dict:
+    """The image blocks drawn from galleries.json, galleries_wild.json and audit.json, and their sections'
+    captions and tables; an edited or damaged file is one line."""
     blocks = {}
     for key, name, g, draw in (("images", GALLERY, d["galleries"], gallery_blocks),
                                ("wild", WILD_GALLERY, d["wild_gallery"], wild_blocks),
@@ -632,12 +631,21 @@ def _write_report(out: Path) -> tuple[Path, Path]:
                 sections[key] = (_audit_caption(g), [audit_rows(g), without, audit_class_rows(g)] if g else [])
                 if without[1]:  # the main table's numbers, without the split's problems
                     sections["accuracy"][1].insert(1, without)
-        except (KeyError, IndexError, TypeError, ValueError) as e:  # an edited or damaged file: one line
-            raise PipelineError(f"{out / name} is damaged ({type(e).__name__}: {str(e)[:80]}); move it away, "
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise PipelineError(f"{d['out'] / name} is damaged ({type(e).__name__}: {str(e)[:80]}); move it away, "
                                 f"`pipeline run` (or classify / evaluate) writes it again") from None
-    label = dataset_label(d)
-    title = f"pipeline report: do pretrained embeddings beat raw pixels{' on ' + label if label else ''}?"
+    return blocks
 
+
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+          "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;"
+          "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+          "img{max-width:100%}figure{display:inline-block;margin:0.5em}figcaption{font-size:0.8em;color:#555}"
+          + sheets.CSS)
+
+
+def _render(out: Path, title: str, sections: dict, images: dict, blocks: dict) -> tuple[str, str]:
+    """The page (HTML) and the Markdown, section by section in SECTIONS' order."""
     md = [f"# {markdown.escape(title)}", ""]
     body = [f"<h1>{html.escape(title)}</h1>",
             "<nav>" + " · ".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS) + "</nav>"]
@@ -659,15 +667,25 @@ def _write_report(out: Path) -> tuple[Path, Path]:
             md += ["(nothing yet)", ""]
             body.append("<p><em>nothing yet</em></p>")
         body.append("</section>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;"
-             "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%}figure{display:inline-block;margin:0.5em}figcaption{font-size:0.8em;color:#555}"
-             + sheets.CSS)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return page, "\n".join(md)
+
+
+def _write_report(out: Path) -> tuple[Path, Path]:
+    d = gather(out)
+    out = d["out"]
+    points = transfer_points(d["records"])
+    figs = _figures(d, points)
+    sections = _sections(d, points)
+    images = {"bars": [("test accuracy per classifier", figs["bars"])] if figs["bars"] else [],
+              "confusion": figs["confusion"], "wild": figs["wild"], "transfer": figs["transfer"],
+              "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}
+    blocks = _file_blocks(d, sections)
+    label = dataset_label(d)
+    title = f"pipeline report: do pretrained embeddings beat raw pixels{' on ' + label if label else ''}?"
     paths = out / "report.html", out / "report.md"
-    for path, text in zip(paths, (page, "\n".join(md))):
+    for path, text in zip(paths, _render(out, title, sections, images, blocks)):
         atomic_write(path, text)
         fault_point("report:write")
     return paths

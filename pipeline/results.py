@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import dataset_slug
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.files import atomic_save, atomic_write, has_fields
@@ -29,6 +30,13 @@ ORDER = ("lda", "qda", "logreg", "linsvc", "rf", "svc", "knn", "linear", "mlp", 
 def report_dir(dataset_slug: str, suffix: str = "") -> Path:
     """A study's default --out: reports/<dataset><suffix>."""
     return REPORTS_ROOT / f"{dataset_slug}{suffix}"
+
+
+def study_out(out, dataset: str, data_dir=None, sub: str = "") -> Path:
+    """A command's --out if given, else the study's default folder for this dataset (its `sub` folder)."""
+    if out:
+        return Path(out)
+    return report_dir(dataset_slug(dataset, data_dir)) / sub if sub else report_dir(dataset_slug(dataset, data_dir))
 
 
 def slug(name: str) -> str:

@@ -1,21 +1,24 @@
-"""`pipeline run`: extract -> classify (raw and embeddings) -> project -> report, in one call.
+"""`pipeline run`: the whole study in one call, as a table of stages (STAGES) in data-flow order: extract ->
+classify (raw pixels and embeddings) -> [train heads] -> [finetune] -> galleries -> audit -> project ->
+[evaluate --wild] -> maps.html -> report.
 
-Each stage skips what is already done with the same inputs (the store's config, the results' feature
-fingerprint + grid + folds, the maps' fingerprint + parameters) and resumes what a crash left half done,
-because every stage writes its outputs piece by piece and atomically. Times per stage go to out/run.json.
+Each stage is a module-level function of the study (`Study`) that returns its state and a detail line, and skips
+what is already done with the same inputs (the store's config, the results' feature fingerprint + grid + folds,
+the maps' fingerprint + parameters). Every stage writes its outputs piece by piece and atomically, so a crash
+resumes where it stopped. One runner (`run_stage`) times each stage and writes out/run.json after it.
 """
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.classical.backends import make_backend
 from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS, check_folds
+from pipeline.console import split_names, stderr
 from pipeline.data import DATASET, TEST_FRACTION, dataset_slug
 from pipeline.data.domain import domain_for
 from pipeline.data.folder import refuse_output_inside
@@ -67,6 +70,13 @@ class RunConfig:
     finetune_image_size: int | None = None
     finetune_epochs: int = FINETUNE_EPOCHS
     finetune_minutes: float | None = None  # --max-minutes of each fine-tuning run
+
+    def __post_init__(self):  # the command line's comma-separated lists ("lda, qda") as lists
+        if isinstance(self.classifiers, str):
+            self.classifiers = split_names(self.classifiers)
+        for name in ("methods", "train", "finetune"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, tuple(split_names(getattr(self, name))))
 
     @property
     def size(self) -> int:
@@ -142,176 +152,254 @@ def what_ran(store: Path, out: Path) -> dict:
                      if {"feature_set", "method", "implementation"} <= set(m)}}
 
 
-def run(cfg: RunConfig, command: str | None = None,
-        log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
-    cfg.check()
-    backend = make_backend(cfg.device)  # first: cuML must hook scikit-learn before it is imported
-    from pipeline.classical import search as cls
+@dataclass
+class Study:
+    """What every stage of a run reads (the config, its store and report folder, the classical backend, the log)
+    and what they hand on: the feature sets (raw pixels, then the embeddings) once classify has loaded them."""
+    cfg: RunConfig
+    store: Path
+    out: Path
+    backend: object
+    classifiers: list[str]
+    log: Callable[[str], None]
+    sets: list = field(default_factory=list)
+
+    @property
+    def embeddings(self):
+        return self.sets[1]
+
+
+def extract_stage(s: Study) -> tuple[str, str]:
     from pipeline.embed.extract import extract
-    from pipeline.maps import project as proj
-    from pipeline.report import write_report
+
+    r = extract(s.cfg.extract_request(s.store))
+    state = {"complete": "skipped", "resume": "resumed", "new": "ran"}.get(r.state, r.state)
+    if state == "skipped":
+        return state, f"{r.path} already holds these embeddings"
+    return state, f"{r.images:,} images embedded at {r.img_per_s:.0f} img/s"
+
+
+def _load_sets(s: Study) -> None:
+    """Raw pixels and the run's store as feature sets (comparable: the same images), into `s.sets`."""
     from pipeline.store.featuresets import check_comparable, load_feature_set
 
+    cfg = s.cfg
+    s.sets[:] = [load_feature_set("raw", cfg.dataset, cfg.data_dir, cfg.limit, raw_size=cfg.raw_size,
+                                  test_fraction=cfg.test_fraction),
+                 load_feature_set(str(s.store), cfg.dataset)]
+    check_comparable(s.sets)
+    if cfg.wild:  # a wild folder whose names match no class is said now, not after the fits
+        from pipeline.apply.evaluate import wild_folder
+
+        wild_folder(cfg.wild, s.sets[0].classes)
+
+
+def classify_stage(s: Study) -> tuple[str, str]:
+    from pipeline.classical import search
+
+    _load_sets(s)
+    cfg = s.cfg
+    todo = {fs.name: search.pending(s.out, fs, s.classifiers, cfg.grid, cfg.cv) for fs in s.sets}
+    groups: dict[tuple, list] = {}  # sets with the same classifiers to do: one call, one progress bar
+    for fs in s.sets:
+        if todo[fs.name]:
+            groups.setdefault(tuple(todo[fs.name]), []).append(fs)
+    for classifiers, group in groups.items():
+        search.classify(group, list(classifiers), cfg.grid, cfg.cv, s.backend, cfg.n_jobs, cfg.dask, out=s.out,
+                        log=s.log)
+    n = sum(map(len, todo.values()))
+    if not n:
+        write_results(s.out, [])  # derived files (CSV, Markdown, figures) up to date after a crash
+    return ("ran" if n else "skipped"), f"{n} of {len(s.sets) * len(s.classifiers)} (features, classifier) fits"
+
+
+def train_stage(s: Study) -> tuple[str, str]:
+    from pipeline.train.heads import pending, train_head
+
+    todo = pending(s.out, s.embeddings, s.cfg.train)
+    for head in todo:
+        tc = TrainConfig(epochs=HEAD_EPOCHS, batch_size=HEAD_BATCH, device=s.cfg.device)
+        train_head(s.embeddings, TrainRequest(HeadSpec(head), tc, s.out), log=s.log)
+    return ("ran" if todo else "skipped"), f"{len(todo)} of {len(s.cfg.train)} heads trained on {s.embeddings.name}"
+
+
+def finetune_stage(s: Study) -> tuple[str, str]:
+    from pipeline.train.finetune import finetune
+
+    done = {json.dumps(r.get("request"), sort_keys=True) for r in read_results(s.out)
+            if r["classifier"] == "finetune"}
+    reqs = [s.cfg.finetune_request(level, s.out) for level in s.cfg.finetune]
+    todo = [q for q in reqs if json.dumps(q.key(), sort_keys=True) not in done]
+    for q in todo:
+        finetune(q, log=s.log)
+    return ("ran" if todo else "skipped"), f"{len(todo)} of {len(reqs)} fine-tuning runs"
+
+
+def soft_fail(name: str, fn: Callable[[], tuple[str, str] | None], log: Callable[[str], None]):
+    """The one rule for optional work (galleries, the audit, maps.html): a `PipelineError` (e.g. the images
+    moved) is said as "<name> skipped: why" and returned as ("skipped", why); the run goes on."""
+    try:
+        return fn()
+    except PipelineError as e:
+        log(f"{name} skipped: {e}")
+        return "skipped", str(e)
+
+
+def refresh_galleries(out: Path, sets: list, log: Callable[[str], None] = stderr) -> None:
+    """The galleries after `pipeline classify` made new models, unless they already show them (optional)."""
+    from pipeline.apply.gallery import is_current, write_galleries
+
+    soft_fail("galleries", lambda: None if is_current(out, sets) else write_galleries(out, sets, log), log)
+
+
+def refresh_map_view(out: Path, sets: list, log: Callable[[str], None] = stderr, maps: Path | None = None) -> None:
+    """maps.html after `pipeline project` drew a study's maps (optional)."""
+    from pipeline.apply.mapview import write_map_view
+
+    soft_fail("maps.html", lambda: write_map_view(out, sets, maps, log=log), log)
+
+
+def galleries_stage(s: Study) -> tuple[str, str]:
+    from pipeline.apply.gallery import is_current, write_galleries
+
+    if is_current(s.out, s.sets):
+        return "skipped", "the galleries already show these models"
+    path = write_galleries(s.out, s.sets, s.log)
+    return ("ran", f"{path.name}: images behind the numbers") if path else ("skipped", "no saved models")
+
+
+def audit_stage(s: Study) -> tuple[str, str]:
+    from pipeline.audit import check
+    from pipeline.hardware import importable
+
+    if not importable("cleanlab"):  # optional, as maps.html is
+        return "skipped", "cleanlab is not installed (pip install 'pipeline[audit]')"
+    if check.is_current(s.out, s.embeddings):
+        return "skipped", "audit.json already checks these images and records"
+    doc = check.audit(s.embeddings, s.out, cv=s.cfg.cv, device=s.cfg.device, n_jobs=s.cfg.n_jobs, log=s.log)
+    c = doc["duplicates"]["counts"]
+    return "ran", (f"{c['test_with_train_twin']:,} test images with a training twin, "
+                   f"{len(doc['label_issues']['test']):,} test label issues, {doc['outliers']['count']:,} outliers")
+
+
+def project_stage(s: Study) -> tuple[str, str]:
+    from pipeline.maps import project
+
+    maps = s.out / "maps"
+    n = sum(not project.is_cached(maps, fs, m, s.backend) for fs in s.sets for m in s.cfg.methods)
+    project.project(s.sets, s.cfg.methods, maps, s.backend, s.cfg.n_jobs, log=s.log)
+    return ("ran" if n else "skipped"), f"{n} of {len(s.sets) * len(s.cfg.methods)} maps computed"
+
+
+def evaluate_stage(s: Study) -> tuple[str, str]:
+    from pipeline.apply.evaluate import evaluate
+
+    cfg = s.cfg
+    recs = evaluate(s.out, cfg.wild, cfg.match_domain, cfg.device, log=s.log, skip_done=True)
+    if recs is None:
+        return "skipped", f"every saved model already scored on {cfg.wild}"
+    return "ran", f"{len(recs)} models on {recs[0]['wild_n']:,} images from {cfg.wild}" + (
+        " (as they are and domain-matched)" if cfg.match_domain else "")
+
+
+def map_view_stage(s: Study) -> tuple[str, str]:
+    from pipeline.apply import mapview
+    from pipeline.maps.methods import importable
+
+    if not importable("bokeh"):  # optional: the static report does not need it
+        return "skipped", "Bokeh is not installed (pip install 'pipeline[maps]')"
+    if mapview.is_current(s.out, s.sets):
+        return "skipped", "maps.html is newer than its maps and predictions"
+    path = mapview.write_map_view(s.out, s.sets, log=s.log)
+    return ("ran", f"{path.stat().st_size / 2**20:.1f} MB, opens offline") if path else ("skipped", "no maps")
+
+
+def report_stage(s: Study) -> tuple[str, str]:
+    from pipeline.report import write_report
+
+    return "ran", ", ".join(p.name for p in write_report(s.out))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of `pipeline run`: its name, its function (the study in; its state and a detail line out), when
+    it applies, and whether it is optional (a `PipelineError` in it is said, and the run goes on)."""
+    name: str
+    run: Callable[[Study], tuple[str, str]]
+    applies: Callable[[RunConfig], bool] = lambda cfg: True
+    optional: bool = False
+
+
+STAGES = (  # in data-flow order (docs/design.md); a new stage is one row
+    Stage("extract", extract_stage),
+    Stage("classify", classify_stage),
+    Stage("train", train_stage, lambda cfg: bool(cfg.train)),
+    Stage("finetune", finetune_stage, lambda cfg: bool(cfg.finetune)),
+    Stage("galleries", galleries_stage, optional=True),  # e.g. the images moved: said, and the run goes on
+    Stage("audit", audit_stage, optional=True),
+    Stage("project", project_stage),
+    Stage("evaluate", evaluate_stage, lambda cfg: bool(cfg.wild)),
+    Stage("maps.html", map_view_stage, optional=True),  # after evaluate: the wild photos go on the maps too
+    Stage("report", report_stage),
+)
+
+
+def run_record(s: Study, command: str | None) -> dict:
+    """run.json as a run starts: what was asked for, and the last ten runs' stage times (a skipping rerun must
+    not erase them); each stage's entry is added as it finishes, `ran` and `finished` at the end."""
+    cfg = s.cfg
+    info = {"command": command, "started": datetime.now(UTC).isoformat(timespec="seconds"), "stores": [str(s.store)],
+            "dataset": cfg.dataset, "data_dir": str(cfg.data_dir) if cfg.data_dir else None, "backbone": cfg.backbone,
+            "image_size": cfg.size, "limit": cfg.limit, "grid": cfg.grid, "cv": cfg.cv,
+            "classifiers": s.classifiers, "methods": list(cfg.methods), "backend": s.backend.name, "out": str(s.out),
+            "dask": cfg.dask, "wild": cfg.wild, "match_domain": cfg.match_domain, "train": list(cfg.train),
+            "finetune": list(cfg.finetune), "stages": []}
+    if cfg.finetune:
+        info.update(finetune_image_size=cfg.finetune_image_size, finetune_epochs=cfg.finetune_epochs,
+                    finetune_minutes=cfg.finetune_minutes)
+    if cfg.dataset == "folder":
+        info.update(raw_size=cfg.raw_size, test_fraction=cfg.test_fraction)
+    old = read_json(s.out / "run.json")
+    if old is not None:
+        prev = old.pop("previous_runs", [])
+        info["previous_runs"] = (prev if isinstance(prev, list) else [])[-9:] + [
+            {k: old[k] for k in ("command", "started", "finished", "stages") if k in old}]
+    return info
+
+
+def run_stage(stage: Stage, s: Study, info: dict) -> None:
+    """One stage, timed, its entry added to run.json (written at once: a crash keeps the finished stages'
+    times). An optional stage's `PipelineError` is said and recorded as skipped."""
+    s.log(f"== {stage.name}")
+    t = time.perf_counter()
+    if stage.optional:
+        state, detail = soft_fail(stage.name, lambda: stage.run(s), s.log)
+    else:
+        state, detail = stage.run(s)
+    info["stages"].append({"stage": stage.name, "state": state, "seconds": round(time.perf_counter() - t, 1),
+                           "detail": detail})
+    atomic_write(s.out / "run.json", json.dumps(info, indent=1))
+
+
+def run(cfg: RunConfig, command: str | None = None, log: Callable[[str], None] = stderr) -> dict:
+    """Every stage of STAGES that applies to `cfg`, in order, each skipping what is done; returns run.json."""
+    cfg.check()
+    backend = make_backend(cfg.device)  # first: cuML must hook scikit-learn before it is imported
     check_methods(cfg.methods, backend)  # a missing map library is said now, not after the fits
-    classifiers = list(cfg.classifiers or DEFAULT_CLASSIFIERS)
     store, out = cfg.paths()
-    dataset, data_dir, limit, grid, cv = cfg.dataset, cfg.data_dir, cfg.limit, cfg.grid, cfg.cv
+    s = Study(cfg, store, out, backend, list(cfg.classifiers or DEFAULT_CLASSIFIERS), log)
     # one writer per report folder and its maps, held through every stage (not taken hours later)
     with folder_lock(out, "pipeline run"), folder_lock(out / "maps", "pipeline run"):
         read_results(out)  # a damaged or foreign results file stops the run before any work
         refuse_foreign_tables(out)
-        info = {"command": command,
-                "started": datetime.now(UTC).isoformat(timespec="seconds"), "stores": [str(store)],
-                "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "backbone": cfg.backbone,
-                "image_size": cfg.size, "limit": limit, "grid": grid, "cv": cv,
-                "classifiers": classifiers, "methods": list(cfg.methods), "backend": backend.name, "out": str(out),
-                "dask": cfg.dask,
-                "wild": cfg.wild, "match_domain": cfg.match_domain, "train": list(cfg.train),
-                "finetune": list(cfg.finetune), "stages": []}
-        if cfg.finetune:
-            info.update(finetune_image_size=cfg.finetune_image_size, finetune_epochs=cfg.finetune_epochs,
-                        finetune_minutes=cfg.finetune_minutes)
-        if dataset == "folder":
-            info.update(raw_size=cfg.raw_size, test_fraction=cfg.test_fraction)
-        old = read_json(out / "run.json")  # keep the last runs' stage times: a skipping rerun must not erase them
-        if old is not None:
-            prev = old.pop("previous_runs", [])
-            info["previous_runs"] = (prev if isinstance(prev, list) else [])[-9:] + [
-                {k: old[k] for k in ("command", "started", "finished", "stages") if k in old}]
-
-        def stage(name: str, fn: Callable[[], tuple[str, str]]):
-            log(f"== {name}")
-            t = time.perf_counter()
-            state, detail = fn()
-            info["stages"].append({"stage": name, "state": state, "seconds": round(time.perf_counter() - t, 1),
-                                   "detail": detail})
-            # after every stage: a crash keeps the times of the finished ones
-            atomic_write(out / "run.json", json.dumps(info, indent=1))
-
-        def do_extract():
-            r = extract(cfg.extract_request(store))
-            state = {"complete": "skipped", "resume": "resumed", "new": "ran"}.get(r.state, r.state)
-            if state == "skipped":
-                return state, f"{r.path} already holds these embeddings"
-            return state, f"{r.images:,} images embedded at {r.img_per_s:.0f} img/s"
-
-        sets = []
-
-        def do_classify():
-            sets.extend([load_feature_set("raw", dataset, data_dir, limit, raw_size=cfg.raw_size,
-                                          test_fraction=cfg.test_fraction),
-                         load_feature_set(str(store), dataset)])
-            check_comparable(sets)
-            if cfg.wild:  # a wild folder whose names match no class is said now, not after the fits
-                from pipeline.apply.evaluate import wild_folder
-
-                wild_folder(cfg.wild, sets[0].classes)
-            todo = {fs.name: cls.pending(out, fs, classifiers, grid, cv) for fs in sets}
-            groups: dict[tuple, list] = {}  # sets with the same classifiers to do: one call, one progress bar
-            for fs in sets:
-                if todo[fs.name]:
-                    groups.setdefault(tuple(todo[fs.name]), []).append(fs)
-            for todo_c, group in groups.items():
-                cls.classify(group, list(todo_c), grid, cv, backend, cfg.n_jobs, cfg.dask, out=out, log=log)
-            n = sum(map(len, todo.values()))
-            if not n:
-                write_results(out, [])  # derived files (CSV, Markdown, figures) up to date after a crash
-            return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(classifiers)} (features, classifier) fits"
-
-        def do_train():
-            from pipeline.train.heads import pending, train_head
-
-            todo = pending(out, sets[1], cfg.train)
-            for h in todo:
-                tc = TrainConfig(epochs=HEAD_EPOCHS, batch_size=HEAD_BATCH, device=cfg.device)
-                train_head(sets[1], TrainRequest(HeadSpec(h), tc, out), log=log)
-            return ("ran" if todo else "skipped"), f"{len(todo)} of {len(cfg.train)} heads trained on {sets[1].name}"
-
-        def do_finetune():
-            from pipeline.train.finetune import finetune
-
-            done = {json.dumps(r.get("request"), sort_keys=True) for r in read_results(out)
-                    if r["classifier"] == "finetune"}
-            reqs = [cfg.finetune_request(level, out) for level in cfg.finetune]
-            todo = [q for q in reqs if json.dumps(q.key(), sort_keys=True) not in done]
-            for q in todo:
-                finetune(q, log=log)
-            return ("ran" if todo else "skipped"), f"{len(todo)} of {len(reqs)} fine-tuning runs"
-
-        def do_galleries():
-            from pipeline.apply.gallery import is_current, write_galleries
-
-            if is_current(out, sets):
-                return "skipped", "the galleries already show these models"
-            try:
-                path = write_galleries(out, sets, log)
-            except PipelineError as e:  # optional (e.g. the images moved): said, and the run goes on
-                log(f"galleries skipped: {e}")
-                return "skipped", str(e)
-            return ("ran", f"{path.name}: images behind the numbers") if path else ("skipped", "no saved models")
-
-        def do_audit():
-            from pipeline.audit import check as au
-            from pipeline.hardware import importable
-
-            if not importable("cleanlab"):  # optional, as maps.html is
-                return "skipped", "cleanlab is not installed (pip install 'pipeline[audit]')"
-            if au.is_current(out, sets[1]):
-                return "skipped", "audit.json already checks these images and records"
-            try:
-                doc = au.audit(sets[1], out, cv=cv, device=cfg.device, n_jobs=cfg.n_jobs, log=log)
-            except PipelineError as e:  # e.g. the images moved: said, and the run goes on
-                log(f"audit skipped: {e}")
-                return "skipped", str(e)
-            c = doc["duplicates"]["counts"]
-            return "ran", (f"{c['test_with_train_twin']:,} test images with a training twin, "
-                           f"{len(doc['label_issues']['test']):,} test label issues, {doc['outliers']['count']:,} "
-                           f"outliers")
-
-        def do_project():
-            n = sum(not proj.is_cached(out / "maps", fs, m, backend) for fs in sets for m in cfg.methods)
-            proj.project(sets, cfg.methods, out / "maps", backend, cfg.n_jobs, log=log)
-            return ("ran" if n else "skipped"), f"{n} of {len(sets) * len(cfg.methods)} maps computed"
-
-        def do_map_view():
-            from pipeline.apply import mapview
-            from pipeline.maps.methods import importable
-
-            if not importable("bokeh"):  # optional: the static report does not need it
-                return "skipped", "Bokeh is not installed (pip install 'pipeline[maps]')"
-            if mapview.is_current(out, sets):
-                return "skipped", "maps.html is newer than its maps and predictions"
-            try:
-                path = mapview.write_map_view(out, sets, log=log)
-            except PipelineError as e:
-                log(f"maps.html skipped: {e}")
-                return "skipped", str(e)
-            return ("ran", f"{path.stat().st_size / 2**20:.1f} MB, opens offline") if path else ("skipped", "no maps")
-
-        def do_evaluate():
-            from pipeline.apply.evaluate import evaluate
-
-            recs = evaluate(out, cfg.wild, cfg.match_domain, cfg.device, log=log, skip_done=True)
-            if recs is None:
-                return "skipped", f"every saved model already scored on {cfg.wild}"
-            n = recs[0]["wild_n"]
-            return "ran", f"{len(recs)} models on {n:,} images from {cfg.wild}" + (
-                " (as they are and domain-matched)" if cfg.match_domain else "")
-
-        stage("extract", do_extract)
-        stage("classify", do_classify)
-        if cfg.train:
-            stage("train", do_train)
-        if cfg.finetune:
-            stage("finetune", do_finetune)
-        stage("galleries", do_galleries)
-        stage("audit", do_audit)
-        stage("project", do_project)
-        if cfg.wild:
-            stage("evaluate", do_evaluate)
-        stage("maps.html", do_map_view)  # after evaluate: the wild photos go on the maps too
+        info = run_record(s, command)
+        for stage in STAGES:
+            if stage.applies(cfg):
+                run_stage(stage, s, info)
         info["ran"] = what_ran(store, out)
         info["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-        stage("report", lambda: ("ran", ", ".join(p.name for p in write_report(out))))
+        atomic_write(out / "run.json", json.dumps(info, indent=1))
+        from pipeline.report import write_report
+
         write_report(out)  # once more, so the report's provenance includes the report stage's own time
         return info

@@ -49,7 +49,8 @@ def tiny_set(n_train=300, n_test=100, dim=16) -> FeatureSet:
 
     X, y = blobs(n_train, dim=dim, spread=1.5)
     Xt, yt = blobs(n_test, dim=dim, seed=1, spread=1.5)
-    return FeatureSet("toy", X, y, Xt, yt, FASHION_MNIST_CLASSES, "fashion-mnist", {"config_hash": "toy"})
+    return FeatureSet(X, y, Xt, yt, {"config_hash": "toy"}, name="toy", classes=FASHION_MNIST_CLASSES,
+                      dataset="fashion-mnist")
 
 
 def _fitted_arrays(model) -> list:
@@ -127,7 +128,6 @@ def test_host_classifiers_run_beside_the_device_ones_with_the_same_records(tmp_p
     of the classifiers run one after another, in the classifiers' order; a device classifier that fails lets
     the forest finish the feature set in progress, keep its record and start no other."""
     import threading
-    import time
 
     from pipeline.classical import search
 
@@ -156,8 +156,8 @@ def test_host_classifiers_run_beside_the_device_ones_with_the_same_records(tmp_p
     assert [{k: r[k] for k in keep} for r in beside] == [{k: r[k] for k in keep} for r in in_turn]
 
     # two feature sets; the forest's first search waits until k-NN (on the device side) has failed
-    other = FeatureSet("toy2", fs.X_train, fs.y_train, fs.X_test, fs.y_test, fs.classes, fs.dataset,
-                       {"config_hash": "toy2"})
+    other = FeatureSet(fs.X_train, fs.y_train, fs.X_test, fs.y_test, {"config_hash": "toy2"}, name="toy2",
+                       classes=fs.classes, dataset=fs.dataset)
     knn_failed = threading.Event()
 
     def failing(fs, c, *a):
@@ -166,14 +166,21 @@ def test_host_classifiers_run_beside_the_device_ones_with_the_same_records(tmp_p
             raise PipelineError("knn broke")
         if c == "rf" and fs.name == "toy":
             assert knn_failed.wait(60)
-            time.sleep(2)  # the failure reaches the main thread, which tells the forest to stop
+            assert told_to_stop.wait(60)  # the failure reached the main thread, which told the forest to stop
         return real(fs, c, *a)
 
     monkeypatch.setattr(search, "_search", failing)
     logs.clear()
+    told_to_stop = threading.Event()
+
+    def log(m):  # the main thread says this once it has set the host thread's stop event
+        logs.append(m)
+        if "waiting for the host's classifier to finish its feature set" in m:
+            told_to_stop.set()
+
     with pytest.raises(PipelineError, match="knn broke"):
         classify([fs, other], names, "quick", 3, backend=ArrayAPI("cpu", overlap_host=True), n_jobs=2,
-                 progress=False, out=tmp_path, log=logs.append)
+                 progress=False, out=tmp_path, log=log)
     saved = {(r["feature_set"], r["classifier"]) for r in json.loads((tmp_path / "results.json").read_text())}
     # the forest finished the feature set in progress, kept its record, and did not start the next
     assert saved == {("toy", "lda"), ("toy2", "lda"), ("toy", "rf")}, saved

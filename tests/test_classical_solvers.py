@@ -221,3 +221,36 @@ def test_array_svc_on_cuda_tensors_is_the_cpu_model():
     assert pred.device.type == "cuda"
     assert (pred.cpu().numpy() == cpu.predict(X[2000:])).mean() >= 0.999
     assert executed_on(gpu) == ("sklearn-array-api-cuda + sklearn-cpu", "cuda:0 + cpu")
+
+
+def test_sklearn_internals_check_names_the_one_that_changed(monkeypatch):
+    """Every scikit-learn private name the project uses (pipeline.sklearn_internals) is there in the installed
+    scikit-learn; one that an upgrade removed is one line naming it, the version installed and the one the
+    use was written for: a private import, or a fitted SVC's private attribute."""
+    import re
+
+    import sklearn
+    import sklearn.linear_model._base
+    from sklearn.svm import SVC
+
+    from pipeline.sklearn_internals import WRITTEN_FOR, SklearnInternalsChanged, check
+
+    check()
+    installed = ".".join(sklearn.__version__.split(".")[:2])
+    with monkeypatch.context() as m:
+        m.delattr(sklearn.linear_model._base, "LinearClassifierMixin")
+        with pytest.raises(SklearnInternalsChanged, match=re.escape(
+                f"scikit-learn {installed} changed sklearn.linear_model._base.LinearClassifierMixin, written for "
+                f"{WRITTEN_FOR}; it is used by DenseLinearSVC's base class")):
+            check()
+    real_fit = SVC.fit
+
+    def fit_without_gamma(self, *args, **kwargs):
+        real_fit(self, *args, **kwargs)
+        del self._gamma
+        return self
+
+    monkeypatch.setattr(SVC, "fit", fit_without_gamma)
+    with pytest.raises(SklearnInternalsChanged, match=re.escape(
+            f"scikit-learn {installed} changed sklearn.svm.SVC's fitted _gamma, written for {WRITTEN_FOR}")):
+        check()

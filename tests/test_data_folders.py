@@ -318,8 +318,8 @@ def test_top_k_names_follow_the_classes_the_model_saw(tmp_path, runner):
     y_test = np.array([0, 1, 2] * 5)
     X_test = (rng.random((15, 64)) * 0.2 + y_test[:, None] * 0.4).astype(np.float32)
     raw = {"size": 8, "channels": 1, "resize": RAW_RESIZE}
-    fs = FeatureSet("raw", X_train, y_train, X_test, y_test, ["a", "b", "c"], "folder",
-                    {"dataset": {"content_sha256": "x"}, "raw": raw})
+    fs = FeatureSet(X_train, y_train, X_test, y_test, {"dataset": {"content_sha256": "x"}, "raw": raw}, name="raw",
+                    classes=["a", "b", "c"], dataset="folder")
     classify([fs], ["logreg"], "quick", 2, out=tmp_path / "out", n_jobs=1, progress=False)
     imgs = tmp_path / "imgs"
     imgs.mkdir()

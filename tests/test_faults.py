@@ -5,7 +5,7 @@ a run that was never interrupted: features bit-identical, the same records, the 
 `PIPELINE_KILL_AT=<point>[:<n>]` (pipeline/faults.py) makes the process kill itself the n-th time it passes
 that point: after a store commit, after a classifier's record, after a map, between the report's two files,
 and inside `atomic_write` between its temporary file and the rename. (A store killed while moving into
-place: tests/test_robustness.py.)
+place: tests/test_store.py, test_killed_while_moving_the_store_into_place.)
 """
 from __future__ import annotations
 

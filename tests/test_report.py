@@ -25,8 +25,8 @@ def feature_sets(n_train=150, n_test=50):
     Xr, y = blobs(n_train + n_test, dim=24, spread=4.0, seed=1)
     Xe, _ = blobs(n_train + n_test, dim=12, spread=0.5, seed=2)
     meta = {"dataset": {"content_sha256": "x"}}
-    return [FeatureSet(name, X[:n_train], y[:n_train], X[n_train:], y[n_train:], FASHION_MNIST_CLASSES,
-                       "fashion-mnist", dict(meta, config_hash=name))
+    return [FeatureSet(X[:n_train], y[:n_train], X[n_train:], y[n_train:], dict(meta, config_hash=name), name=name,
+                       classes=FASHION_MNIST_CLASSES, dataset="fashion-mnist")
             for name, X in (("raw", Xr), ("toynet", Xe))]
 
 
@@ -243,7 +243,8 @@ def test_project_cli_bad_method(tmp_path, runner):
 
 def test_maps_refuse_feature_sets_of_other_images(tmp_path):
     a, b = feature_sets()
-    b = FeatureSet("toynet", b.X_train[:-1], b.y_train[:-1], b.X_test, b.y_test, b.classes, b.dataset, b.meta)
+    b = FeatureSet(b.X_train[:-1], b.y_train[:-1], b.X_test, b.y_test, b.meta, name="toynet", classes=b.classes,
+                   dataset=b.dataset)
     with pytest.raises(PipelineError, match="different data"):
         project([a, b], ["pca"], tmp_path)
 
@@ -361,7 +362,7 @@ def test_data_strings_are_escaped_in_markdown(tmp_path):
     classes = ["$5_$", "a|b", "*bold*", "<b>x</b>", "[link](http://x)", "_u_", "ok", "T-shirt/top", "8", "9"]
     X, y = blobs(100)
     Xt, yt = blobs(40, seed=1)
-    fs = FeatureSet("toy|net*", X, y, Xt, yt, classes, "fashion-mnist", {"config_hash": "x"})
+    fs = FeatureSet(X, y, Xt, yt, {"config_hash": "x"}, name="toy|net*", classes=classes, dataset="fashion-mnist")
     classify([fs], ["lda"], "quick", 3, out=tmp_path, progress=False)
     write_report(tmp_path)
     for name in ("results.md", "report.md"):

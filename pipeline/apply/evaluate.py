@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.apply.featurize import Log, featurize, stderr
+from pipeline.apply.featurize import Log, featurize
 from pipeline.apply.featurize import matcher as domain_matcher
 from pipeline.apply.gallery import write_wild_gallery
+from pipeline.console import stderr
 from pipeline.data import Split
 from pipeline.data.domain import domain_for
 from pipeline.data.folder import refuse_output_inside

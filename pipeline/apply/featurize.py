@@ -4,12 +4,12 @@ machine runs them, the store's engine and precision). Shared by `predict` and `e
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.console import progress_bar, stderr
 from pipeline.data.domain import domain_for, match
 from pipeline.data.images import IMAGE_EXTENSIONS, decode_image, show_path, verify_image
 from pipeline.embed.backbones import build_backbone
@@ -20,10 +20,6 @@ from pipeline.hardware import resolve_device
 from pipeline.store.featuresets import raw_pixels
 
 Log = Callable[[str], None]
-
-
-def stderr(m: str) -> None:
-    print(m, file=sys.stderr)
 
 
 # --- images -------------------------------------------------------------------------------------------
@@ -97,11 +93,7 @@ def build_for(recipe: dict, weights: str | None = None):
 def featurize(recipe: dict, files: list[Path], *, transform=None, device: str = "auto", weights: str | None = None,
               batch_size: int = 64, backbone=None, progress: bool | None = None, log: Log = stderr) -> np.ndarray:
     """(len(files), D) features made as the recipe says; `transform` maps each decoded image first."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(files), unit="img", file=sys.stderr, dynamic_ncols=True, desc=_what(recipe),
-               disable=(not progress) if progress is not None else None)
-    with bar:
+    with progress_bar(len(files), progress=progress, unit="img", desc=_what(recipe)) as bar:
         if recipe["kind"] == "raw":
             size = recipe.get("size")
             if size is None:

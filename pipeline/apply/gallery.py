@@ -7,16 +7,15 @@ thumbnails embedded; the report only reads them.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.apply.featurize import stderr
 from pipeline.apply.neighbors import METRIC, nearest, precision_at_k
 from pipeline.apply.predict import model_scores
+from pipeline.console import content_key, stderr
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_save, atomic_write, read_json
 from pipeline.models.saved import has_model, load_model, model_file
@@ -44,7 +43,7 @@ def best_records(records: list[dict], out: Path | None = None) -> dict[str, dict
     return best
 
 
-def scored(est, X: np.ndarray, pred: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def predict_with_confidence(est, X: np.ndarray, pred: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """(predicted labels, how sure each prediction is, 'probability' | 'margin') from a saved model: the
     predicted class's probability where the model has them, else its decision score's margin over the best
     other class (an RBF SVC's one-vs-one votes make the raw score mostly a vote count). `pred`: the model's own
@@ -62,15 +61,16 @@ def scored(est, X: np.ndarray, pred: np.ndarray | None = None) -> tuple[np.ndarr
     return pred, top - (other.max(1) if s.shape[1] > 1 else 0.0), "margin"
 
 
-def _key(best: dict[str, dict], sets: list[FeatureSet]) -> str:
+def _galleries_key(best: dict[str, dict], sets: list[FeatureSet]) -> str:
+    """What galleries.json was made from: each set's best record and model, the feature sets, the parameters."""
     parts = [[r["feature_set"], r["classifier"], r.get("features_fingerprint"), r["test_accuracy"], r.get("model")]
              for r in best.values()] + [[fs.name, fs.fingerprint] for fs in sets] + [K, N_WRONG, N_PAIRS, PER_PAIR]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return content_key(parts, default=str)
 
 
 def is_current(out: Path, sets: list[FeatureSet]) -> bool:
     g = read_json(Path(out) / GALLERY)
-    return g is not None and g.get("key") == _key(best_records(read_results(out), out), sets)
+    return g is not None and g.get("key") == _galleries_key(best_records(read_results(out), out), sets)
 
 
 def write_galleries(out: Path, sets: list[FeatureSet], log: Callable[[str], None] = stderr) -> Path | None:
@@ -92,50 +92,70 @@ def write_galleries(out: Path, sets: list[FeatureSet], log: Callable[[str], None
     preds, galleries = {}, []
     for name, r in best.items():
         est, _ = load_model(model_file(out, name, r["classifier"]))
-        pred, score, kind = scored(est, by_set[name].X_test, load_predictions(out, r))
+        pred, score, kind = predict_with_confidence(est, by_set[name].X_test, load_predictions(out, r))
         preds[name] = (pred, score)
-        wrong = np.flatnonzero(pred != y)
-        order = wrong[np.argsort(-score[wrong], kind="stable")]
-        cm = np.zeros((len(classes), len(classes)), int)
-        np.add.at(cm, (y, pred), 1)
-        np.fill_diagonal(cm, 0)
-        pairs = []
-        for flat in np.argsort(-cm, axis=None, kind="stable")[:N_PAIRS]:
-            a, b = divmod(int(flat), len(classes))
-            if cm[a, b] == 0:
-                break
-            items = [int(i) for i in order if y[i] == a and pred[i] == b][:PER_PAIR]
-            pairs.append({"true": a, "pred": b, "count": int(cm[a, b]),
-                          "items": [_item(th("test", i), y[i], pred[i], score[i]) for i in items]})
-        galleries.append({"feature_set": name, "classifier": r["classifier"], "label": r["label"],
-                          "score_kind": kind, "test_accuracy": r["test_accuracy"], "n_test": int(len(y)),
-                          "n_wrong": int(len(wrong)),
-                          "wrong": [_item(th("test", int(i)), y[i], pred[i], score[i]) for i in order[:N_WRONG]],
-                          "pairs": pairs})
-    versus = None
-    emb = [n for n in best if n != "raw"]
-    if "raw" in best and emb:
-        e = max(emb, key=lambda n: best[n]["cv_mean"])
-        (rp, rs), (ep, es) = preds["raw"], preds[e]
-        gain = np.flatnonzero((ep == y) & (rp != y))
-        loss = np.flatnonzero((rp == y) & (ep != y))
-        versus = {"raw": best["raw"]["label"], "embeddings": e, "embeddings_model": best[e]["label"],
-                  "both_right": int(((ep == y) & (rp == y)).sum()), "both_wrong": int(((ep != y) & (rp != y)).sum()),
-                  "embeddings_only": {"count": int(len(gain)), "items": [
-                      _item(th("test", int(i)), y[i], ep[i], es[i], raw=int(rp[i])) for i in
-                      gain[np.argsort(-es[gain], kind="stable")][:N_VERSUS]]},
-                  "raw_only": {"count": int(len(loss)), "items": [
-                      _item(th("test", int(i)), y[i], rp[i], rs[i], emb=int(ep[i])) for i in
-                      loss[np.argsort(-rs[loss], kind="stable")][:N_VERSUS]]}}
+        galleries.append(_mistakes_gallery(name, r, y, pred, score, kind, len(classes), th))
+    versus = _raw_versus_embeddings(best, preds, y, th)
     retrieval = _retrieval(sets, th) if all(len(fs.y_train) for fs in sets) else []
-    doc = {"format": FORMAT, "key": _key(best_records(records, out), sets), "classes": list(classes),
+    doc = {"format": FORMAT, "key": _galleries_key(best_records(records, out), sets), "classes": list(classes),
            "galleries": galleries, "versus": versus, "retrieval": retrieval, "thumbs": thumbs}
     atomic_write(out / GALLERY, json.dumps(doc))
     log(f"galleries: {len(galleries)} feature sets, {len(thumbs)} thumbnails in {out / GALLERY}")
     return out / GALLERY
 
 
-def _item(thumb_key: str, true, pred, score, **other) -> dict:
+def _mistakes_gallery(name: str, r: dict, y: np.ndarray, pred: np.ndarray, score: np.ndarray, kind: str,
+                      n_classes: int, th) -> dict:
+    """One feature set's best model: its most confident mistakes and its most-confused class pairs."""
+    wrong = np.flatnonzero(pred != y)
+    order = wrong[np.argsort(-score[wrong], kind="stable")]
+    pairs = _confused_pairs(y, pred, score, order, n_classes, th)
+    return {"feature_set": name, "classifier": r["classifier"], "label": r["label"],
+            "score_kind": kind, "test_accuracy": r["test_accuracy"], "n_test": int(len(y)),
+            "n_wrong": int(len(wrong)),
+            "wrong": [_gallery_item(th("test", int(i)), y[i], pred[i], score[i]) for i in order[:N_WRONG]],
+            "pairs": pairs}
+
+
+def _confused_pairs(y: np.ndarray, pred: np.ndarray, score: np.ndarray, order: np.ndarray, n_classes: int,
+                    th) -> list[dict]:
+    """The N_PAIRS most frequent (true, predicted) mistakes, each with up to PER_PAIR of its images, most
+    confident first (`order`: the wrong images, most confident first)."""
+    cm = np.zeros((n_classes, n_classes), int)
+    np.add.at(cm, (y, pred), 1)
+    np.fill_diagonal(cm, 0)
+    pairs = []
+    for flat in np.argsort(-cm, axis=None, kind="stable")[:N_PAIRS]:
+        a, b = divmod(int(flat), n_classes)
+        if cm[a, b] == 0:
+            break
+        items = [int(i) for i in order if y[i] == a and pred[i] == b][:PER_PAIR]
+        pairs.append({"true": a, "pred": b, "count": int(cm[a, b]),
+                      "items": [_gallery_item(th("test", i), y[i], pred[i], score[i]) for i in items]})
+    return pairs
+
+
+def _raw_versus_embeddings(best: dict[str, dict], preds: dict, y: np.ndarray, th) -> dict | None:
+    """Raw pixels' best model vs the best embeddings' model, image by image: the test images only one of them
+    gets right (most confident first); None without both."""
+    emb = [n for n in best if n != "raw"]
+    if not ("raw" in best and emb):
+        return None
+    e = max(emb, key=lambda n: best[n]["cv_mean"])
+    (rp, rs), (ep, es) = preds["raw"], preds[e]
+    gain = np.flatnonzero((ep == y) & (rp != y))
+    loss = np.flatnonzero((rp == y) & (ep != y))
+    return {"raw": best["raw"]["label"], "embeddings": e, "embeddings_model": best[e]["label"],
+            "both_right": int(((ep == y) & (rp == y)).sum()), "both_wrong": int(((ep != y) & (rp != y)).sum()),
+            "embeddings_only": {"count": int(len(gain)), "items": [
+                _gallery_item(th("test", int(i)), y[i], ep[i], es[i], raw=int(rp[i])) for i in
+                gain[np.argsort(-es[gain], kind="stable")][:N_VERSUS]]},
+            "raw_only": {"count": int(len(loss)), "items": [
+                _gallery_item(th("test", int(i)), y[i], rp[i], rs[i], emb=int(ep[i])) for i in
+                loss[np.argsort(-rs[loss], kind="stable")][:N_VERSUS]]}}
+
+
+def _gallery_item(thumb_key: str, true, pred, score, **other) -> dict:
     return {"thumb": thumb_key, "true": int(true), "pred": int(pred), "score": round(float(score), 4), **other}
 
 
@@ -173,11 +193,11 @@ def write_wild_gallery(out: Path, records: list[dict], models: dict, features: d
     shown = []
     for name, r in best.items():
         est, _ = models[(name, r["classifier"])]
-        pred, score, kind = scored(est, features[(name, "wild")])
+        pred, score, kind = predict_with_confidence(est, features[(name, "wild")])
         order = sorted(chosen, key=lambda i: (pred[i] == y[i], -score[i]))  # wrong first
         shown.append({"feature_set": name, "classifier": r["classifier"], "label": r["label"], "score_kind": kind,
                       "accuracy": float((pred == y).mean()), "n": int(len(y)), "shown": len(chosen),
-                      "items": [_item(f"wild:{i}", y[i], pred[i], score[i], file=show_path(files[i]))
+                      "items": [_gallery_item(f"wild:{i}", y[i], pred[i], score[i], file=show_path(files[i]))
                                 for i in order]})
     wild_dir = Path(out) / "wild"  # the photos' features, for placing them on the maps (maps.html)
     wild_dir.mkdir(exist_ok=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.apply.featurize import stderr
 from pipeline.apply.gallery import WILD_GALLERY, best_records
 from pipeline.apply.neighbors import nearest
+from pipeline.console import content_key, stderr
 from pipeline.data.images import show_path
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write, read_json
@@ -65,8 +65,30 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
     ref = sets[0]
     n_train, n_test = len(ref.y_train), len(ref.y_test)
     n = n_train + n_test
-    y = np.concatenate([ref.y_train, ref.y_test])
     classes = list(ref.classes)
+    preds, wrong = _saved_predictions(out, sets)
+    rng = np.random.default_rng(SEED)
+    hover = np.sort(rng.choice(n, size=min(HOVER_POINTS, n), replace=False))
+    columns = _point_columns(sets, maps, classes)
+    h = {k: [v[i] for i in hover] if isinstance(v, list) else v[hover] for k, v in columns.items()}
+    h["thumb"] = _thumbnails(ref, hover)
+    h["preds"] = [_predictions_html(int(i), n_train, preds, classes) for i in hover]
+    wild = wild_points(out, sets, maps, classes, n_train)
+    note = _note(n_train, n_test, len(hover), wild)
+    doc = _layout(columns, h, sets, maps, classes, wrong, hover, note, wild)
+    page = file_html(doc, INLINE, title="pipeline maps: raw pixels vs embeddings")
+    page = page.replace("<head>", f'<head>\n<meta name="pipeline-maps" content="{_page_key(out, sets)}">', 1)
+    atomic_write(out / MAPS_HTML, page)
+    log(f"maps.html: {len(maps)} method(s) x {len(sets)} feature sets, {n:,} points, {len(hover):,} with "
+        f"thumbnails ({len(page) / 2**20:.1f} MB)")
+    return out / MAPS_HTML
+
+
+def _saved_predictions(out: Path, sets: list[FeatureSet]) -> tuple[list[tuple[dict, np.ndarray]], dict]:
+    """([(record, its saved test predictions)] of the records of these sets and labels, {feature set: which
+    images (train then test) its best model gets wrong}; training images are never wrong)."""
+    ref = sets[0]
+    n_train = len(ref.y_train)
     records = [r for r in read_results(out) if r["feature_set"] in {fs.name for fs in sets}
                and r["labels_sha256"] == ref.labels_sha256 and r["classifier"] != "finetune"]
     preds = [(r, p) for r in records if (p := load_predictions(out, r)) is not None]
@@ -75,8 +97,25 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
     for r, p in preds:
         if best.get(r["feature_set"]) is r:
             wrong[r["feature_set"]] = np.concatenate([np.zeros(n_train, bool), p != ref.y_test])
-    rng = np.random.default_rng(SEED)
-    hover = np.sort(rng.choice(n, size=min(HOVER_POINTS, n), replace=False))
+    return preds, wrong
+
+
+def _point_columns(sets: list[FeatureSet], maps: dict, classes: list) -> dict:
+    """Every image's label, split, index and position on every map (train then test)."""
+    ref = sets[0]
+    n_train, n_test = len(ref.y_train), len(ref.y_test)
+    y = np.concatenate([ref.y_train, ref.y_test])
+    columns = {"label_name": [show_path(classes[v]) for v in y], "split": ["train"] * n_train + ["test"] * n_test,
+               "index": list(range(n_train)) + list(range(n_test))}
+    for m, coords in maps.items():
+        for fs, xy in zip(sets, coords):
+            columns[f"{fs.name}_{m}_x"], columns[f"{fs.name}_{m}_y"] = xy[:, 0], xy[:, 1]
+    return columns
+
+
+def _thumbnails(ref: FeatureSet, points: np.ndarray) -> list[str]:
+    """The thumbnail of each point (train then test numbering) of the images `ref` was made from."""
+    n_train = len(ref.y_train)
     ds = source_images(ref)
     splits = [("train", ds.splits.get("train")), ("test", ds.splits.get("test"))]
 
@@ -84,28 +123,18 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
         s, k = (splits[0], i) if i < n_train else (splits[1], i - n_train)
         return s[1].batch(k, k + 1)[0]
 
-    columns = {"label_name": [show_path(classes[v]) for v in y], "split": ["train"] * n_train + ["test"] * n_test,
-               "index": list(range(n_train)) + list(range(n_test))}
-    for m, coords in maps.items():
-        for fs, xy in zip(sets, coords):
-            columns[f"{fs.name}_{m}_x"], columns[f"{fs.name}_{m}_y"] = xy[:, 0], xy[:, 1]
-    h = {k: [v[i] for i in hover] if isinstance(v, list) else v[hover] for k, v in columns.items()}
-    h["thumb"] = [thumbnail(image(int(i))) for i in hover]
-    h["preds"] = [_predictions(int(i), n_train, preds, classes) for i in hover]
-    wild = wild_points(out, sets, maps, classes, n_train)
-    note = (f"{n:,} images ({n_train:,} train, {n_test:,} test); {len(hover):,} of them, a seeded sample, carry a "
+    return [thumbnail(image(int(i))) for i in points]
+
+
+def _note(n_train: int, n_test: int, hovered: int, wild: dict | None) -> str:
+    """The line above the maps: what the points are and how to use the page."""
+    n = n_train + n_test
+    return (f"{n:,} images ({n_train:,} train, {n_test:,} test); {hovered:,} of them, a seeded sample, carry a "
             f"thumbnail: hover the black-edged points. Select with the lasso or box tool: the same images light up "
             f"in every map. Click a class in the legend to hide it."
             + (f" Stars: {len(wild['label_name'])} photos in the wild, each placed at the median position of its "
                f"{WILD_K} nearest training images in that feature set (the maps are not re-optimised for them)."
                if wild else ""))
-    doc = _layout(columns, h, sets, maps, classes, wrong, hover, note, wild)
-    page = file_html(doc, INLINE, title="pipeline maps: raw pixels vs embeddings")
-    page = page.replace("<head>", f'<head>\n<meta name="pipeline-maps" content="{_key(out, sets)}">', 1)
-    atomic_write(out / MAPS_HTML, page)
-    log(f"maps.html: {len(maps)} method(s) x {len(sets)} feature sets, {n:,} points, {len(hover):,} with "
-        f"thumbnails ({len(page) / 2**20:.1f} MB)")
-    return out / MAPS_HTML
 
 
 def wild_points(out: Path, sets, maps, classes, n_train: int) -> dict | None:
@@ -145,7 +174,7 @@ def _wild_points(out: Path, sets, maps, classes, n_train: int) -> dict | None:
     return cols
 
 
-def _predictions(i: int, n_train: int, preds, classes) -> str:
+def _predictions_html(i: int, n_train: int, preds, classes) -> str:
     """A test image's prediction by every saved model, as HTML (escaped); training images: none."""
     if i < n_train:
         return "training image"
@@ -159,17 +188,8 @@ def _predictions(i: int, n_train: int, preds, classes) -> str:
 
 def _layout(columns, h, sets, maps, classes, wrong, hover, note: str, wild: dict | None):
     from bokeh.layouts import column, row
-    from bokeh.models import (
-        BooleanFilter,
-        CDSView,
-        ColumnDataSource,
-        CustomJS,
-        Div,
-        HoverTool,
-        RadioButtonGroup,
-    )
+    from bokeh.models import BooleanFilter, CDSView, ColumnDataSource, Div
     from bokeh.palettes import Category10, Category20
-    from bokeh.plotting import figure
     from bokeh.transform import factor_cmap
 
     palette = (Category10[10] if len(classes) <= 10 else Category20[20] * (len(classes) // 20 + 1))[:len(classes)]
@@ -183,27 +203,44 @@ def _layout(columns, h, sets, maps, classes, wrong, hover, note: str, wild: dict
     colour = factor_cmap("label_name", palette=palette, factors=names)
     rows = []
     for m in maps:
-        figs = []
-        for j, fs in enumerate(sets):
-            last = j == len(sets) - 1  # the legend: once per row, beside the last map
-            f = figure(title=f"{METHODS[m].label}: {feature_title(fs.name)}", width=560, height=520,
-                       tools="pan,wheel_zoom,box_select,lasso_select,tap,reset,save", active_scroll="wheel_zoom",
-                       output_backend="webgl")
-            f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_all, view=view_all, color=colour,
-                      size=2.5, alpha=0.5, nonselection_alpha=0.05, **({"legend_field": "label_name"} if last else {}))
-            r = f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_hover, view=view_hover, color=colour,
-                          size=6, line_color="black", line_width=0.6, nonselection_alpha=0.1, name="hover")
-            hovered = [r]
-            if wild:
-                hovered.append(f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_wild, color=colour,
-                                         marker="star", size=14, line_color="black", line_width=1, name="wild"))
-            f.add_tools(HoverTool(renderers=hovered, tooltips=_TOOLTIP))
-            if last:
-                f.legend.label_text_font_size, f.legend.click_policy = "8pt", "hide"
-                f.add_layout(f.legend[0], "right")
-            f.axis.visible = False
-            figs.append(f)
-        rows.append(row(*figs))
+        rows.append(row(*[_map_figure(m, fs, j == len(sets) - 1, colour, (src_all, view_all),
+                                      (src_hover, view_hover), src_wild) for j, fs in enumerate(sets)]))
+    switch = _show_switch(wrong, hover, n, all_filter, hover_filter, src_all, src_hover)
+    counts = ", ".join(f"{feature_title(s)} {int(w.sum()):,}" for s, w in wrong.items())
+    info = Div(text=html.escape(f"Show: (test images wrong: {counts})" if wrong else "Show:"))
+    return column(Div(text=html.escape(note)), row(info, switch), *rows, name="maps")
+
+
+def _map_figure(m: str, fs: FeatureSet, last: bool, colour, every, hovered_points, src_wild):
+    """One map (method `m`, feature set `fs`): every point (`every`: its source and view), the hover sample
+    (black-edged, with the tooltip) and the wild photos (stars); `last` in its row: the legend beside it."""
+    from bokeh.models import HoverTool
+    from bokeh.plotting import figure
+
+    (src_all, view_all), (src_hover, view_hover) = every, hovered_points
+    f = figure(title=f"{METHODS[m].label}: {feature_title(fs.name)}", width=560, height=520,
+               tools="pan,wheel_zoom,box_select,lasso_select,tap,reset,save", active_scroll="wheel_zoom",
+               output_backend="webgl")
+    f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_all, view=view_all, color=colour,
+              size=2.5, alpha=0.5, nonselection_alpha=0.05, **({"legend_field": "label_name"} if last else {}))
+    r = f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_hover, view=view_hover, color=colour,
+                  size=6, line_color="black", line_width=0.6, nonselection_alpha=0.1, name="hover")
+    hovered = [r]
+    if src_wild is not None:
+        hovered.append(f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_wild, color=colour,
+                                 marker="star", size=14, line_color="black", line_width=1, name="wild"))
+    f.add_tools(HoverTool(renderers=hovered, tooltips=_TOOLTIP))
+    if last:
+        f.legend.label_text_font_size, f.legend.click_policy = "8pt", "hide"
+        f.add_layout(f.legend[0], "right")
+    f.axis.visible = False
+    return f
+
+
+def _show_switch(wrong: dict, hover, n: int, all_filter, hover_filter, src_all, src_hover):
+    """The buttons that show all images, or only the test images one feature set's best model gets wrong."""
+    from bokeh.models import CustomJS, RadioButtonGroup
+
     labels = ["all images"] + [f"test images wrong with {feature_title(s)}" for s in wrong]
     masks = {"all": [True] * n, **{s: w.tolist() for s, w in wrong.items()}}
     hover_masks = {k: [v[i] for i in hover] for k, v in masks.items()}
@@ -213,22 +250,17 @@ def _layout(columns, h, sets, maps, classes, wrong, hover, note: str, wild: dict
               "masks": masks, "hmasks": hover_masks},
         code="const k = keys[cb_obj.active]; fa.booleans = masks[k]; fh.booleans = hmasks[k]; "
              "sa.change.emit(); sh.change.emit(); document.body.dataset.showing = k;"))
-    counts = ", ".join(f"{feature_title(s)} {int(w.sum()):,}" for s, w in wrong.items())
-    info = Div(text=html.escape(f"Show: (test images wrong: {counts})" if wrong else "Show:"))
-    return column(Div(text=html.escape(note)), row(info, switch), *rows, name="maps")
+    return switch
 
 
-def _key(out: Path, sets: list[FeatureSet]) -> str:
+def _page_key(out: Path, sets: list[FeatureSet]) -> str:
     """What a page shows: the feature sets (names, fingerprints) and the files it is drawn from (sizes, times)."""
-    import hashlib
-    import json
-
     out = Path(out)
     files = sorted([*(out / "maps").glob("*.npy"), *(out / "predictions").glob("*.npy"), out / "results.json",
                     out / WILD_GALLERY])
     parts = [[fs.name, fs.fingerprint] for fs in sets] + [HOVER_POINTS, WILD_K] + [
         [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    return content_key(parts)
 
 
 def is_current(out: Path, sets: list[FeatureSet]) -> bool:
@@ -239,4 +271,4 @@ def is_current(out: Path, sets: list[FeatureSet]) -> bool:
             head = f.read(4096)
     except OSError:
         return False
-    return f'<meta name="pipeline-maps" content="{_key(out, sets)}">' in head
+    return f'<meta name="pipeline-maps" content="{_page_key(out, sets)}">' in head

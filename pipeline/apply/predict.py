@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.apply import PREDICTIONS, TOP_K
-from pipeline.apply.featurize import Log, collect_images, featurize, matcher, stderr
+from pipeline.apply.featurize import Log, collect_images, featurize, matcher
+from pipeline.console import stderr
 from pipeline.data.images import show_path
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write

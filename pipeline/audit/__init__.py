@@ -1,4 +1,4 @@
-"""Stage 2, the test set itself: exact and near duplicates (within and across the splits), label issues
+"""Stage 2d, the test set itself: exact and near duplicates (within and across the splits), label issues
 (cleanlab on out-of-fold probabilities) and outliers, from a store's embeddings and its images; then each
 record's test accuracy without the leaked or suspect test images. `pipeline audit`, and `pipeline run`'s
 audit stage, write `<study>/audit.json` (+ `audit.csv` of the flagged files); the report shows it.

@@ -16,17 +16,17 @@ written atomically, last.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.apply.featurize import build_for, featurize, stderr
+from pipeline.apply.featurize import build_for, featurize
 from pipeline.apply.neighbors import METRIC, nearest
 from pipeline.audit import (
     AUDIT,
@@ -44,6 +44,7 @@ from pipeline.audit import (
 )
 from pipeline.audit import duplicates as dup
 from pipeline.audit import labels as lab
+from pipeline.console import content_key, stderr, timed
 from pipeline.data.images import from_pil, show_path, to_pil
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_save, atomic_write, read_json
@@ -122,8 +123,7 @@ def calibrate(fs: FeatureSet, train, device: str, weights: str | None, log) -> d
 
 def _store_key(fs: FeatureSet, *parts) -> str:
     """What an output was made from: the store's fingerprint and `parts` (default: every parameter)."""
-    return hashlib.sha256(json.dumps([fs.fingerprint, *(parts or [PARAMS])], sort_keys=True).encode()
-                          ).hexdigest()[:16]
+    return content_key([fs.fingerprint, *(parts or [PARAMS])])
 
 
 def _cached_search(cache: Path, key: str, fs: FeatureSet, log, n_jobs) -> tuple[np.ndarray, ...]:
@@ -213,14 +213,26 @@ def is_current(out: Path, fs: FeatureSet) -> bool:
     return _up_to_date(read_json(Path(out) / AUDIT), fs, read_results(out))
 
 
+def audit_study(store: str, dataset: str, data_dir, limit: int | None, test_fraction: float | None, out: Path, *,
+                cv: int = 3, device: str = "auto", weights: str | None = None, n_jobs: int | None = None,
+                overwrite: bool = False, log: Callable[[str], None] = stderr) -> dict:
+    """`pipeline audit`: the store (a backbone name or a path) of the dataset's images, audited into `out`."""
+    from pipeline.classical.specs import check_folds
+    from pipeline.data.folder import refuse_output_inside
+    from pipeline.store.featuresets import load_feature_set
+
+    check_folds(cv)
+    out = Path(out)
+    if dataset == "folder":
+        refuse_output_inside(out, data_dir)
+    fs = load_feature_set(store, dataset, data_dir, limit, test_fraction=test_fraction)
+    return audit(fs, out, cv=cv, device=device, weights=weights, n_jobs=n_jobs, overwrite=overwrite, log=log)
+
+
 def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weights: str | None = None,
           n_jobs: int | None = None, overwrite: bool = False, log: Callable[[str], None] = stderr) -> dict:
     """Audit the images of `fs` (an embedding store's feature set) into out/audit.json and out/audit.csv."""
-    if fs.name == "raw" or "backbone" not in fs.meta:
-        raise PipelineError(f"{fs.name}: the audit needs an embedding store (its neighbours find near "
-                            f"duplicates), not raw pixels; pass --features BACKBONE or a store path")
-    if not len(fs.y_train):
-        raise PipelineError(f"{fs.meta.get('path', fs.name)} holds no training images to audit against")
+    _refuse_without_embeddings(fs)
     out = Path(out)
     lab.cleanlab_filter()  # a missing cleanlab is said before any work
     old = read_audit(out / AUDIT)
@@ -229,142 +241,243 @@ def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weigh
     if _up_to_date(old, fs, records):
         log(f"audit: {out / AUDIT} is up to date")
         return old
-    t0 = time.perf_counter()
     seconds = {}
-    ds = source_images(fs)
-    train, test = ds.splits["train"], ds.splits.get("test")
-    n_tr, n_te = len(fs.y_train), len(fs.y_test)
-    cache = out / CACHE
+    with timed(seconds, "total"):
+        images = _Images(fs, source_images(fs))
+        found = _find_problems(images, out / CACHE, seconds, cv=cv, device=device, weights=weights, n_jobs=n_jobs,
+                               log=log)
+        acc = accuracy_rows(records, out, fs.y_test, found.leaked, set(found.issues["test"]))
+        label_items, outlier_items = _label_items(images, found), _outlier_items(images, found)
+        thumbs = _shown_thumbnails(images, found.groups, label_items, outlier_items)
+    doc = _document(images, records, found, label_items, outlier_items, acc, thumbs, seconds)
+    _write_csv(out / AUDIT_CSV, doc, images.path_of)
+    atomic_write(out / AUDIT, json.dumps(doc))
+    counts = doc["duplicates"]["counts"]
+    log(f"audit: {len(found.groups)} duplicate groups ({counts['test_with_train_twin']} test images with a training "
+        f"twin), {len(found.issues['train'])} + {len(found.issues['test'])} label issues (train + test), "
+        f"{len(outlier_items)} outliers; {out / AUDIT}, {out / AUDIT_CSV} ({seconds['total']:.0f} s)")
+    return doc
 
-    t = time.perf_counter()
-    h_tr, s_tr = dup.signatures(train, "train")
-    h_te, s_te = dup.signatures(test, "test") if n_te else ([], np.empty((0, len(CROPS), SIDE * SIDE), np.float32))
-    hashes, sigs = h_tr + h_te, np.concatenate([s_tr, s_te])
-    seconds["pixel signatures"] = round(time.perf_counter() - t, 1)
 
-    t = time.perf_counter()
-    a_idx, a_dist, t_idx, t_dist = _cached_search(cache, _store_key(fs, NEIGHBORS, METRIC), fs, log, n_jobs)
-    seconds["neighbour search"] = round(time.perf_counter() - t, 1)
+def _refuse_without_embeddings(fs: FeatureSet) -> None:
+    if fs.name == "raw" or "backbone" not in fs.meta:
+        raise PipelineError(f"{fs.name}: the audit needs an embedding store (its neighbours find near "
+                            f"duplicates), not raw pixels; pass --features BACKBONE or a store path")
+    if not len(fs.y_train):
+        raise PipelineError(f"{fs.meta.get('path', fs.name)} holds no training images to audit against")
 
-    t = time.perf_counter()
-    cal = calibrate(fs, train, device, weights, log)
-    seconds["calibration"] = round(time.perf_counter() - t, 1)
-    bound = cal["bound"]
 
-    t = time.perf_counter()
-    # candidates: (i, j) in global numbering (train 0..n_tr-1, then test), each once
+class _Images:
+    """The audited images, numbered as one list (train 0..n_tr-1, then test), and where each one's file is."""
+
+    def __init__(self, fs: FeatureSet, ds):
+        self.fs, self.ds = fs, ds
+        self.train, self.test = ds.splits["train"], ds.splits.get("test")
+        self.n_tr, self.n_te = len(fs.y_train), len(fs.y_test)
+        self.y_all = np.concatenate([fs.y_train, fs.y_test])
+        self.root = Path(ds.source) if ds.source else None
+
+    def where(self, g: int) -> tuple[str, int]:
+        """The split and index of image `g` of the one list."""
+        return ("train", g) if g < self.n_tr else ("test", g - self.n_tr)
+
+    def path_of(self, split: str, i: int) -> str:
+        """An image folder's file, relative to the folder (audit.json and audit.csv name the folder once)."""
+        files = self.ds.splits[split].files
+        if files is None:
+            return ""
+        f = Path(files[i])
+        return show_path(f.relative_to(self.root) if self.root is not None and f.is_relative_to(self.root) else f)
+
+    def image(self, split: str, i: int) -> np.ndarray:
+        return self.ds.splits[split].batch(i, i + 1)[0]
+
+
+@dataclass
+class _Found:
+    """What the audit found: the calibration, the duplicate groups (and the test images with a training twin,
+    the train-test pairs), the probabilities and label issues per split, the outliers."""
+    calibration: dict
+    groups: list[dict]
+    leaked: set[int]
+    pairs_across: int
+    probabilities: dict[str, np.ndarray]
+    folds: int
+    issues: dict[str, list[int]]
+    outliers: dict
+
+
+def _find_problems(images: _Images, cache: Path, seconds: dict, *, cv: int, device: str, weights: str | None,
+                   n_jobs: int | None, log) -> _Found:
+    """Every check, each step timed into `seconds`; the neighbour search and the probabilities cached in `cache`."""
+    fs = images.fs
+    with timed(seconds, "pixel signatures"):
+        hashes, sigs = _pixel_signatures(images)
+    with timed(seconds, "neighbour search"):
+        search = _cached_search(cache, _store_key(fs, NEIGHBORS, METRIC), fs, log, n_jobs)
+    with timed(seconds, "calibration"):
+        cal = calibrate(fs, images.train, device, weights, log)
+    with timed(seconds, "duplicates"):
+        groups, leaked, pairs_across = _duplicates(images, search, cal["bound"], hashes, sigs)
+    with timed(seconds, "label issues"):
+        P_tr, P_te, folds = _cached_probabilities(cache, fs, cv, n_jobs, log)
+        issues = {"train": lab.label_issues(fs.y_train, P_tr),
+                  "test": lab.label_issues(fs.y_test, P_te) if images.n_te else []}
+    return _Found(cal, groups, leaked, pairs_across, {"train": P_tr, "test": P_te}, folds, issues,
+                  _outliers(images, search[0], search[1]))
+
+
+def _pixel_signatures(images: _Images) -> tuple[list[str], np.ndarray]:
+    """(hashes, signatures) of every image of the one list."""
+    h_tr, s_tr = dup.signatures(images.train, "train")
+    h_te, s_te = dup.signatures(images.test, "test") if images.n_te else (
+        [], np.empty((0, len(CROPS), SIDE * SIDE), np.float32))
+    return h_tr + h_te, np.concatenate([s_tr, s_te])
+
+
+def _duplicates(images: _Images, search: tuple[np.ndarray, ...], bound: float, hashes: list[str],
+                sigs: np.ndarray) -> tuple[list[dict], set[int], int]:
+    """(the duplicate groups, the test images with a training twin, the number of train-test pairs): exact
+    (the same hash) and near (neighbours within `bound` that the pixels confirm)."""
+    exact = set(dup.exact_pairs(hashes))  # (first, later): ordered as the candidates are
+    near = _near_pairs(sorted(_candidates(images, search, bound) - exact), sigs)
+    groups = _duplicate_groups(images, sorted(exact | near), hashes)
+    leaked = {m[1] for grp in groups if len(grp["splits"]) == 2 for m in grp["members"] if m[0] == "test"}
+    pairs_across = sum(1 for a, b in exact | near if (a < images.n_tr) != (b < images.n_tr))
+    return groups, leaked, pairs_across
+
+
+def _candidates(images: _Images, search: tuple[np.ndarray, ...], bound: float) -> set[tuple[int, int]]:
+    """Pairs (i, j), i < j in the one list, that the neighbour search finds within `bound` of each other: each
+    image to its nearest training images, each test image to its nearest test images."""
+    a_idx, a_dist, t_idx, t_dist = search
+    n_tr = images.n_tr
     cand = set()
-    for i in range(n_tr + n_te):
+    for i in range(n_tr + images.n_te):
         for j, d in zip(a_idx[i], a_dist[i]):
             if int(j) != i and d <= bound:
                 cand.add((min(i, int(j)), max(i, int(j))))
-    for t_ in range(n_te):
+    for t_ in range(images.n_te):
         for j, d in zip(t_idx[t_], t_dist[t_]):
             if int(j) != t_ and d <= bound:
                 a, b = n_tr + t_, n_tr + int(j)
                 cand.add((min(a, b), max(a, b)))
-    exact = set(dup.exact_pairs(hashes))  # (first, later): ordered as the candidates are
-    cand = sorted(cand - exact)
+    return cand
+
+
+def _near_pairs(cand: list[tuple[int, int]], sigs: np.ndarray) -> set[tuple[int, int]]:
+    """The candidate pairs whose pixel signatures match."""
     near = set()
     for c0 in range(0, len(cand), 1 << 15):  # in chunks: the signatures of every pair at once would be GBs
         ci = np.array(cand[c0:c0 + (1 << 15)])
         near |= {(int(a), int(b)) for (a, b), ok in zip(ci, dup.confirmed(*dup.pixel_match(sigs[ci[:, 0]],
                                                                                            sigs[ci[:, 1]]))) if ok}
-    y_all = np.concatenate([fs.y_train, fs.y_test])
-    where = lambda g: ("train", g) if g < n_tr else ("test", g - n_tr)  # noqa: E731
+    return near
+
+
+def _duplicate_groups(images: _Images, pairs: list[tuple[int, int]], hashes: list[str]) -> list[dict]:
+    """The connected duplicate pairs as groups: exact (one hash) or near, their members, labels and splits."""
     groups = []
-    for members in dup.groups(n_tr + n_te, sorted(exact | near)):
+    for members in dup.groups(images.n_tr + images.n_te, pairs):
         kinds = {hashes[g] for g in members}
-        labels = sorted({int(y_all[g]) for g in members})
+        labels = sorted({int(images.y_all[g]) for g in members})
         groups.append({"kind": "exact" if len(kinds) == 1 else "near",
-                       "members": [[*where(g), int(y_all[g])] for g in members], "labels": labels,
+                       "members": [[*images.where(g), int(images.y_all[g])] for g in members], "labels": labels,
                        "conflicting_labels": len(labels) > 1,
-                       "splits": sorted({where(g)[0] for g in members})})
-    leaked = {m[1] for grp in groups if len(grp["splits"]) == 2 for m in grp["members"] if m[0] == "test"}
-    pairs_across = sum(1 for a, b in exact | near if (a < n_tr) != (b < n_tr))
-    seconds["duplicates"] = round(time.perf_counter() - t, 1)
+                       "splits": sorted({images.where(g)[0] for g in members})})
+    return groups
 
-    t = time.perf_counter()
-    P_tr, P_te, folds = _cached_probabilities(cache, fs, cv, n_jobs, log)
-    issues = {"train": lab.label_issues(fs.y_train, P_tr), "test": lab.label_issues(fs.y_test, P_te) if n_te else []}
-    seconds["label issues"] = round(time.perf_counter() - t, 1)
 
-    # outliers: each image's mean distance to its NEIGHBORS nearest training images (itself left out)
-    score = np.empty(n_tr + n_te)
-    for i in range(n_tr + n_te):
+def _outliers(images: _Images, a_idx: np.ndarray, a_dist: np.ndarray) -> dict:
+    """Each image's mean distance to its NEIGHBORS nearest training images (itself left out); the outliers are
+    OUTLIER_Z robust standard deviations above the training images' median, farthest first."""
+    n_tr = images.n_tr
+    score = np.empty(n_tr + images.n_te)
+    for i in range(n_tr + images.n_te):
         d = [dd for j, dd in zip(a_idx[i], a_dist[i]) if not (i < n_tr and int(j) == i)][:NEIGHBORS]
         score[i] = float(np.mean(d)) if d else 0.0
     med = float(np.median(score[:n_tr]))
     spread = float(1.4826 * np.median(np.abs(score[:n_tr] - med)))
     cut = med + OUTLIER_Z * max(spread, 1e-6)
-    outliers = [int(i) for i in np.argsort(-score, kind="stable") if score[i] > cut]
+    return {"score": score, "median": med, "cut": cut,
+            "order": [int(i) for i in np.argsort(-score, kind="stable") if score[i] > cut]}
 
-    suspect_test = set(issues["test"])
-    acc = accuracy_rows(records, out, fs.y_test, leaked, suspect_test)
 
-    # what the report shows, as thumbnails
-    thumbs = Thumbnails(lambda split, i: ds.splits[split].batch(i, i + 1)[0])
-    th = thumbs.key
+def _label_items(images: _Images, found: _Found) -> dict[str, list[dict]]:
+    """Per split, each label issue: the given label, the suggested one, the model's confidence in the given one."""
+    y = {"train": images.fs.y_train, "test": images.fs.y_test}
+    P = found.probabilities
+    return {split: [{"index": i, "given": int(y[split][i]), "suggested": int(P[split][i].argmax()),
+                     "self_confidence": round(float(P[split][i, y[split][i]]), 4),
+                     "path": images.path_of(split, i)} for i in idx]
+            for split, idx in found.issues.items()}
 
-    root = Path(ds.source) if ds.source else None
 
-    def path_of(split: str, i: int) -> str:
-        """An image folder's file, relative to the folder (audit.json and audit.csv name the folder once)."""
-        files = ds.splits[split].files
-        if files is None:
-            return ""
-        f = Path(files[i])
-        return show_path(f.relative_to(root) if root is not None and f.is_relative_to(root) else f)
+def _outlier_items(images: _Images, found: _Found) -> list[dict]:
+    score = found.outliers["score"]
+    return [{"split": images.where(g)[0], "index": images.where(g)[1], "label": int(images.y_all[g]),
+             "score": round(float(score[g]), 4), "path": images.path_of(*images.where(g))}
+            for g in found.outliers["order"]]
 
+
+def _shown_thumbnails(images: _Images, groups: list[dict], label_items: dict[str, list[dict]],
+                      outlier_items: list[dict]) -> Thumbnails:
+    """The thumbnails of what the report shows: the first SHOWN groups (8 members each), label issues and
+    outliers."""
+    thumbs = Thumbnails(images.image)
     for grp in groups[:SHOWN]:
         for split, i, _ in grp["members"][:8]:
-            th(split, i)
-    P = {"train": P_tr, "test": P_te}
-    y = {"train": fs.y_train, "test": fs.y_test}
-    label_items = {}
-    for split, idx in issues.items():
-        label_items[split] = [{"index": i, "given": int(y[split][i]), "suggested": int(P[split][i].argmax()),
-                               "self_confidence": round(float(P[split][i, y[split][i]]), 4),
-                               "path": path_of(split, i)} for i in idx]
-        for it in label_items[split][:SHOWN]:
-            th(split, it["index"])
-    outlier_items = [{"split": where(g)[0], "index": where(g)[1], "label": int(y_all[g]),
-                      "score": round(float(score[g]), 4), "path": path_of(*where(g))} for g in outliers]
+            thumbs.key(split, i)
+    for split, items in label_items.items():
+        for it in items[:SHOWN]:
+            thumbs.key(split, it["index"])
     for it in outlier_items[:SHOWN]:
-        th(it["split"], it["index"])
+        thumbs.key(it["split"], it["index"])
+    return thumbs
 
+
+def _document(images: _Images, records: list[dict], found: _Found, label_items: dict[str, list[dict]],
+              outlier_items: list[dict], acc: list[dict], thumbs: Thumbnails, seconds: dict) -> dict:
+    """audit.json's content."""
+    fs, ds = images.fs, images.ds
+    return {"format": FORMAT, "key": _store_key(fs), "records_key": _records_key(records),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "store": {"name": fs.name, "path": fs.meta.get("path"), "dataset": fs.dataset,
+                      "fingerprint": fs.fingerprint, "labels_sha256": fs.labels_sha256, "recipe": _portable(fs.recipe),
+                      "folder": Path(ds.source).name if fs.dataset == "folder" and ds.source else None,
+                      "rows": {"train": images.n_tr, "test": images.n_te}},
+            "classes": list(fs.classes), "params": PARAMS,
+            "thresholds": {"embedding_cosine": found.calibration["bound"], "pixel_corr": PIXEL_CORR,
+                           "pixel_mad": PIXEL_MAD, "outlier_distance": round(found.outliers["cut"], 4),
+                           "outlier_median": round(found.outliers["median"], 4),
+                           "label_issues": "cleanlab find_label_issues (defaults), ranked by self-confidence"},
+            "calibration": found.calibration,
+            "duplicates": {"counts": _duplicate_counts(found), "groups": found.groups},
+            "label_issues": _label_issues_section(fs, found, label_items),
+            "outliers": {"count": len(outlier_items), "items": outlier_items},
+            "accuracy": acc, "seconds": seconds, "thumbs": thumbs}
+
+
+def _duplicate_counts(found: _Found) -> dict:
+    groups = found.groups
     counts = {f"groups_{s}": sum(1 for g in groups if g["splits"] == [s]) for s in ("train", "test")}
-    counts.update(groups_across=sum(1 for g in groups if len(g["splits"]) == 2), pairs_train_test=pairs_across,
-                  test_with_train_twin=len(leaked), exact_groups=sum(g["kind"] == "exact" for g in groups),
+    counts.update(groups_across=sum(1 for g in groups if len(g["splits"]) == 2), pairs_train_test=found.pairs_across,
+                  test_with_train_twin=len(found.leaked), exact_groups=sum(g["kind"] == "exact" for g in groups),
                   near_groups=sum(g["kind"] == "near" for g in groups),
                   conflicting_groups=sum(g["conflicting_labels"] for g in groups))
+    return counts
+
+
+def _label_issues_section(fs: FeatureSet, found: _Found, label_items: dict[str, list[dict]]) -> dict:
+    """The label issues: the model, the share flagged per split and per class, the classes too small to check,
+    and the items per split."""
+    y = {"train": fs.y_train, "test": fs.y_test}
+    issues = found.issues
     share = {s: round(len(issues[s]) / max(len(y[s]), 1), 4) for s in ("train", "test")}
     per_class = {s: [round(float(np.isin(np.flatnonzero(y[s] == c), issues[s]).mean()), 4) if (y[s] == c).any()
                      else None for c in range(len(fs.classes))] for s in ("train", "test")}
-    seconds["total"] = round(time.perf_counter() - t0, 1)
-    doc = {"format": FORMAT, "key": _store_key(fs), "records_key": _records_key(records),
-           "created": datetime.now(UTC).isoformat(timespec="seconds"),
-           "store": {"name": fs.name, "path": fs.meta.get("path"), "dataset": fs.dataset,
-                     "fingerprint": fs.fingerprint, "labels_sha256": fs.labels_sha256, "recipe": _portable(fs.recipe),
-                     "folder": Path(ds.source).name if fs.dataset == "folder" and ds.source else None,
-                     "rows": {"train": n_tr, "test": n_te}},
-           "classes": list(fs.classes), "params": PARAMS,
-           "thresholds": {"embedding_cosine": bound, "pixel_corr": PIXEL_CORR, "pixel_mad": PIXEL_MAD,
-                          "outlier_distance": round(cut, 4), "outlier_median": round(med, 4),
-                          "label_issues": "cleanlab find_label_issues (defaults), ranked by self-confidence"},
-           "calibration": cal,
-           "duplicates": {"counts": counts, "groups": groups},
-           "label_issues": {"model": lab.MODEL, "folds": folds, "share": share, "per_class": per_class,
-                            "too_few_to_check": {s: lab.small_classes(y[s], len(fs.classes)) for s in y},
-                            **label_items},
-           "outliers": {"count": len(outlier_items), "items": outlier_items},
-           "accuracy": acc, "seconds": seconds, "thumbs": thumbs}
-    _write_csv(out / AUDIT_CSV, doc, path_of)
-    atomic_write(out / AUDIT, json.dumps(doc))
-    log(f"audit: {len(groups)} duplicate groups ({counts['test_with_train_twin']} test images with a training twin), "
-        f"{len(issues['train'])} + {len(issues['test'])} label issues (train + test), {len(outlier_items)} outliers; "
-        f"{out / AUDIT}, {out / AUDIT_CSV} ({seconds['total']:.0f} s)")
-    return doc
+    return {"model": lab.MODEL, "folds": found.folds, "share": share, "per_class": per_class,
+            "too_few_to_check": {s: lab.small_classes(y[s], len(fs.classes)) for s in y}, **label_items}
 
 
 def _portable(recipe: dict) -> dict:
@@ -391,3 +504,23 @@ def _write_csv(path: Path, doc: dict, path_of) -> None:
                      f"{it['score']:.4f}"])
     atomic_write(path, csvfile.write(["problem", "group", "split", "index", "file", "label", "suggested", "score"],
                                      rows))
+
+
+def summary_lines(doc: dict) -> list[str]:
+    """What `pipeline audit` prints (standard output): the duplicates, the label issues and outliers, and each
+    record's test accuracy without the flagged images."""
+    c, li = doc["duplicates"]["counts"], doc["label_issues"]
+    lines = [f"duplicates: {c['exact_groups']} exact and {c['near_groups']} near groups ({c['groups_train']} within "
+             f"train, {c['groups_test']} within test, {c['groups_across']} across); {c['test_with_train_twin']:,} "
+             f"test images have a training twin ({c['conflicting_groups']} groups with conflicting labels)",
+             f"label issues: {len(li['train']):,} train ({li['share']['train']:.2%}), {len(li['test']):,} test "
+             f"({li['share']['test']:.2%}); outliers: {doc['outliers']['count']:,}"]
+    for a in doc["accuracy"]:
+        lines.append(f"  {a['feature_set']:>20} {a['label'] or a['classifier']:<24} test {a['all']:.4f}   without "
+                     f"train twins {_accuracy_text(a['without_train_twins'])}   without label issues "
+                     f"{_accuracy_text(a['without_label_issues'])}")
+    return lines
+
+
+def _accuracy_text(x) -> str:
+    return "–" if x is None else f"{x:.4f}"

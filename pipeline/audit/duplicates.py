@@ -3,11 +3,11 @@ confirm: a re-encoded, resized or centre-cropped copy of the same image), groupe
 from __future__ import annotations
 
 import hashlib
-import sys
 
 import numpy as np
 
 from pipeline.audit import CROPS, PIXEL_CORR, PIXEL_MAD, SIDE
+from pipeline.console import progress_bar
 
 # signature pairs compared: both whole, or one whole and the other cropped (a crop of it)
 FLAT = 0.5  # a signature whose grey levels vary less than this (standard deviation) is flat
@@ -36,11 +36,8 @@ def signature(img: np.ndarray) -> tuple[str, np.ndarray]:
 
 def signatures(split, desc: str = "") -> tuple[list[str], np.ndarray]:
     """Every image of a split: (hashes, (n, len(CROPS), SIDE*SIDE) signatures)."""
-    from tqdm.auto import tqdm
-
     hashes, sigs = [], np.empty((len(split), len(CROPS), SIDE * SIDE), np.float32)
-    with tqdm(total=len(split), unit="img", desc=f"pixel signatures {desc}".strip(), file=sys.stderr,
-              dynamic_ncols=True) as bar:
+    with progress_bar(len(split), progress=True, unit="img", desc=f"pixel signatures {desc}".strip()) as bar:
         for a in range(0, len(split), 512):
             for i, img in enumerate(split.batch(a, min(a + 512, len(split))), a):
                 h, sigs[i] = signature(img)

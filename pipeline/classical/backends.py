@@ -20,6 +20,7 @@ import contextlib
 import os
 import sys
 
+from pipeline.console import stderr
 from pipeline.errors import PipelineError
 from pipeline.hardware import importable, resolve_device
 
@@ -59,7 +60,7 @@ class ArrayAPI(SklearnCPU):
     array_api = True
 
     def __init__(self, device: str = "cuda", overlap_host: bool | None = None):
-        _need_scipy_array_api()
+        _require_scipy_array_api()
         self.device = device
         self.name = f"sklearn-array-api-{device.split(':')[0]}"
         # None: where the device is not the host's (on CPU tensors both would share the same cores)
@@ -102,14 +103,14 @@ class CumlAccel(SklearnCPU):
         self.device = device
 
 
-def _accel():
+def _cuml_accel_module():
     """cuml.accel if this process imported it (only CumlAccel, or the user, does), else None."""
     return sys.modules.get("cuml.accel")
 
 
 def accel_active() -> bool:
     """Whether cuml.accel is installed in this process, so that scikit-learn's estimators are its proxies."""
-    accel = _accel()
+    accel = _cuml_accel_module()
     return accel is not None and bool(accel.enabled())
 
 
@@ -131,8 +132,8 @@ def make_backend(device: str = "auto", array_api: bool | None = None, cuml: bool
             except PipelineError:
                 raise
             except Exception as e:  # noqa: BLE001 - a broken cuML install (driver, rmm) must not stop the run
-                print(f"cuML is installed but could not start ({type(e).__name__}: {str(e)[:120]}); "
-                      f"using scikit-learn's Array API on the GPU instead", file=sys.stderr)
+                stderr(f"cuML is installed but could not start ({type(e).__name__}: {str(e)[:120]}); "
+                       f"using scikit-learn's Array API on the GPU instead")
         return ArrayAPI(str(dev))
     if array_api:
         return ArrayAPI("cpu")
@@ -156,18 +157,22 @@ def steps_ran_on(estimator) -> dict[str, tuple[str, str]]:
     fitted arrays where they computed them, numpy arrays are scikit-learn on the CPU, and a step with no
     fitted arrays ran wherever its input was (STATELESS)."""
     steps = estimator.steps if hasattr(estimator, "steps") else [(type(estimator).__name__.lower(), estimator)]
-    return {name: _ran_on(step) for name, step in steps if step is not None and step != "passthrough"}
+    return {name: _step_ran_on(step) for name, step in steps if step is not None and step != "passthrough"}
 
 
-def _ran_on(est) -> tuple[str, str]:
-    backend, device = _arrays_on(est)
+def _step_ran_on(est) -> tuple[str, str]:
+    """(backend, device) one fitted step ran on: where its fitted arrays are, and the host as well where its
+    solver ran there."""
+    backend, device = _fitted_arrays_on(est)
     if vars(est).get("fit_on_host_") and backend != CPU:  # its arrays on a device, its solver on the host
         return f"{backend} + {CPU}", device if device == "cpu" else f"{device} + cpu"  # (ArraySVC's libsvm)
     return backend, device
 
 
-def _arrays_on(est) -> tuple[str, str]:
-    accel = _accel()
+def _fitted_arrays_on(est) -> tuple[str, str]:
+    """(backend, device) a fitted step's arrays are on (a cuml.accel proxy's: where it fitted); its first
+    sub-estimator's for an ensemble; STATELESS where it has none."""
+    accel = _cuml_accel_module()
     if accel is not None and accel.is_proxy(est):  # cuML says where a fit ran only in its profiler's report;
         # its proxies hold the GPU model in `_gpu` after a GPU fit (cuML 26.10), None after a CPU fallback
         return ("cuml", "cuda") if vars(est).get("_gpu") is not None else (f"{CPU} (cuml.accel fallback)", "cpu")
@@ -181,14 +186,14 @@ def _arrays_on(est) -> tuple[str, str]:
         if kind == "cupy":
             return "sklearn-array-api-cuda", f"cuda:{value.device.id}"
         if isinstance(value, list) and value and hasattr(value[0], "fit"):  # sub-estimators: a forest, one-vs-rest
-            inner = _ran_on(value[0])
+            inner = _step_ran_on(value[0])
             if inner != (STATELESS, STATELESS):
                 return inner
         numpy |= kind == "numpy"
     return (CPU, "cpu") if numpy else (STATELESS, STATELESS)
 
 
-def _need_scipy_array_api():
+def _require_scipy_array_api():
     if os.environ.get("SCIPY_ARRAY_API") != "1":
         if "scipy" in sys.modules:
             raise PipelineError("array-API dispatch needs SCIPY_ARRAY_API=1 set before scipy is imported; "

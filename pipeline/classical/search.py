@@ -1,4 +1,4 @@
-"""Stage 2: do the embeddings beat raw pixels? Classifier pipelines x grids -> one record per
+"""Stage 2a: do the embeddings beat raw pixels? Classifier pipelines x grids -> one record per
 (feature set, classifier): best params, CV mean/std, test accuracy, macro-F1, timings, backend.
 
 Search (per preset): candidates x stratified folds are fitted in parallel (joblib: processes here, a Dask
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from pipeline.classical.specs import (
     grid_id,
     resolve_grid,
 )
+from pipeline.console import check_names, progress_bar, stderr
 from pipeline.data.folder import refuse_output_inside
 from pipeline.errors import PipelineError
 from pipeline.files import folder_lock
@@ -65,7 +66,7 @@ def _fit_score(backend, classifier, native, params, X, y, train, test, blas_thre
     `blas_threads` None: the process's BLAS threads are left as they are (a fit on a thread)."""
     from threadpoolctl import threadpool_limits
 
-    context, conv = _on(backend, native)
+    context, conv = _dispatch_and_convert(backend, native)
     try:
         with threadpool_limits(blas_threads) if blas_threads else contextlib.nullcontext(), context:
             est = _estimator(classifier, native, params)
@@ -78,7 +79,7 @@ def _fit_score(backend, classifier, native, params, X, y, train, test, blas_thre
     return float((np.asarray(pred) == np.asarray(y)[test]).mean()), None
 
 
-def _on(backend: Backend, native: bool):
+def _dispatch_and_convert(backend: Backend, native: bool):
     """(context, convert) to fit in the backend's array-API formulation (dispatch on, arrays uploaded, once:
     an uploaded array passes through), or on numpy as they are."""
     if native:
@@ -138,16 +139,13 @@ def plan_search(classifier: str, grid, y: np.ndarray, cv: int, preset_rows: int 
 def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str | dict = DEFAULT_GRID,
              cv: int = DEFAULT_CV, backend: Backend | None = None, n_jobs: int | None = None, dask: str | None = None,
              out: Path | None = None, progress: bool | None = None,
-             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+             log: Callable[[str], None] = stderr,
              models: dict | None = None) -> list[dict]:
     """Tune, refit and test every classifier on every feature set; write results under `out` (locked for
     the whole call, its results file checked before the first fit).
 
     `models`, if given, receives each refitted estimator under (feature set, classifier)."""
-    unknown = [c for c in classifiers if c not in CLASSIFIERS]
-    if unknown or not classifiers:
-        raise PipelineError(f"unknown classifier {', '.join(unknown) or '(none given)'}; choose from "
-                            f"{','.join(CLASSIFIERS)}")
+    check_names("classifier", classifiers, CLASSIFIERS, sep=",")
     check_folds(cv)  # before anything is derived from it (QDA's rank limit divides by it)
     if isinstance(grid, dict):
         check_custom_grid(grid, classifiers)
@@ -163,7 +161,8 @@ def classify(sets: list[FeatureSet], classifiers=DEFAULT_CLASSIFIERS, grid: str 
 
 @dataclass
 class _Run:
-    """One classify call's arguments, passed down whole."""
+    """One classify call's arguments, passed down whole, and what the call derives from them for its steps:
+    each (feature set, classifier)'s search plan, the Dask client, the progress bar, the records so far."""
     sets: list[FeatureSet]
     classifiers: tuple
     grid: str | dict
@@ -175,96 +174,149 @@ class _Run:
     progress: bool | None
     log: Callable[[str], None]
     models: dict | None
+    plans: dict[tuple[str, str], SearchPlan] = field(default_factory=dict)
+    client: object = None
+    bar: object = None
+    records: list[dict] = field(default_factory=list)
+    # records, the results file and the bar are shared with a host thread and the refits' threads
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def native(self, c: str) -> bool:
+        """Whether classifier c runs in the backend's array-API formulation on any feature set."""
+        return any(self.plans[(fs.name, c)].native for fs in self.sets)
+
+
+class _Searched(NamedTuple):
+    """One feature set's search for one classifier: its plan and `_search`'s results, what its refit needs."""
+    fs: FeatureSet
+    c: str
+    plan: SearchPlan
+    best: int
+    best_scores: list
+    search_s: float
+    errors: list
+    cheap: dict
 
 
 def _classify(run: _Run) -> list[dict]:
+    """Every search planned first, then each classifier on every feature set in turn (on a device backend, the
+    host's classifiers beside the device's); the records in the classifiers' order."""
+    run.plans = _plan_every_search(run)
+    n_jobs = run.n_jobs or (os.cpu_count() or 1)
+    total = sum(len(p.candidates) * len(p.folds) + 1 for p in run.plans.values())
+    run.client = dask_client(run.dask) if run.dask else None
+    run.bar = progress_bar(total, progress=run.progress, unit="fit")
+    host = _host_classifiers(run)
+    try:
+        with run.bar, _running_beside(host, lambda stop: _run_on_host(run, host, max(1, n_jobs - 1), stop),
+                                      run.log):
+            for c in run.classifiers:
+                if c not in host:
+                    _run_classifier(run, c, n_jobs)
+    finally:
+        if run.client is not None:
+            run.client.close()
+    order = {c: i for i, c in enumerate(run.classifiers)}
+    return sorted(run.records, key=lambda r: order[r["classifier"]])
+
+
+def _plan_every_search(run: _Run) -> dict[tuple[str, str], SearchPlan]:
+    """Each (feature set, classifier)'s search plan, all made (and checked) before the first fit."""
+    rows = TUNE_ROWS.get(run.grid) if isinstance(run.grid, str) else None
+    return {(fs.name, c): plan_search(c, run.grid, fs.y_train, run.cv, rows, fs.classes, fs.X_train.shape[1],
+                                      run.backend)
+            for fs in run.sets for c in run.classifiers}
+
+
+def _host_classifiers(run: _Run) -> list[str]:
+    """On a device backend, the classifiers with no formulation there: they run on the host's cores at the same
+    time as the others run on the device, not after them (docs/decisions.md#gpu-classical)."""
+    if not (run.backend.overlap_host and len(run.classifiers) > 1):
+        return []
+    return [c for c in run.classifiers if not run.native(c)]
+
+
+def _run_on_host(run: _Run, host: list[str], n_jobs: int, stop: threading.Event) -> None:
+    """The host's classifiers in turn, with one worker fewer (`n_jobs`), until `stop` is set."""
+    for c in host:
+        if not stop.is_set():
+            _run_classifier(run, c, n_jobs, stop)
+
+
+def _run_classifier(run: _Run, c: str, n_jobs: int, stop: threading.Event | None = None) -> None:
+    """Classifier c on every feature set, each record saved as its refit ends. A refit on one core (libsvm) that
+    releases the GIL: the feature sets' refits run at once, on threads, once every set's search is done; any
+    other refit follows its own search (not in the background of the next one:
+    docs/decisions.md#background-refits). `stop` set: no next feature set."""
+    at_once = _refits_at_once(c, run.sets, n_jobs, run.backend, run.native(c))
+    if at_once > 1:
+        _search_all_then_refit_at_once(run, c, n_jobs, at_once, stop)
+        return
+    for fs in run.sets:
+        if stop is None or not stop.is_set():
+            _finish(run, *_refit(run, _search_one(run, fs, c, n_jobs), n_jobs))
+
+
+def _search_all_then_refit_at_once(run: _Run, c: str, n_jobs: int, at_once: int,
+                                   stop: threading.Event | None) -> None:
+    """Every feature set's search for c, then their refits, `at_once` at a time on threads, each record saved as
+    its refit ends; a failed refit is raised once the others' records are saved."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from tqdm.auto import tqdm
+    searched = [_search_one(run, fs, c, n_jobs) for fs in run.sets if stop is None or not stop.is_set()]
+    failed = None
+    with ThreadPoolExecutor(at_once) as pool:
+        for done in as_completed([pool.submit(_refit, run, one, n_jobs) for one in searched]):
+            try:
+                _finish(run, *done.result())
+            except Exception as e:  # noqa: BLE001 - the others' records are kept first
+                failed = failed or e
+    if failed is not None:
+        raise failed
 
-    sets, classifiers, grid, cv, backend = run.sets, run.classifiers, run.grid, run.cv, run.backend
-    n_jobs, dask, out, progress, log, models = run.n_jobs, run.dask, run.out, run.progress, run.log, run.models
-    preset = grid if isinstance(grid, str) else "custom"
-    rows = TUNE_ROWS.get(preset) if isinstance(grid, str) else None
-    plans = {(fs.name, c): plan_search(c, grid, fs.y_train, cv, rows, fs.classes, fs.X_train.shape[1], backend)
-             for fs in sets for c in classifiers}
-    n_jobs = n_jobs or (os.cpu_count() or 1)
-    total = sum(len(p.candidates) * len(p.folds) + 1 for p in plans.values())
-    client = dask_client(dask) if dask else None
-    records = []
-    bar = tqdm(total=total, unit="fit", disable=(not progress) if progress is not None else None,
-               file=sys.stderr, dynamic_ncols=True)
 
-    def search(fs, c, n_jobs):
-        plan = plans[(fs.name, c)]
-        bar.set_description(f"{fs.name} {c}")
-        return fs, c, plan, *_search(fs, c, plan, grid, backend, n_jobs, client, bar, log)
+def _search_one(run: _Run, fs: FeatureSet, c: str, n_jobs: int) -> _Searched:
+    """Classifier c's grid search on one feature set, named on the progress bar."""
+    plan = run.plans[(fs.name, c)]
+    run.bar.set_description(f"{fs.name} {c}")
+    return _Searched(fs, c, plan, *_search(fs, c, plan, run.grid, run.backend, n_jobs, run.client, run.bar,
+                                           run.log))
 
-    def refit(fs, c, plan, best, best_scores, search_s, errors, cheap, n_jobs):
-        rec, est, pred = _refit_and_test(fs, c, plan, best, best_scores, backend, search_s, n_jobs)
-        rec.update(dataset=fs.dataset, features_fingerprint=fs.fingerprint, grid=grid_id(grid),
-                   failed_fits=len(errors), fit_errors=list(dict.fromkeys(errors))[:5], search_params=cheap)
-        return fs, plan, rec, est, pred
 
-    lock = threading.Lock()  # records, the results file and the bar are shared with a host thread
+def _refit(run: _Run, one: _Searched, n_jobs: int) -> tuple:
+    """The searched best refitted and tested -> (feature set, plan, its record, the estimator, its predictions),
+    the record completed with what the search knows (dataset, fingerprint, grid, failed fits)."""
+    rec, est, pred = _refit_and_test(one.fs, one.c, one.plan, one.best, one.best_scores, run.backend, one.search_s,
+                                     n_jobs)
+    rec.update(dataset=one.fs.dataset, features_fingerprint=one.fs.fingerprint, grid=grid_id(run.grid),
+               failed_fits=len(one.errors), fit_errors=list(dict.fromkeys(one.errors))[:5], search_params=one.cheap)
+    return one.fs, one.plan, rec, est, pred
 
-    def finish(fs, plan, rec, est, pred):
-        with lock:
-            bar.update(1)
-            records.append(rec)
-            if models is not None:
-                models[(fs.name, rec["classifier"])] = est
-            log(f"{fs.name:>20} {rec['classifier']:<7} test {rec['test_accuracy']:.4f}  cv {rec['cv_mean']:.4f}"
-                f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({rec['search_seconds'] + rec['fit_seconds']:.0f} s, "
-                f"{rec['backend']})")
-            if out is not None:
-                _save(out, fs, rec, est, backend if plan.native else None, log)
-                save_predictions(out, rec, pred)
-                write_results(out, [rec])
 
-    def run_classifier(c, n_jobs, stop=None):
-        # a refit on one core (libsvm) that releases the GIL: the feature sets' refits run at once, on
-        # threads, once every set's search is done; any other refit follows its own search (not in the
-        # background of the next one: docs/decisions.md#background-refits). `stop` set: no next feature set
-        def go():
-            return stop is None or not stop.is_set()
+def _finish(run: _Run, fs: FeatureSet, plan: SearchPlan, rec: dict, est, pred: np.ndarray) -> None:
+    """A refitted classifier's record kept (and its estimator in `models`), its line logged, and with `out`
+    its model, predictions and record saved; under the lock (the host's thread and the refits' share them)."""
+    with run.lock:
+        run.bar.update(1)
+        run.records.append(rec)
+        if run.models is not None:
+            run.models[(fs.name, rec["classifier"])] = est
+        run.log(_result_line(fs, rec))
+        if run.out is not None:
+            _save_model_or_say_why(run.out, fs, rec, est, run.backend if plan.native else None, run.log)
+            save_predictions(run.out, rec, pred)
+            write_results(run.out, [rec])
 
-        at_once = _refits_at_once(c, sets, n_jobs, backend, any(plans[(fs.name, c)].native for fs in sets))
-        if at_once > 1:
-            searched = [search(fs, c, n_jobs) for fs in sets if go()]
-            failed = None
-            with ThreadPoolExecutor(at_once) as pool:  # each record saved as its refit ends
-                for done in as_completed([pool.submit(refit, *a, n_jobs) for a in searched]):
-                    try:
-                        finish(*done.result())
-                    except Exception as e:  # noqa: BLE001 - the others' records are kept first
-                        failed = failed or e
-            if failed is not None:
-                raise failed
-        else:
-            for fs in sets:
-                if go():
-                    finish(*refit(*search(fs, c, n_jobs), n_jobs))
 
-    # on a device backend the classifiers with no formulation there run on the host's cores at the same time
-    # as the others run on the device, not after them, with one worker fewer (docs/decisions.md#gpu-classical)
-    host = [c for c in classifiers if not any(plans[(fs.name, c)].native for fs in sets)] \
-        if backend.overlap_host and len(classifiers) > 1 else []
-    try:
-        with bar, _beside(host, lambda stop: [run_classifier(c, max(1, n_jobs - 1), stop) for c in host
-                                              if not stop.is_set()], log):
-            for c in classifiers:
-                if c not in host:
-                    run_classifier(c, n_jobs)
-    finally:
-        if client is not None:
-            client.close()
-    order = {c: i for i, c in enumerate(classifiers)}
-    return sorted(records, key=lambda r: order[r["classifier"]])
+def _result_line(fs: FeatureSet, rec: dict) -> str:
+    """The log line of one record: test accuracy, CV score, best parameters, time and backend."""
+    return (f"{fs.name:>20} {rec['classifier']:<7} test {rec['test_accuracy']:.4f}  cv {rec['cv_mean']:.4f}"
+            f"±{rec['cv_std']:.4f}  {rec['best_params']}  ({rec['search_seconds'] + rec['fit_seconds']:.0f} s, "
+            f"{rec['backend']})")
 
 
 @contextlib.contextmanager
-def _beside(names: list[str], work: Callable, log):
+def _running_beside(names: list[str], work: Callable, log):
     """Runs `work(stop)` on a thread while the block runs; on leaving, waits for it (its records are saved as
     they come) and raises the block's error, else work's. If the block fails, `stop` is set: work finishes the
     feature set in progress and starts no other (its error, if it fails too, is logged). Nothing to run: a
@@ -305,11 +357,12 @@ def _refits_at_once(c: str, sets: list[FeatureSet], n_jobs: int, backend: Backen
     docs/decisions.md#refits-at-once)."""
     if not CLASSIFIERS[c].one_core_refit or backend.cuml:
         return 1
-    return _at_once(c, [len(fs.y_train) for fs in sets], [fs.X_train.nbytes for fs in sets],
-                    min(n_jobs, len(sets)), backend, native)
+    return _one_core_fits_at_once(c, [len(fs.y_train) for fs in sets], [fs.X_train.nbytes for fs in sets],
+                                  min(n_jobs, len(sets)), backend, native)
 
 
-def _at_once(c: str, rows: list[int], row_bytes: list[int], n: int, backend: Backend, native: bool) -> int:
+def _one_core_fits_at_once(c: str, rows: list[int], row_bytes: list[int], n: int, backend: Backend,
+                           native: bool) -> int:
     """At most n one-core fits of classifier c at once, as many as half the available memory holds: each
     budgeted at what its spec says it holds (`refit_bytes`: an RBF SVC's kernel cache, or its whole kernel)
     for the most rows given, plus four copies of the largest rows."""
@@ -324,24 +377,14 @@ def _at_once(c: str, rows: list[int], row_bytes: list[int], n: int, backend: Bac
 def _search(fs: FeatureSet, c: str, plan: SearchPlan, grid, backend: Backend, n_jobs: int, client, bar, log):
     """Every candidate on every fold, in parallel (joblib processes, or the Dask cluster), each fit ticking
     the progress bar -> (best candidate's index, its fold scores, search seconds, fit errors, search params)."""
-    from joblib import Parallel, delayed, parallel_config
+    from joblib import Parallel, delayed
 
-    # GPU work (array-API, cuML proxies) stays in this process; CPU fits go to workers. An array-API
-    # formulation whose solver runs on one host core and releases the GIL (ArraySVC) fits on threads
-    threads = plan.native and CLASSIFIERS[c].one_core_refit and not backend.cuml
-    in_process = (plan.native and not threads) or backend.cuml or len(plan.candidates) * len(plan.folds) == 1
-    jobs = 1 if in_process else n_jobs
-    if threads:  # as many fits at once as half the free memory holds (each may hold its whole kernel)
-        jobs = _at_once(c, [len(tr) for tr, _ in plan.folds], [fs.X_train.nbytes], jobs, backend, True)
-    # BLAS threads per fit in worker processes; a thread must not set them (the limit is the whole process's)
-    blas = None if threads else max(1, (os.cpu_count() or 1) // jobs)
+    cfg, blas = _search_parallelism(fs, c, plan, backend, n_jobs, client)
     tasks = [(ci, tr, te) for ci in range(len(plan.candidates)) for tr, te in plan.folds]
-    X = _on(backend, plan.native)[1](fs.X_train)  # array-API: one upload for all fits
+    X = _dispatch_and_convert(backend, plan.native)[1](fs.X_train)  # array-API: one upload for all fits
     t0 = time.perf_counter()
     scores = [[] for _ in plan.candidates]
     errors = []
-    cfg = parallel_config(backend="dask") if client is not None and not (in_process or threads) else \
-        parallel_config(backend="threading" if threads else "loky" if jobs > 1 else "sequential", n_jobs=jobs)
     cheap = CLASSIFIERS[c].search_params if isinstance(grid, str) else {}
     with cfg:
         results = Parallel(return_as="generator_unordered")(
@@ -353,18 +396,45 @@ def _search(fs: FeatureSet, c: str, plan: SearchPlan, grid, backend: Backend, n_
             errors += [err] if err else []
             bar.update(1)
     search_s = time.perf_counter() - t0
+    best = _best_candidate(fs, c, scores, errors, len(tasks), log)
+    return best, scores[best], search_s, errors, cheap
+
+
+def _search_parallelism(fs: FeatureSet, c: str, plan: SearchPlan, backend: Backend, n_jobs: int, client):
+    """(joblib's parallel_config, BLAS threads per fit) for a search. GPU work (array-API, cuML proxies) stays in
+    this process; CPU fits go to workers (processes, or the Dask cluster). An array-API formulation whose solver
+    runs on one host core and releases the GIL (ArraySVC) fits on threads, as many at once as half the free
+    memory holds (each may hold its whole kernel). BLAS threads are set per fit in worker processes only: a
+    thread must not set them (the limit is the whole process's)."""
+    from joblib import parallel_config
+
+    threads = plan.native and CLASSIFIERS[c].one_core_refit and not backend.cuml
+    in_process = (plan.native and not threads) or backend.cuml or len(plan.candidates) * len(plan.folds) == 1
+    jobs = 1 if in_process else n_jobs
+    if threads:
+        jobs = _one_core_fits_at_once(c, [len(tr) for tr, _ in plan.folds], [fs.X_train.nbytes], jobs, backend,
+                                      True)
+    blas = None if threads else max(1, (os.cpu_count() or 1) // jobs)
+    if client is not None and not (in_process or threads):
+        return parallel_config(backend="dask"), blas
+    return parallel_config(backend="threading" if threads else "loky" if jobs > 1 else "sequential",
+                           n_jobs=jobs), blas
+
+
+def _best_candidate(fs: FeatureSet, c: str, scores: list[list[float]], errors: list[str], n_fits: int, log) -> int:
+    """The index of the candidate with the best mean fold score (one with a failed fold scores nan); failed fits
+    logged in one line, every candidate failing one error."""
     means = np.array([np.mean(s) for s in scores])  # a candidate with a failed fold is nan
     if np.isnan(means).all():
         raise PipelineError(f"{c} failed on every candidate for {fs.name} ({errors[0][:200]})")
     if errors:
         distinct = list(dict.fromkeys(errors))
-        log(f"{fs.name} {c}: {len(errors)} of {len(tasks)} fits failed and were scored NaN "
+        log(f"{fs.name} {c}: {len(errors)} of {n_fits} fits failed and were scored NaN "
             f"({'; '.join(distinct[:3])}{' ...' if len(distinct) > 3 else ''})")
-    best = int(np.nanargmax(means))
-    return best, scores[best], search_s, errors, cheap
+    return int(np.nanargmax(means))
 
 
-def _save(out: Path, fs: FeatureSet, rec: dict, est, array_api: Backend | None, log) -> None:
+def _save_model_or_say_why(out: Path, fs: FeatureSet, rec: dict, est, array_api: Backend | None, log) -> None:
     """The refitted model beside the results (before its record: a record with a model never lacks it). A
     model that cannot be serialised costs its file, not the fit: the record says why."""
     try:
@@ -379,6 +449,8 @@ def _save(out: Path, fs: FeatureSet, rec: dict, est, array_api: Backend | None, 
 
 
 def _scored(ci, fn, *args):
+    """(candidate index, fn(*args)): one fit's score tagged with its candidate, the results arriving unordered.
+    Its name names the search's tasks on a Dask cluster (tests/helpers.py counts them by it)."""
     return ci, fn(*args)
 
 
@@ -387,40 +459,55 @@ def _refit_and_test(fs: FeatureSet, c: str, plan: SearchPlan, best: int, best_sc
     """The best candidate refitted on all training rows, on every core (the search's folds are done: a
     refit the estimator would run on one core runs on `n_jobs`, in threads), then tested once: (record,
     fitted estimator, its test predictions)."""
-    from joblib import parallel_config
-
     spec = CLASSIFIERS[c]
     params = plan.candidates[best]
     est = _estimator(c, plan.native, params)
     if spec.refit_on is not None:
         est = spec.refit_on(est, n_jobs, fs.X_train)
     fast = spec.fast_predict if not (plan.native or backend.cuml) else None
-    context, conv = _on(backend, plan.native)
     try:
-        with context, parallel_config(backend="threading"):
-            Xtr, ytr = conv(fs.X_train), conv(fs.y_train)
-            t = time.perf_counter()
-            est.fit(Xtr, ytr)
-            fit_s = time.perf_counter() - t
-            t = time.perf_counter()
-            pred = np.asarray(backend.tonumpy(fast(est, fs.X_test) if fast else est.predict(conv(fs.X_test))))
-            pred_s = time.perf_counter() - t
+        pred, fit_s, pred_s = _fit_and_predict(est, fs, plan.native, backend, fast)
     except Exception as e:  # noqa: BLE001 - the best candidate failing on all rows is the user's problem
         raise PipelineError(f"{c} with {params} failed when refitted on all of {fs.name} "
                             f"({type(e).__name__}: {str(e).strip()[:200]})") from None
     ran_on, device = executed_on(est)
     return make_record(
         fs.name, c, spec.label, y_test=fs.y_test, pred=pred, classes=fs.classes, labels_sha256=fs.labels_sha256,
-        n_train=len(fs.y_train),
-        best_params={k.split("__", 1)[-1] if k.startswith("clf__") else k: v for k, v in params.items()},
+        n_train=len(fs.y_train), best_params=_short_param_names(params),
         cv_mean=np.mean(best_scores), cv_std=np.std(best_scores), cv_folds=len(plan.folds),
         tune_rows=len(plan.tune_idx), candidates=len(plan.candidates), fit_seconds=round(fit_s, 3),
         predict_seconds=round(pred_s, 3), search_seconds=round(search_s, 2), backend=ran_on, device=device,
-        estimator=_steps(est), steps={k: " on ".join(v) if v[0] != STATELESS else STATELESS
-                                      for k, v in steps_ran_on(est).items()}), est, pred
+        estimator=_step_classes(est), steps=_step_places(est)), est, pred
 
 
-def _steps(est) -> list[str]:
+def _fit_and_predict(est, fs: FeatureSet, native: bool, backend: Backend, fast: Callable | None):
+    """`est` fitted on all training rows (joblib's loops inside it on threads), then its test predictions as
+    numpy, by `fast(est, X)` where given -> (predictions, fit seconds, predict seconds)."""
+    from joblib import parallel_config
+
+    context, conv = _dispatch_and_convert(backend, native)
+    with context, parallel_config(backend="threading"):
+        Xtr, ytr = conv(fs.X_train), conv(fs.y_train)
+        t = time.perf_counter()
+        est.fit(Xtr, ytr)
+        fit_s = time.perf_counter() - t
+        t = time.perf_counter()
+        pred = np.asarray(backend.tonumpy(fast(est, fs.X_test) if fast else est.predict(conv(fs.X_test))))
+        pred_s = time.perf_counter() - t
+    return pred, fit_s, pred_s
+
+
+def _short_param_names(params: dict) -> dict:
+    """A candidate's parameters as a record shows them: the classifier's without their `clf__` prefix."""
+    return {k.split("__", 1)[-1] if k.startswith("clf__") else k: v for k, v in params.items()}
+
+
+def _step_places(est) -> dict[str, str]:
+    """Each fitted step -> where it ran ("backend on device"), or STATELESS for a step with no fitted arrays."""
+    return {k: " on ".join(v) if v[0] != STATELESS else STATELESS for k, v in steps_ran_on(est).items()}
+
+
+def _step_classes(est) -> list[str]:
     """The fitted pipeline's steps by class (module.Class): which implementation ran, e.g. this project's
     L-BFGS linear SVC, a cuml.accel proxy, a one-vs-rest wrapper."""
     steps = [s for _, s in est.steps] if hasattr(est, "steps") else [est]

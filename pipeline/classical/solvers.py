@@ -23,10 +23,16 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model._base import LinearClassifierMixin
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from pipeline.sklearn_internals import (
+    Interval,
+    LinearClassifierMixin,
+    StrOptions,
+    svc_libsvm_model,
+    validate_params,
+)
 
 
 class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
@@ -56,38 +62,19 @@ class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
 
     def fit(self, X, y):
-        from scipy.optimize import minimize
-
-        self._validate_params()
-        on_torch = _is_tensor(X)
-        if on_torch:  # torch tensors (the Array API backend): the products run on their device
-            y = _tensor_labels(self, X, y)
-        else:
-            X, y = validate_data(self, X, y, dtype=np.float32, order="C")
-        check_classification_targets(y)
+        validate_params(self)
+        X, y, on_torch = _linear_fit_input(self, X, y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError("needs samples of at least 2 classes in the data, but the data contains only one "
                              f"class: {self.classes_[0]!r}")
         k = 1 if len(self.classes_) == 2 else len(self.classes_)
-        Y = (codes[:, None] == (np.arange(k) + (k == 1))[None]).astype(np.float32) * 2 - 1
-        d = X.shape[1]
-        C = np.float32(self.C)
-
+        Y, d = _one_vs_rest_signs(codes, k), X.shape[1]
         if on_torch:
             objective, last = _torch_objective(X, Y, self.C, d, k)
         else:
-            objective, last = self._numpy_objective(X, Y, C, d, k)
-        w0 = np.zeros((d + 1) * k)
-        stop = self.tol * np.linalg.norm(objective(w0)[1])
-
-        def converged(intermediate_result):
-            if np.linalg.norm(last["grad"]) <= stop:
-                raise StopIteration
-
-        # ftol/gtol 0: only `tol` (or max_iter, or no more progress in float32) ends the solve
-        res = minimize(objective, w0, jac=True, method="L-BFGS-B", callback=converged,
-                       options={"maxiter": self.max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20})
+            objective, last = self._numpy_objective(X, Y, np.float32(self.C), d, k)
+        res, stop = self._minimize(objective, last, (d + 1) * k)
         self.n_iter_ = int(res.nit)
         # res.jac: the gradient at the solution returned (not at a rejected step). Stopping short of tol because
         # float32 allows no more progress is as converged as this solver gets: no warning
@@ -97,9 +84,26 @@ class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
         self.coef_ = res.x[:d * k].reshape(d, k).T.copy()
         self.intercept_ = res.x[d * k:].copy()
         if on_torch:  # fitted where the rows are, so that predictions run there and the record says so
-            self.coef_ = _like(X, self.coef_)
-            self.intercept_ = _like(X, self.intercept_)
+            self.coef_ = _tensor_like(X, self.coef_)
+            self.intercept_ = _tensor_like(X, self.intercept_)
         return self
+
+    def _minimize(self, objective, last, n_weights: int):
+        """scipy's L-BFGS from zero weights -> (its result, the gradient norm that counts as converged: `tol`
+        times the norm at zero)."""
+        from scipy.optimize import minimize
+
+        w0 = np.zeros(n_weights)
+        stop = self.tol * np.linalg.norm(objective(w0)[1])
+
+        def converged(intermediate_result):
+            if np.linalg.norm(last["grad"]) <= stop:
+                raise StopIteration
+
+        # ftol/gtol 0: only `tol` (or max_iter, or no more progress in float32) ends the solve
+        res = minimize(objective, w0, jac=True, method="L-BFGS-B", callback=converged,
+                       options={"maxiter": self.max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20})
+        return res, stop
 
     def _numpy_objective(self, X, Y, C, d, k):
         last = {}
@@ -121,6 +125,23 @@ class DenseLinearSVC(LinearClassifierMixin, BaseEstimator):
             return f, grad
 
         return objective, last
+
+
+def _linear_fit_input(est, X, y):
+    """(rows, labels, whether X was a tensor) for DenseLinearSVC: a tensor as it is (its products run on its
+    device), numpy validated as float32 in C order."""
+    on_torch = _is_tensor(X)
+    if on_torch:  # torch tensors (the Array API backend): the products run on their device
+        y = _tensor_labels(est, X, y)
+    else:
+        X, y = validate_data(est, X, y, dtype=np.float32, order="C")
+    check_classification_targets(y)
+    return X, y, on_torch
+
+
+def _one_vs_rest_signs(codes: np.ndarray, k: int) -> np.ndarray:
+    """y_ik (float32): +1 where row i is of class k, else -1; one column (the second class's) for two classes."""
+    return (codes[:, None] == (np.arange(k) + (k == 1))[None]).astype(np.float32) * 2 - 1
 
 
 def _torch_objective(X, Y, C: float, d: int, k: int):
@@ -149,7 +170,7 @@ def _is_tensor(X) -> bool:
     return type(X).__module__.split(".")[0] == "torch"
 
 
-def _like(X, a: np.ndarray):
+def _tensor_like(X, a: np.ndarray):
     """A fitted numpy array as a tensor of X's float dtype on X's device."""
     import torch
 
@@ -167,7 +188,8 @@ def rbf_svc_predict(svc, X, chunk: int = 1024) -> np.ndarray:
     Fashion-MNIST test rows (17-18k support vectors), 2 cores: 2.4-2.6x faster than libsvm in a chunk per core,
     the same predictions (benchmarks/bench_svc_predict.py)."""
     sv = np.asarray(svc.support_vectors_, np.float64)
-    coef, b = np.asarray(svc._dual_coef_), np.asarray(svc._intercept_)  # libsvm's (not flipped for 2 classes)
+    dual_coef, intercept, gamma = svc_libsvm_model(svc)
+    coef, b = np.asarray(dual_coef), np.asarray(intercept)  # libsvm's (not flipped for 2 classes)
     n = len(svc.classes_)
     first = np.concatenate([[0], np.cumsum(svc.n_support_)])
     sv_sq = (sv * sv).sum(1)
@@ -175,7 +197,7 @@ def rbf_svc_predict(svc, X, chunk: int = 1024) -> np.ndarray:
     for a in range(0, len(X), chunk):
         x = np.asarray(X[a:a + chunk], np.float64)
         d2 = (x * x).sum(1)[:, None] + sv_sq[None] - 2 * (x @ sv.T)
-        K = np.exp(-svc._gamma * np.maximum(d2, 0, out=d2))
+        K = np.exp(-gamma * np.maximum(d2, 0, out=d2))
         out[a:a + chunk] = _ovo_vote(K, coef, b, first, np.zeros((len(x), n), np.intp)).argmax(1)
     return svc.classes_[out]
 
@@ -227,23 +249,16 @@ class ArraySVC(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         import torch
-        from sklearn.svm import SVC
 
-        self._validate_params()
+        validate_params(self)
         Xt, labels, on_torch = _fit_input(self, X, y)
         Xt = Xt.to(torch.float64)
         self.classes_, yi = np.unique(labels, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"The number of classes has to be greater than one; got {len(self.classes_)} class")
-        var = float(Xt.var(correction=0)) if self.gamma == "scale" else None
-        self._gamma = (1.0 / (Xt.shape[1] * var) if var else 1.0) if self.gamma == "scale" else \
-            1.0 / Xt.shape[1] if self.gamma == "auto" else float(self.gamma)
+        self._gamma = self._resolved_gamma(Xt)
         self.precompute_ = self._resolve_precompute(Xt)
-        if self.precompute_:
-            svc = SVC(kernel="precomputed", C=self.C, cache_size=self.cache_size).fit(self._kernel(Xt), yi)
-        else:
-            svc = SVC(kernel="rbf", C=self.C, gamma=self._gamma, cache_size=self.cache_size).fit(
-                Xt.cpu().numpy(), yi)
+        svc = self._libsvm_fit(Xt, yi)
         support = torch.as_tensor(svc.support_, device=Xt.device)
         self.support_ = svc.support_
         self.n_support_ = svc.n_support_
@@ -252,6 +267,22 @@ class ArraySVC(ClassifierMixin, BaseEstimator):
         self.n_iter_, self.fit_status_ = svc.n_iter_, svc.fit_status_
         self.fit_on_host_ = True  # libsvm's solver ran on the CPU, wherever the arrays are (labels read it)
         return self
+
+    def _resolved_gamma(self, Xt) -> float:
+        """The number `gamma` stands for, as scikit-learn's SVC resolves "scale" and "auto"."""
+        var = float(Xt.var(correction=0)) if self.gamma == "scale" else None
+        return (1.0 / (Xt.shape[1] * var) if var else 1.0) if self.gamma == "scale" else \
+            1.0 / Xt.shape[1] if self.gamma == "auto" else float(self.gamma)
+
+    def _libsvm_fit(self, Xt, yi):
+        """scikit-learn's SVC (libsvm, on the host) fitted on the training rows' kernel (precomputed here) or on
+        the rows themselves, as `precompute_` says."""
+        from sklearn.svm import SVC
+
+        if self.precompute_:
+            kernel = self._training_kernel(Xt)
+            return SVC(kernel="precomputed", C=self.C, cache_size=self.cache_size).fit(kernel, yi)
+        return SVC(kernel="rbf", C=self.C, gamma=self._gamma, cache_size=self.cache_size).fit(Xt.cpu().numpy(), yi)
 
     def _precomputes_on(self, device: str) -> bool:
         """Whether a fit on rows on `device` would precompute the kernel, room permitting (the one home of
@@ -271,14 +302,14 @@ class ArraySVC(ClassifierMixin, BaseEstimator):
         free = available_memory()
         return self._precomputes_on(str(Xt.device)) and free is not None and 3 * 8 * len(Xt) ** 2 <= free
 
-    def _kernel(self, Xt) -> np.ndarray:
+    def _training_kernel(self, Xt) -> np.ndarray:
         """The training rows' RBF kernel, float64, computed on their device in row blocks, gathered on the host."""
         import torch
 
         K = np.empty((len(Xt), len(Xt)))
         host, sq = torch.from_numpy(K), (Xt * Xt).sum(1)
         for a in range(0, len(Xt), self.chunk):  # each block straight into the host's array
-            host[a:a + self.chunk].copy_(_rbf(Xt[a:a + self.chunk], Xt, sq, self._gamma))
+            host[a:a + self.chunk].copy_(_rbf_kernel(Xt[a:a + self.chunk], Xt, sq, self._gamma))
         return K
 
     def predict(self, X):
@@ -294,14 +325,14 @@ class ArraySVC(ClassifierMixin, BaseEstimator):
         sq = (sv * sv).sum(1)
         if not len(X):
             return _class_labels(self.classes_, torch.zeros(0, dtype=torch.int64, device=sv.device), on_torch)
-        best = torch.cat([_ovo_vote(_rbf(X[a:a + self.chunk], sv, sq, self._gamma), coef, b, first,
+        best = torch.cat([_ovo_vote(_rbf_kernel(X[a:a + self.chunk], sv, sq, self._gamma), coef, b, first,
                                     torch.zeros(len(X[a:a + self.chunk]), len(self.classes_), dtype=torch.int64,
                                                 device=sv.device)).argmax(1)
                           for a in range(0, len(X), self.chunk)])
         return _class_labels(self.classes_, best, on_torch)
 
 
-def _rbf(A, B, b_sq, gamma: float):
+def _rbf_kernel(A, B, b_sq, gamma: float):
     """exp(-gamma |a - b|^2) between the rows of A and B (torch, B's squared norms given), clipped at distance 0:
     one product into one block, the rest in place."""
     import torch
@@ -327,7 +358,7 @@ class ArrayQDA(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         import torch
 
-        self._validate_params()
+        validate_params(self)
         Xt, labels, on_torch = _fit_input(self, X, y)
         self.classes_, yi = np.unique(labels, return_inverse=True)
         if len(self.classes_) < 2:
@@ -337,24 +368,26 @@ class ArrayQDA(ClassifierMixin, BaseEstimator):
             raise ValueError(f"y has only 1 sample in class {self.classes_[counts.argmin()]}, covariance is ill "
                              f"defined.")
         yi = torch.as_tensor(yi, device=Xt.device)
-        means, rotations, scalings = [], [], []
-        for k in range(len(self.classes_)):
-            Xk = Xt[yi == k]
-            mu = Xk.mean(0)
-            _, S, Vt = torch.linalg.svd(Xk - mu, full_matrices=False)
-            S2 = (1 - self.reg_param) * S ** 2 / len(Xk) + self.reg_param
-            if int((S2 > self.tol).sum()) < self.n_features_in_:  # as scikit-learn 1.9 refuses it
-                raise np.linalg.LinAlgError(f"The covariance matrix of class {self.classes_[k]} is not full rank. "
-                                            f"Increase the value of `reg_param` to reduce the collinearity.")
-            means.append(mu)
-            rotations.append(Vt.T)
-            scalings.append(S2)
+        means, rotations, scalings = zip(*(self._class_gaussian(Xt[yi == k], k) for k in range(len(self.classes_))))
         out = (lambda t: t) if on_torch else (lambda t: t.numpy())
         self.means_ = out(torch.stack(means))
         self.priors_ = out(torch.as_tensor(counts / counts.sum(), dtype=Xt.dtype, device=Xt.device))
         self.rotations_ = [out(r) for r in rotations]
         self.scalings_ = [out(s) for s in scalings]
         return self
+
+    def _class_gaussian(self, Xk, k: int):
+        """Class k's (mean, rotation, regularised covariance eigenvalues) from an SVD of its centred rows,
+        refused as scikit-learn 1.9 refuses a class with an eigenvalue <= tol."""
+        import torch
+
+        mu = Xk.mean(0)
+        _, S, Vt = torch.linalg.svd(Xk - mu, full_matrices=False)
+        S2 = (1 - self.reg_param) * S ** 2 / len(Xk) + self.reg_param
+        if int((S2 > self.tol).sum()) < self.n_features_in_:  # as scikit-learn 1.9 refuses it
+            raise np.linalg.LinAlgError(f"The covariance matrix of class {self.classes_[k]} is not full rank. "
+                                        f"Increase the value of `reg_param` to reduce the collinearity.")
+        return mu, Vt.T, S2
 
     def _scores(self, X):
         import torch
@@ -408,7 +441,7 @@ class ArrayKNN(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         import torch
 
-        self._validate_params()
+        validate_params(self)
         Xt, labels, on_torch = _fit_input(self, X, y)
         if self.n_neighbors > len(Xt):
             raise ValueError(f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {self.n_neighbors}, "
@@ -457,7 +490,7 @@ def _fit_input(est, X, y):
         Xt, labels, on_torch = (X if X.is_floating_point() else X.double()), _tensor_labels(est, X, y), True
     else:
         X, y = validate_data(est, X, y, dtype=np.float64)
-        Xt, labels, on_torch = _tensor(X), y, False
+        Xt, labels, on_torch = _cpu_tensor(X), y, False
     check_classification_targets(labels)
     return Xt, labels, on_torch
 
@@ -467,7 +500,7 @@ def _tensor_labels(est, X, y) -> np.ndarray:
     if X.ndim != 2:
         raise ValueError(f"Expected a 2-D tensor, got {X.ndim}-D")
     est.n_features_in_ = X.shape[1]
-    return np.asarray(_host(y))
+    return np.asarray(_to_numpy(y))
 
 
 def _as_tensor(a):
@@ -492,15 +525,15 @@ def _predict_input(est, X):
     check_is_fitted(est)
     if _is_tensor(X):
         return X, True
-    return _tensor(validate_data(est, X, dtype=np.float64, reset=False)), False
+    return _cpu_tensor(validate_data(est, X, dtype=np.float64, reset=False)), False
 
 
-def _tensor(X: np.ndarray):
+def _cpu_tensor(X: np.ndarray):
     """A numpy array as a CPU tensor without a copy, unless it is read-only (a memory-mapped store)."""
     import torch
 
     return torch.from_numpy(X if X.flags.writeable else X.copy())
 
 
-def _host(y):
+def _to_numpy(y):
     return y.detach().cpu().numpy() if hasattr(y, "detach") else y

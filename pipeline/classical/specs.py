@@ -8,6 +8,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipeline.classical.backends import Backend, SklearnCPU, accel_active
 from pipeline.errors import PipelineError
@@ -54,79 +55,80 @@ class ClassifierSpec:
         return (self.array_api_grids if self.native(backend) else self.grids)[preset]
 
 
-def _pipe(*steps):
+def _pipeline(*steps):
     from sklearn.pipeline import Pipeline
 
     return Pipeline(list(steps))
 
 
-def _scale():
+def _scale_step():
     from sklearn.preprocessing import StandardScaler
 
     return ("scale", StandardScaler())
 
 
-def _pca(n=50):
+def _pca_step(n=50):
     from sklearn.decomposition import PCA
 
     return ("pca", PCA(n_components=n, random_state=0))
 
 
-def _lda(native: bool = False):
+def _make_lda(native: bool = False):
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis as LDA
 
     if native:  # only solver="svd" dispatches on the Array API; it takes no shrinkage
-        return _pipe(("clf", LDA(solver="svd")))
-    return _pipe(("clf", LDA(solver="lsqr", shrinkage="auto")))
+        return _pipeline(("clf", LDA(solver="svd")))
+    return _pipeline(("clf", LDA(solver="lsqr", shrinkage="auto")))
 
 
-def _qda(native: bool = False):
+def _make_qda(native: bool = False):
     from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis as QDA
 
     from pipeline.classical.solvers import ArrayQDA
 
     # PCA and regularised covariances, no standardisation (docs/decisions.md#qda-no-scaling); on the Array API
     # the same model computed in torch, since scikit-learn's QDA has no Array API path
-    return _pipe(_pca(60), ("clf", (ArrayQDA if native else QDA)(reg_param=0.3)))
+    return _pipeline(_pca_step(60), ("clf", (ArrayQDA if native else QDA)(reg_param=0.3)))
 
 
-def _logreg(native: bool = False):
+def _make_logreg(native: bool = False):
     from sklearn.linear_model import LogisticRegression
 
     # tol 1e-3, not scikit-learn's 1e-4 (docs/decisions.md#logreg-tolerance)
-    return _pipe(_scale(), ("clf", LogisticRegression(C=0.1, max_iter=1000, tol=1e-3)))
+    return _pipeline(_scale_step(), ("clf", LogisticRegression(C=0.1, max_iter=1000, tol=1e-3)))
 
 
-def _linsvc(native: bool = False):
+def _make_linsvc(native: bool = False):
     from sklearn.svm import LinearSVC
 
     from pipeline.classical.solvers import DenseLinearSVC
 
     if accel_active():  # scikit-learn's LinearSVC is cuML's, on the GPU
-        return _pipe(_scale(), ("clf", LinearSVC(C=0.01, dual=False, tol=1e-2, max_iter=2000)))
+        return _pipeline(_scale_step(), ("clf", LinearSVC(C=0.01, dual=False, tol=1e-2, max_iter=2000)))
     # LinearSVC(dual=False)'s model and objective by L-BFGS on dense BLAS (docs/decisions.md#linear-svc-lbfgs)
-    return _pipe(_scale(), ("clf", DenseLinearSVC(C=0.01, tol=3e-4, max_iter=2000)))
+    return _pipeline(_scale_step(), ("clf", DenseLinearSVC(C=0.01, tol=3e-4, max_iter=2000)))
 
 
-def _rf_on(est, n: int, X):
+def _rf_on_cores(est, n: int, X):
     return est.set_params(clf__n_jobs=n)  # pinned to 1 in the search, whose folds run in parallel
 
 
-def _rf(native: bool = False):
+def _make_rf(native: bool = False):
     from sklearn.ensemble import RandomForestClassifier
 
     # 200 full-depth trees: smaller forests were measured and not adopted (docs/decisions.md#forest-not-smaller)
-    return _pipe(("clf", RandomForestClassifier(n_estimators=200, n_jobs=1, random_state=0)))
+    return _pipeline(("clf", RandomForestClassifier(n_estimators=200, n_jobs=1, random_state=0)))
 
 
-def _svc(native: bool = False):
+def _make_svc(native: bool = False):
     from sklearn.svm import SVC
 
     from pipeline.classical.solvers import ArraySVC
 
     # on the Array API: libsvm's model, fitted on the host from the kernel computed where the rows are (on a
     # GPU), its vote computed there (ArraySVC); scaling and PCA on the backend's device
-    return _pipe(_scale(), _pca(100), ("clf", (ArraySVC if native else SVC)(C=10, gamma="scale", cache_size=1000)))
+    return _pipeline(_scale_step(), _pca_step(100),
+                     ("clf", (ArraySVC if native else SVC)(C=10, gamma="scale", cache_size=1000)))
 
 
 def _svc_refit_bytes(est, rows: int, device: str) -> int:
@@ -136,7 +138,7 @@ def _svc_refit_bytes(est, rows: int, device: str) -> int:
     return clf.held_bytes(rows, device) if hasattr(clf, "held_bytes") else int(clf.cache_size * 2 ** 20)
 
 
-def _svc_predict(est, X):
+def _svc_predict_by_blas(est, X):
     from sklearn.svm import SVC
 
     from pipeline.classical.solvers import rbf_svc_predict
@@ -148,14 +150,14 @@ def _svc_predict(est, X):
     return rbf_svc_predict(clf, est[:-1].transform(X))
 
 
-def _knn(native: bool = False):
+def _make_knn(native: bool = False):
     from sklearn.neighbors import KNeighborsClassifier
 
     from pipeline.classical.solvers import ArrayKNN
 
     # on the Array API: the same vote by matrix products and top-k in torch (scikit-learn's has no such path)
-    return _pipe(_scale(), _pca(50), ("clf", (ArrayKNN if native else KNeighborsClassifier)(n_neighbors=5,
-                                                                                          weights="distance")))
+    return _pipeline(_scale_step(), _pca_step(50),
+                     ("clf", (ArrayKNN if native else KNeighborsClassifier)(n_neighbors=5, weights="distance")))
 
 
 _QDA_GRIDS = {"quick": {}, "default": {"pca__n_components": [40, 80], "clf__reg_param": [0.1, 0.3]},
@@ -174,28 +176,29 @@ _SVC_GRIDS = {"quick": {}, "default": {"clf__C": [3.0, 10.0]},
                        "clf__gamma": ["scale", 1e-3, 3e-3]}}
 
 CLASSIFIERS = {s.name: s for s in [
-    ClassifierSpec("lda", "LDA", _lda, {
+    ClassifierSpec("lda", "LDA", _make_lda, {
         "quick": {}, "default": {"clf__shrinkage": ["auto", 0.01, 0.1]},
         "full": {"clf__shrinkage": ["auto", 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3]}},
         # SVD LDA has no shrinkage; its rank threshold is what regularises it on collinear raw pixels
         array_api_grids={"quick": {}, "default": {"clf__tol": [1e-4, 1e-2]},
                          "full": {"clf__tol": [1e-6, 1e-4, 1e-3, 1e-2, 1e-1]}}),
-    ClassifierSpec("qda", "QDA", _qda, _QDA_GRIDS, array_api_grids=_QDA_GRIDS),  # ArrayQDA: the same model
-    ClassifierSpec("logreg", "Logistic regression", _logreg, _LOGREG_GRIDS, array_api_grids=_LOGREG_GRIDS),
+    ClassifierSpec("qda", "QDA", _make_qda, _QDA_GRIDS, array_api_grids=_QDA_GRIDS),  # ArrayQDA: the same model
+    ClassifierSpec("logreg", "Logistic regression", _make_logreg, _LOGREG_GRIDS, array_api_grids=_LOGREG_GRIDS),
     # DenseLinearSVC computes its products where its input is: the same estimator on the Array API
-    ClassifierSpec("linsvc", "Linear SVC", _linsvc, _LINSVC_GRIDS, array_api_grids=_LINSVC_GRIDS),
-    ClassifierSpec("rf", "Random forest", _rf, {
+    ClassifierSpec("linsvc", "Linear SVC", _make_linsvc, _LINSVC_GRIDS, array_api_grids=_LINSVC_GRIDS),
+    ClassifierSpec("rf", "Random forest", _make_rf, {
         "quick": {"clf__n_estimators": [50]}, "default": {"clf__min_samples_leaf": [1, 2]},
         # more trees never hurt accuracy, so `full` fixes a generous 300 rather than searching the count
         "full": {"clf__n_estimators": [300], "clf__max_features": ["sqrt", "log2", 0.05, 0.1, 0.2],
                  "clf__min_samples_leaf": [1, 2, 4]}},
         # the search ranks min_samples_leaf with 100 trees; the refit grows the pipeline's 200
-        search_params={"clf__n_estimators": 100}, refit_on=_rf_on),
-    ClassifierSpec("svc", "RBF SVC", _svc, _SVC_GRIDS,
+        search_params={"clf__n_estimators": 100}, refit_on=_rf_on_cores),
+    ClassifierSpec("svc", "RBF SVC", _make_svc, _SVC_GRIDS,
         # libsvm fits on one core (its one-vs-one fit has no parallel form), releasing the GIL; ArraySVC is
         # that model on the Array API (the same estimator and grids)
-        array_api_grids=_SVC_GRIDS, fast_predict=_svc_predict, one_core_refit=True, refit_bytes=_svc_refit_bytes),
-    ClassifierSpec("knn", "k-NN", _knn, _KNN_GRIDS, array_api_grids=_KNN_GRIDS),  # ArrayKNN: the same vote
+        array_api_grids=_SVC_GRIDS, fast_predict=_svc_predict_by_blas, one_core_refit=True,
+        refit_bytes=_svc_refit_bytes),
+    ClassifierSpec("knn", "k-NN", _make_knn, _KNN_GRIDS, array_api_grids=_KNN_GRIDS),  # ArrayKNN: the same vote
 ]}
 DEFAULT_CLASSIFIERS = tuple(CLASSIFIERS)
 
@@ -213,24 +216,50 @@ def check_folds(cv: int) -> None:
         raise PipelineError(f"--cv {cv}: cross-validation needs at least 2 folds")
 
 
+def load_grid(grid: str) -> str | dict:
+    """--grid: a preset's name as it is, else the grids of the JSON file it names ({classifier: {param:
+    [values]}}, checked against the classifiers by `check_custom_grid` and `resolve_grid`); one line if the file
+    cannot be read or holds no JSON object."""
+    if grid in PRESETS:
+        return grid
+    try:
+        grids = json.loads(Path(grid).read_text())
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"--grid {grid}: not a preset ({', '.join(PRESETS)}) nor a readable "
+                            f"JSON file of grids ({e})") from None
+    if not isinstance(grids, dict):
+        raise PipelineError(f"--grid {grid}: expected a JSON object {{classifier: {{param: [values]}}}}, "
+                            f"not a {type(grids).__name__}")
+    return grids
+
+
 def check_custom_grid(grid: dict, classifiers) -> None:
     """A --grid FILE's keys: each a classifier being run, each parameter one its pipeline has. Anything else
     would be silently ignored (the record would say `custom-...` but the default ran): one line naming it."""
+    _check_grid_classifiers(grid, classifiers)
+    for c, g in grid.items():
+        if isinstance(g, dict):  # else resolve_grid says what a grid must be
+            _check_grid_params(c, g)
+
+
+def _check_grid_classifiers(grid: dict, classifiers) -> None:
+    """Every key of a custom grid is a classifier being run."""
     unused = [k for k in grid if k not in classifiers]
     if unused:
         known = [k for k in unused if k in CLASSIFIERS]
         raise PipelineError(f"--grid: grids for {', '.join(map(repr, unused))} would not be used: "
                             + (f"{', '.join(known)} not among --classifiers {','.join(classifiers)}" if known else
                                f"not classifiers (choose from {','.join(CLASSIFIERS)})"))
-    for c, g in grid.items():
-        if not isinstance(g, dict):
-            continue  # resolve_grid says what a grid must be
-        pipe = CLASSIFIERS[c].make(False)
-        bad = [k for k in g if k not in pipe.get_params()]
-        if bad:
-            example = ", ".join(CLASSIFIERS[c].grids["default"]) or "clf__tol"
-            raise PipelineError(f"--grid: {c} has no parameter {', '.join(map(repr, bad))}; its pipeline's steps "
-                                f"are {', '.join(pipe.named_steps)}, parameters are step__name (e.g. {example})")
+
+
+def _check_grid_params(c: str, g: dict) -> None:
+    """Every parameter of classifier c's custom grid is one of its pipeline's."""
+    pipe = CLASSIFIERS[c].make(False)
+    bad = [k for k in g if k not in pipe.get_params()]
+    if bad:
+        example = ", ".join(CLASSIFIERS[c].grids["default"]) or "clf__tol"
+        raise PipelineError(f"--grid: {c} has no parameter {', '.join(map(repr, bad))}; its pipeline's steps "
+                            f"are {', '.join(pipe.named_steps)}, parameters are step__name (e.g. {example})")
 
 
 def resolve_grid(classifier: str, grid: str | dict, backend: Backend | None = None) -> dict:

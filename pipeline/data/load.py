@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.console import check_names
 from pipeline.data.cifar import load_cifar10
 from pipeline.data.dataset import Dataset
 from pipeline.data.folder import load_folder
@@ -23,8 +24,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, limit: in
     stratified and seeded, with this share held out for testing; None keeps it as one split (a class-folder
     root is then a test set, as `pipeline evaluate` and `predict` read it). `verify=False` skips an image
     folder's up-front check of every file (for a folder already read once, when only its paths are needed)."""
-    if name not in READERS:
-        raise PipelineError(f"unknown dataset {name!r}; choose one of {', '.join(READERS)}")
+    check_names("dataset", [name], READERS)
     if limit is not None and limit < 1:
         raise PipelineError(f"--limit must be a positive number of images, not {limit}")
     if data_dir is not None:

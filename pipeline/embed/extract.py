@@ -6,10 +6,10 @@
 """
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 
+from pipeline.console import progress_bar, stderr
 from pipeline.data import Dataset, dataset_slug, load_dataset
 from pipeline.data.folder import refuse_output_inside
 from pipeline.embed.backbones import Backbone, build_backbone
@@ -21,17 +21,12 @@ from pipeline.errors import PipelineError
 from pipeline.store.format import StoreWriter, store_path
 
 
-def _stderr(m: str) -> None:
-    print(m, file=sys.stderr)
-
-
 def extract(req: ExtractRequest, dataset: Dataset | None = None, backbone: Backbone | None = None,
-            progress: bool | None = None, log: Callable[[str], None] = _stderr) -> ExtractResult:
+            progress: bool | None = None, log: Callable[[str], None] = stderr) -> ExtractResult:
     """Embed every image of every split into a store; resumes an interrupted run of the same settings.
     `dataset` and `backbone`, when given, are used instead of reading and building the request's (a caller
     that already has them); with `req.dask`, the cluster's workers extract the rows in shards."""
     import torch
-    from tqdm.auto import tqdm
 
     req.check()
     if req.dataset == "folder":  # before the images are read: a store inside them would become a class
@@ -61,9 +56,8 @@ def extract(req: ExtractRequest, dataset: Dataset | None = None, backbone: Backb
         if store.state == "resume":
             log(f"resuming at {done:,}/{total:,} ({out}.partial)")
         t0 = time.perf_counter()
-        bar = tqdm(total=total, initial=done, unit="img", desc=f"{backbone.name} {edesc['engine']} "
-                   f"{edesc['precision']}", disable=(not progress) if progress is not None else None,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(total, progress=progress, initial=done, unit="img",
+                           desc=f"{backbone.name} {edesc['engine']} {edesc['precision']}")
         with bar:
             for name, split in dataset.splits.items():
                 starts = list(range(store.done[name], len(split), batch_size))

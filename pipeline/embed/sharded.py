@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from pipeline.console import progress_bar
 from pipeline.data import load_dataset
 from pipeline.embed.backbones import build_backbone
 from pipeline.embed.engines import make_engine, prefetch
@@ -117,8 +117,6 @@ def run_shard(job: ExtractRequest, fingerprint: dict, partial: str, dim: int, sp
 def extract_on_dask(req: ExtractRequest, dataset, backbone, out: Path, progress: bool | None,
                     log: Callable[[str], None]) -> ExtractResult:
     """The driver: open (or resume) a sharded store, have the cluster extract its missing shards, finish it."""
-    from tqdm.auto import tqdm
-
     address, shard_rows, job = req.dask, req.shard_rows, req.for_workers(dataset, backbone.image_size)
     request = {"engine": job.engine, "precision": job.precision, "device": job.device}
     config = {**store_config(dataset, backbone, request), "placement": "dask shards (each worker's engine choice)"}
@@ -139,9 +137,8 @@ def extract_on_dask(req: ExtractRequest, dataset, backbone, out: Path, progress:
             partial = os.path.abspath(store.partial)
             t0 = time.perf_counter()
             _run_shards(client, store, todo, (job, fp, partial, backbone.dim), total,
-                        tqdm(total=total, initial=done, unit="img", desc=f"{backbone.name} on dask",
-                             disable=(not progress) if progress is not None else None, file=sys.stderr,
-                             dynamic_ncols=True))
+                        progress_bar(total, progress=progress, initial=done, unit="img",
+                                     desc=f"{backbone.name} on dask"))
             seconds = time.perf_counter() - t0
             computed = total - done
             meta = store_meta(dataset, backbone, _summary(store.shards), job.batch_size, computed, seconds, done)

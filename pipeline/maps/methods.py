@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.console import check_names
 from pipeline.errors import PipelineError
 from pipeline.hardware import importable
 
@@ -238,10 +239,7 @@ def make_method(name: str, backend=None, n_jobs: int | None = None):
 
 def check_methods(methods, backend=None) -> None:
     """Before any work: every method is known and its library installed (one line naming the install)."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise PipelineError(f"unknown map method {', '.join(unknown) or '(none given)'}; choose from "
-                            f"{','.join(METHODS)}")
+    check_names("map method", methods, METHODS, sep=",")
     for m in methods:
         method = make_method(m, backend)
         module, package = getattr(method, "requires", (None, None))

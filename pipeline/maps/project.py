@@ -1,4 +1,4 @@
-"""Stage 3: 2-D maps of a feature set (PCA / t-SNE / UMAP: `methods`), cached on disk, each with numbers
+"""Stage 2c: 2-D maps of a feature set (PCA / t-SNE / UMAP: `methods`), cached on disk, each with numbers
 that say how well it separates the classes. Plotting lives in render.figures.
 
 Every method maps train and test rows together (the study's Figures 4 and 5).
@@ -6,13 +6,13 @@ Every method maps train and test rows together (the study's Figures 4 and 5).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.console import stderr
 from pipeline.data.folder import refuse_output_inside
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
@@ -79,7 +79,7 @@ def is_cached(out: Path, fs: FeatureSet, method, backend=None) -> bool:
 
 def project(sets: list[FeatureSet], methods=DEFAULT_METHODS, out: Path = REPORTS_ROOT / "maps",
             backend=None, n_jobs: int | None = None,
-            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
+            log: Callable[[str], None] = stderr) -> dict:
     """Map every feature set with every method (train and test rows together), score each map, cache the
     coordinates as out/<set>_<method>.npy with a .json beside it, and draw one figure per method with the
     feature sets side by side. Returns {method: [meta per feature set]}."""

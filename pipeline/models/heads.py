@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.console import split_names
 from pipeline.errors import PipelineError
 
 HEADS = ("linear", "mlp")
 TRANSFORMS = ("auto", "sqrt", "none")
 LABELS = {"linear": "Linear head", "mlp": "MLP head"}
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """`--hidden`'s text as layer widths: '1024, 512' -> (1024, 512) (blank entries dropped); one line naming
+    the option otherwise."""
+    try:
+        return tuple(int(w) for w in split_names(text))
+    except ValueError:
+        raise PipelineError(f"--hidden {text!r}: give layer widths as integers, e.g. 1024,512") from None
 
 
 @dataclass

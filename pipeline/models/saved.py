@@ -16,6 +16,7 @@ from pipeline.files import atomic_write, check_schema, read_json, replacing
 from pipeline.hardware import versions
 from pipeline.models.heads import HEADS, TRANSFORMS
 from pipeline.results import record_stem
+from pipeline.sklearn_internals import TREE_STATE_TYPE, estimator_with_converted_arrays
 from pipeline.store.featuresets import RAW_SIZE_MAX
 
 MODELS_DIR = "models"
@@ -23,7 +24,7 @@ FORMAT = "pipeline-model/1"
 # Beyond skops' default trusted set (scikit-learn's estimators, numpy arrays): the only types our pipelines
 # hold that skops does not trust by default (a tree's state, this project's own linear SVC, QDA, k-NN, RBF SVC).
 # Anything else in a file is refused, never loaded.
-TRUSTED = ("sklearn.tree._tree.Tree", "pipeline.classical.solvers.DenseLinearSVC",
+TRUSTED = (TREE_STATE_TYPE, "pipeline.classical.solvers.DenseLinearSVC",
            "pipeline.classical.solvers.ArrayQDA", "pipeline.classical.solvers.ArrayKNN",
            "pipeline.classical.solvers.ArraySVC",
            "pipeline.solvers.DenseLinearSVC")  # the linear SVC's name in models saved before the subpackages
@@ -101,9 +102,7 @@ def save_model(out: Path, fs, rec: dict, est, to_numpy=None) -> str:
     import skops.io as sio
 
     if to_numpy is not None:
-        from sklearn.utils._array_api import _estimator_with_converted_arrays
-
-        est = _estimator_with_converted_arrays(est, to_numpy)
+        est = estimator_with_converted_arrays(est, to_numpy)
     path, card_path = model_paths(out, rec["feature_set"], rec["classifier"])
     path.parent.mkdir(parents=True, exist_ok=True)
     card_path.unlink(missing_ok=True)  # no card may describe a model it did not come with

@@ -11,16 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.console import progress_bar, split_names
 from pipeline.data import DATASET, TEST_FRACTION, dataset_slug, load_dataset
 from pipeline.data.images import from_pil, show_path, to_pil
 from pipeline.errors import PipelineError
-from pipeline.store.format import FEATURES_ROOT, load_features, store_path
+from pipeline.store.format import FEATURES_ROOT, Features, load_features, store_path
 
 ALIASES = {"resnet": "resnet18"}
 RAW_SIZE = 32  # a folder's raw pixels: images resized to this square
@@ -36,16 +36,13 @@ def labels_sha256(y_train, y_test) -> str:
     return h.hexdigest()
 
 
-@dataclass
-class FeatureSet:
+@dataclass(kw_only=True)
+class FeatureSet(Features):
+    """Features as a study compares them (raw pixels, or a store's embeddings): the arrays and meta, plus the
+    set's name, the class names and the dataset."""
     name: str
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
     classes: list[str]
     dataset: str
-    meta: dict = field(default_factory=dict)
 
     @property
     def image_folder(self) -> str | None:
@@ -107,12 +104,9 @@ def raw_pixels(images, size: int | None, channels: int) -> np.ndarray:
 def _raw_folder(ds, raw_size: int, progress: bool | None = None) -> tuple[dict, dict]:
     """A folder's raw pixels: every image decoded once, resized at its own channels, then grayscale kept
     only when every image is grayscale."""
-    from tqdm.auto import tqdm
-
     total = sum(len(s) for s in ds.splits.values())
     small = {}
-    with tqdm(total=total, unit="img", desc=f"raw pixels {raw_size}px", file=sys.stderr, dynamic_ncols=True,
-              disable=(not progress) if progress is not None else None) as bar:
+    with progress_bar(total, progress=progress, unit="img", desc=f"raw pixels {raw_size}px") as bar:
         for name, split in ds.splits.items():
             small[name] = []
             for a in range(0, len(split), 256):
@@ -124,6 +118,16 @@ def _raw_folder(ds, raw_size: int, progress: bool | None = None) -> tuple[dict, 
     parts = {n: np.stack([np.repeat(x, channels // x.shape[0], axis=0).reshape(-1) for x in xs])
              if xs else np.empty((0, channels * raw_size * raw_size), np.float32) for n, xs in small.items()}
     return parts, spec
+
+
+def load_feature_sets(specs: str, dataset: str = DATASET, data_dir=None, limit: int | None = None,
+                      raw_size: int = RAW_SIZE, test_fraction: float | None = TEST_FRACTION) -> list[FeatureSet]:
+    """`--features raw,efficientnet_lite0,PATH`: each comma-separated name as `load_feature_set` reads it."""
+    sets = [load_feature_set(f, dataset, data_dir, limit, raw_size=raw_size, test_fraction=test_fraction)
+            for f in split_names(specs)]
+    if not sets:
+        raise PipelineError("--features names no feature set; e.g. --features raw,resnet18")
+    return sets
 
 
 def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: int | None = None,
@@ -146,8 +150,8 @@ def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: in
             if not 1 <= raw_size <= RAW_SIZE_MAX:
                 raise PipelineError(f"--raw-size must be a number of pixels in 1..{RAW_SIZE_MAX}, not {raw_size}")
             parts, raw = _raw_folder(ds, raw_size)
-        return FeatureSet("raw", parts["train"], ds.splits["train"].labels, parts["test"], ds.splits["test"].labels,
-                          ds.classes, dataset, {"dataset": ds.describe(), "raw": raw})
+        return FeatureSet(parts["train"], ds.splits["train"].labels, parts["test"], ds.splits["test"].labels,
+                          {"dataset": ds.describe(), "raw": raw}, name="raw", classes=ds.classes, dataset=dataset)
     path = Path(spec)
     name = ALIASES.get(spec, spec)
     if not path.exists():
@@ -168,9 +172,10 @@ def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: in
                             f"{show_path(Path(data_dir))}; extract this folder into its own store (--out) and pass its "
                             f"path")
     sl = slice(None, limit)
-    fs = FeatureSet(f.meta.get("backbone", {}).get("name", path.name), np.asarray(f.X_train[sl]),
-                    np.asarray(f.y_train[sl]), np.asarray(f.X_test[sl]), np.asarray(f.y_test[sl]),
-                    f.meta["dataset"]["classes"], dataset, {**f.meta, "path": str(path)})
+    fs = FeatureSet(np.asarray(f.X_train[sl]), np.asarray(f.y_train[sl]), np.asarray(f.X_test[sl]),
+                    np.asarray(f.y_test[sl]), {**f.meta, "path": str(path)},
+                    name=f.meta.get("backbone", {}).get("name", path.name), classes=f.meta["dataset"]["classes"],
+                    dataset=dataset)
     for split, X in (("X_train", fs.X_train), ("X_test", fs.X_test)):
         bad = ~np.isfinite(X).all(axis=1)
         if bad.any():

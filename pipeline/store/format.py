@@ -66,6 +66,7 @@ def _only_store_files(folder: Path) -> bool:
 
 @dataclass
 class Features:
+    """A finished store's arrays and its meta.json (`load_features`); `FeatureSet` adds what a study compares."""
     X_train: np.ndarray
     y_train: np.ndarray
     X_test: np.ndarray
@@ -241,41 +242,59 @@ class StoreWriter:
             self.note = f"{self.out}: finished the move into place that an interrupted run had begun"
             self.state = "complete"
             return self.state
-        salvage = {}  # split -> an intact X file of a damaged store of these settings, kept instead of redone
-        if (self.out / "meta.json").is_file():
-            old = read_json(self.out / "meta.json")
-            if old is not None and not (is_store_meta(old) and isinstance(old.get("config_hash"), str)):
-                raise PipelineError(f"--out {self.out} holds a meta.json that is not a feature store's; pipeline "
-                                    f"will not replace it, choose another --out")
-            if old is not None and old.get("config_hash") == self.hash:
-                damage = store_damage(self.out, old)
-                if damage is None:
-                    self._tidy_finished()
-                    self.state = "complete"
-                    return self.state
-                if not _only_store_files(self.out):
-                    raise PipelineError(f"{self.out} is a damaged feature store ({damage}) and holds files a store "
-                                        f"does not; pipeline will not replace it, move it away")
-                salvage = {s: self.out / f"X_{s}.npy" for s in self.labels if len(self.labels[s])
-                           and _array_problem(self.out / f"X_{s}.npy", (len(self.labels[s]), self.dim), "<f4") is None}
-                self.note = (f"{self.out} is damaged ({damage}); re-extracting "
-                             + ("the rest, keeping " + ", ".join(p.name for p in salvage.values()) if salvage
-                                else "it"))
-            elif old is None and not self.overwrite:
-                raise PipelineError(f"{self.out}/meta.json is damaged; pass --overwrite to extract into "
-                                    f"{self.out} again, or choose another --out")
-            elif not self.overwrite:
-                raise PipelineError(f"{self.out} already holds features made differently ({_diff(old, self.config)}); "
-                                    f"pass --overwrite to replace them, or choose another --out")
-            elif not _only_store_files(self.out):
-                raise PipelineError(f"--out {self.out} holds files a feature store does not; pipeline will not "
-                                    f"replace it, choose another --out")
-        elif self.out.is_dir() and any(self.out.iterdir()):
-            raise PipelineError(f"--out {self.out} is a non-empty folder that is not a feature store; "
-                                f"choose another --out")
+        salvage = self._check_out()
+        if self.state == "complete":
+            return self.state
         if self.partial.exists() and not self._partial_is_ours():
             raise PipelineError(f"{self.partial} exists and was not made by pipeline; move it away (pipeline "
                                 f"keeps its unfinished work there) or choose another --out")
+        self._resume_or_start(salvage)
+        self._open_rows()
+        return self.state
+
+    def _check_out(self) -> dict[str, Path]:
+        """What is at --out already: a finished store of these settings (state "complete"), a damaged one (the
+        intact X files to keep, by split), or nothing pipeline may replace (refused in one line)."""
+        if not (self.out / "meta.json").is_file():
+            if self.out.is_dir() and any(self.out.iterdir()):
+                raise PipelineError(f"--out {self.out} is a non-empty folder that is not a feature store; "
+                                    f"choose another --out")
+            return {}
+        old = read_json(self.out / "meta.json")
+        if old is not None and not (is_store_meta(old) and isinstance(old.get("config_hash"), str)):
+            raise PipelineError(f"--out {self.out} holds a meta.json that is not a feature store's; pipeline "
+                                f"will not replace it, choose another --out")
+        if old is not None and old.get("config_hash") == self.hash:
+            return self._salvage(old)
+        if old is None and not self.overwrite:
+            raise PipelineError(f"{self.out}/meta.json is damaged; pass --overwrite to extract into "
+                                f"{self.out} again, or choose another --out")
+        if not self.overwrite:
+            raise PipelineError(f"{self.out} already holds features made differently ({_diff(old, self.config)}); "
+                                f"pass --overwrite to replace them, or choose another --out")
+        if not _only_store_files(self.out):
+            raise PipelineError(f"--out {self.out} holds files a feature store does not; pipeline will not "
+                                f"replace it, choose another --out")
+        return {}
+
+    def _salvage(self, old: dict) -> dict[str, Path]:
+        """A store of these settings at --out: finished (state "complete"), or damaged: its intact X files."""
+        damage = store_damage(self.out, old)
+        if damage is None:
+            self._tidy_finished()
+            self.state = "complete"
+            return {}
+        if not _only_store_files(self.out):
+            raise PipelineError(f"{self.out} is a damaged feature store ({damage}) and holds files a store "
+                                f"does not; pipeline will not replace it, move it away")
+        salvage = {s: self.out / f"X_{s}.npy" for s in self.labels if len(self.labels[s])
+                   and _array_problem(self.out / f"X_{s}.npy", (len(self.labels[s]), self.dim), "<f4") is None}
+        self.note = (f"{self.out} is damaged ({damage}); re-extracting "
+                     + ("the rest, keeping " + ", ".join(p.name for p in salvage.values()) if salvage else "it"))
+        return salvage
+
+    def _resume_or_start(self, salvage: dict[str, Path]) -> None:
+        """Resume the unfinished extraction of these settings, or start one (keeping `salvage`'s rows)."""
         progress = read_json(self.partial / "progress.json") if self.partial.is_dir() else None
         if progress is not None and not (isinstance(progress.get("config_hash"), str)
                                          and isinstance(progress.get("done"), dict)):
@@ -283,29 +302,30 @@ class StoreWriter:
         if progress is not None and progress["config_hash"] == self.hash and self._restore(progress):
             self.state = "resume"
             remove_stale_tmp(self.partial)
-        else:
-            if self.partial.exists():  # our own unfinished work, of other settings or unreadable: start over
-                self.note = (f"{self.partial}/progress.json was damaged; starting this extraction over"
-                             if progress is None else f"discarding {self.partial} (an unfinished extraction "
-                                                      f"with other settings)")
-                shutil.rmtree(self.partial)
-            try:
-                self._create_partial()
-                for split, intact in salvage.items():  # a damaged store's intact rows: copied, not recomputed
-                    shutil.copyfile(intact, self.partial / intact.name)
-                    self._salvaged(split)
-                if salvage:
-                    self._save_progress()
-            except OSError as e:
-                shutil.rmtree(self.partial, ignore_errors=True)  # ours, just made, holds nothing finished
-                raise io_error(e, f"creating {self.partial}") from None
+            return
+        if self.partial.exists():  # our own unfinished work, of other settings or unreadable: start over
+            self.note = (f"{self.partial}/progress.json was damaged; starting this extraction over"
+                         if progress is None else f"discarding {self.partial} (an unfinished extraction "
+                                                  f"with other settings)")
+            shutil.rmtree(self.partial)
+        try:
+            self._create_partial()
+            for split, intact in salvage.items():  # a damaged store's intact rows: copied, not recomputed
+                shutil.copyfile(intact, self.partial / intact.name)
+                self._salvaged(split)
+            if salvage:
+                self._save_progress()
+        except OSError as e:
+            shutil.rmtree(self.partial, ignore_errors=True)  # ours, just made, holds nothing finished
+            raise io_error(e, f"creating {self.partial}") from None
+
+    def _open_rows(self) -> None:
         try:
             for s in self.labels:  # rows are written with pwrite: no mapped pages, so memory stays flat
                 fd = os.open(self.partial / f"X_{s}.npy", os.O_RDWR)
                 self.files[s] = (fd, _body_offset(self.partial / f"X_{s}.npy"))
         except (OSError, ValueError) as e:
             raise PipelineError(f"{self.partial} is damaged ({e}); delete it to start over") from None
-        return self.state
 
     def _partial_is_ours(self) -> bool:
         if self.partial.is_dir() and not any(self.partial.iterdir()):

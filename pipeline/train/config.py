@@ -40,6 +40,14 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 where the hardware has it (GPUs; CPUs with AVX-512-bf16 or AMX)
 
+    @classmethod
+    def from_options(cls, default_epochs: int, default_batch: int, *, epochs: int | None = None,
+                     batch_size: int | None = None, lr: float | str = "auto", **options) -> TrainConfig:
+        """The config the command's training options give (`options`: the other fields by name): epochs and
+        batch size None take the stage's defaults; `lr` as typed ("auto" or a number)."""
+        return cls(epochs=default_epochs if epochs is None else epochs,
+                   batch_size=default_batch if batch_size is None else batch_size, lr=parse_lr(lr), **options)
+
     def check(self) -> None:
         if self.epochs < 1:
             raise PipelineError(f"--epochs {self.epochs}: train for at least 1 epoch")

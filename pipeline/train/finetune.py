@@ -15,16 +15,18 @@ pretrained ones) and run without gradients; with no augmentation their output is
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.console import progress_bar, stderr
 from pipeline.data import dataset_slug, load_dataset
 from pipeline.data.folder import refuse_output_inside
 from pipeline.embed.backbones import GlobalPool, Preprocess, build_backbone
@@ -37,18 +39,19 @@ from pipeline.store.featuresets import labels_sha256
 from pipeline.train.config import FINETUNE_HEAD_LR, FINETUNE_LR, FinetuneRequest
 from pipeline.train.heads import finish
 from pipeline.train.loop import (
+    Outcome,
     Task,
     autocast,
     checkpoint_path,
-    resolve_precision,
     shuffled_batches,
     stratified_split,
     train,
+    training_precision,
 )
 
 # --- the network as blocks ---------------------------------------------------------------------------
 
-class _Stage(nn.Module):
+class _MBConvStage(nn.Module):
     """EfficientNet MBConv blocks run in sequence with their stochastic-depth rates (as the model's own
     forward gives them)."""
 
@@ -74,11 +77,11 @@ def split_blocks(name: str, model: nn.Module) -> list[tuple[str, nn.Module]]:
         for b, r in zip(blocks, rates):
             a = b._block_args
             if cur and a.input_filters != a.output_filters:  # the first block of each stage changes width
-                stages.append(_Stage(cur, cur_r))
+                stages.append(_MBConvStage(cur, cur_r))
                 cur, cur_r = [], []
             cur.append(b)
             cur_r.append(r)
-        stages.append(_Stage(cur, cur_r))
+        stages.append(_MBConvStage(cur, cur_r))
         head = nn.Sequential(m._conv_head, m._bn1, m._swish)
         return [("stem", stem)] + [(f"stage{i + 1}", s) for i, s in enumerate(stages)] + [("head_conv", head)]
     if all(hasattr(model, a) for a in ("conv1", "bn1", "layer1", "layer4")):  # torchvision ResNets
@@ -151,7 +154,7 @@ def augment_batch(x: torch.Tensor, augments: tuple[str, ...], generator: torch.G
 
 # --- images in memory --------------------------------------------------------------------------------
 
-def _images(split, size: int, log) -> torch.Tensor:
+def _images_in_memory(split, size: int, log) -> torch.Tensor:
     """A split's images as one uint8 (N, C, h, w) tensor: an array dataset as it is; an image folder decoded
     once and resized to `size` (memory: N x 3 x size^2 bytes)."""
     if split.images is not None:
@@ -184,8 +187,7 @@ def mode_name(backbone: str, weights: str, unfreeze: int, n_blocks: int, image_s
     return f"{backbone} {what} ({', '.join(detail + size)})"
 
 
-def finetune(req: FinetuneRequest, progress: bool | None = None,
-             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
+def finetune(req: FinetuneRequest, progress: bool | None = None, log: Callable[[str], None] = stderr) -> dict:
     """Fine-tune and write the record (classifier `finetune`) into `req.out`/results.json, with the learning
     curve and the model (safetensors + card)."""
     req.train.check()
@@ -194,150 +196,255 @@ def finetune(req: FinetuneRequest, progress: bool | None = None,
     if req.dataset == "folder":
         refuse_output_inside(out, req.data_dir)
     with folder_lock(out, "pipeline finetune"):
-        return _finetune(req, augments, out, progress, log)
+        return _finetune_locked(req, augments, out, progress, log)
 
 
-def _finetune(req: FinetuneRequest, augments, out: Path, progress, log) -> dict:
+def _finetune_locked(req: FinetuneRequest, augments: tuple[str, ...], out: Path, progress, log) -> dict:
+    """The stage, in `out` locked: data, network, inputs, training, then the record and the model written."""
     started = time.perf_counter()
     cfg = req.train
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    ds = load_dataset(req.dataset, req.data_dir, req.limit,
-                      test_fraction=req.test_fraction if req.dataset == "folder" else None)
-    for s in ("train", "test"):
-        if s not in ds.splits:
-            raise PipelineError(f"fine-tuning needs train and test images; {ds.source} has "
-                                f"{', '.join(ds.splits)} only")
+    precision = training_precision(cfg.precision, device)
+    ds = _load_train_and_test(req)
     y_train, y_test = ds.splits["train"].labels, ds.splits["test"].labels
     digest = labels_sha256(y_train, y_test)
     check_results_file(out, digest)
     tr, va = stratified_split(y_train, cfg.val_fraction, ds.classes, cfg.seed)
-
-    bb = build_backbone(req.backbone, req.weights, image_size=req.size)
-    blocks = split_blocks(req.backbone, bb.model)
-    n = len(blocks)
-    if req.unfreeze == "all":
-        k = n
-    else:
-        try:
-            k = int(req.unfreeze)
-        except ValueError:
-            k = -1
-        if not 0 <= k <= n:
-            raise PipelineError(f"--unfreeze {req.unfreeze}: {req.backbone} has {n} blocks "
-                                f"({', '.join(nm for nm, _ in blocks)}); use 0..{n} or all")
-    if req.weights == "none" and k < n:
-        log(f"note: --weights none with --unfreeze {k}: the frozen blocks keep random weights")
-    torch.manual_seed(cfg.seed)
-    net = FinetuneNet(blocks, bb.dim, len(ds.classes), frozen=n - k, dropout=req.head_dropout)
-    pre = bb.preprocess()
-    net, pre = net.to(device), pre.to(device)
-    channels_last = precision == "bf16" or device.type == "cuda"
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    name = mode_name(req.backbone, req.weights, k, n, req.size, augmented=bool(augments))
-    log(f"{name}: {sum(p.numel() for p in net.parameters() if p.requires_grad):,} trainable parameters "
-        f"({', '.join(net.names[net.frozen:]) or 'none'} + head); {device_name(device)}, {precision}"
-        f"{', channels_last' if channels_last else ''}; augmentation: {', '.join(augments) or 'none'}")
-
-    images = {"train": _images(ds.splits["train"], req.size, log),
-              "test": _images(ds.splits["test"], req.size, log)}
-    y_dev = torch.as_tensor(y_train, dtype=torch.long, device=device)
-
-    def prepared(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        x = x.to(device, non_blocking=True)
-        x = pre.resize(x)
-        if gen is not None:
-            x = augment_batch(x, augments, gen)
-        x = pre.normalize(x)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-    cache = None
-    start = 0
-    if not augments and net.frozen > 0:  # the frozen blocks' output never changes: compute it once
-        cache = _cache_trunk(net, images, prepared, device, precision, cfg.batch_size, progress, log)
-        start = net.frozen
-    bs = min(cfg.batch_size, len(tr))
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    def batches(epoch):
-        gen.manual_seed(cfg.seed * 100003 + epoch)  # a resumed epoch sees the same augmentations
-        for idx in shuffled_batches(len(tr), bs, cfg.seed, epoch):
-            rows = torch.as_tensor(tr[idx])
-            if cache is not None:
-                yield cache["train"][rows.to(cache["train"].device)].to(device).float(), y_dev[rows.to(device)]
-            else:
-                yield prepared(images["train"][rows], gen if augments else None), y_dev[rows.to(device)]
-
-    @torch.no_grad()
-    def predict(split):
-        net.eval()
-        src, rows = ("train", torch.as_tensor(va)) if split == "val" else ("test", None)
-        count = len(rows) if rows is not None else len(images["test"])
-        outs = []
-        for a in range(0, count, max(bs, 256)):
-            sel = rows[a:a + max(bs, 256)] if rows is not None else slice(a, a + max(bs, 256))
-            with autocast(device, precision):
-                if cache is not None:
-                    outs.append(net(cache[src][sel].to(device).float(), start).float())
-                else:
-                    outs.append(net(prepared(images[src][sel])).float())
-        return torch.cat(outs)
-
-    auto_lr = FINETUNE_HEAD_LR if k == 0 or req.weights == "none" else FINETUNE_LR
-    lr = auto_lr if cfg.lr == "auto" else float(cfg.lr)
-    task = Task(name=name, model=net, params=[p for p in net.parameters() if p.requires_grad], batches=batches,
-                steps_per_epoch=len(shuffled_batches(len(tr), bs, cfg.seed, 1)),
-                forward=lambda x: net(x, start), predict=predict, y_val=y_train[va], y_test=np.asarray(y_test),
-                images_per_epoch=len(tr), train_mode=net.train_mode,
-                settings={"dataset": ds.content_hash, "backbone": req.backbone, "weights": bb.weights.get("sha256")
-                          or bb.weights.get("id"), "unfreeze": k, "augment": list(augments),
-                          "image_size": req.size, "head_dropout": req.head_dropout, "device": device.type,
-                          "precision": precision})
+    nw = _build_network(req, len(ds.classes), device, precision, log)
+    name = mode_name(req.backbone, req.weights, nw.unfreeze, len(nw.net.names), req.size, augmented=bool(augments))
+    _say_network(name, nw.net, device, precision, nw.channels_last, augments, log)
+    feed = _ImageFeed(nw.net, nw.pre, device, precision, nw.channels_last, augments,
+                      images={"train": _images_in_memory(ds.splits["train"], req.size, log),
+                              "test": _images_in_memory(ds.splits["test"], req.size, log)},
+                      y_train=torch.as_tensor(y_train, dtype=torch.long, device=device), tr=tr, va=va,
+                      batch_size=min(cfg.batch_size, len(tr)), seed=cfg.seed)
+    if not augments and nw.net.frozen > 0:  # the frozen blocks' output never changes: compute it once
+        feed.cache_frozen_output(cfg.batch_size, progress, log)
+    lr = _learning_rate(cfg.lr, nw.unfreeze, req.weights)
+    task = _finetune_task(req, ds.content_hash, name, nw, feed, np.asarray(y_train), np.asarray(y_test), precision)
     ckpt = checkpoint_path(out, record_stem(name, "finetune"))
     result = train(task, cfg, lr, ckpt, device, precision, req.overwrite, progress, started, log)
-    pred = result.test_logits.argmax(1).numpy()
-    rec = make_record(
-        name, "finetune", "From scratch" if req.weights == "none" else "Fine-tuned" if k else "Frozen + head",
-        y_test=y_test, pred=pred, classes=ds.classes, labels_sha256=digest, n_train=len(y_train),
-        best_params={"unfreeze": k, "lr": lr, "lr_schedule": cfg.lr_schedule, "batch_size": bs,
-                     "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing,
-                     "augment": ",".join(augments) or "none", "image_size": req.size},
-        cv_mean=result.val_accuracy, cv_std=0.0, cv_folds=1, tune_rows=len(tr), candidates=1,
-        fit_seconds=result.seconds, backend="torch", device=str(device),
-        mode="scratch" if req.weights == "none" and k == n else "frozen+head" if k == 0 else f"finetune-{k}",
-        backbone=req.backbone, weights=bb.weights, unfreeze=k, blocks=net.names,
-        trainable_blocks=net.names[net.frozen:], augment=list(augments) or None, image_size=req.size,
-        cached_trunk=cache is not None, trainable_parameters=int(sum(p.numel() for p in task.params)),
-        validation=f"stratified holdout: {cfg.val_fraction:.0%} of the training split ({len(va):,} rows)",
-        precision=precision, channels_last=channels_last, dataset=req.dataset,
-        dataset_content_sha256=ds.content_hash, best_epoch=result.best_epoch, epochs_run=result.epochs_run,
-        epochs=cfg.epochs, stopped_by=result.stopped_by, history=result.history,
-        train_img_per_s=result.throughput, resumed_at_epoch=result.resumed_at, max_minutes=cfg.max_minutes,
-        request=req.key())
-    arch = {"kind": "finetune", "backbone": req.backbone, "weights": bb.weights, "image_size": req.size,
-            "blocks": net.names, "unfreeze": k, "head_dropout": req.head_dropout, "feature_dim": bb.dim,
-            "preprocessing": bb.describe_preprocessing()}
-    about = {"classes": list(ds.classes), "dataset": req.dataset, "dataset_source": ds.source, "features": None}
-    finish(out, rec, net, arch, about, ckpt)
+    rec = _finetune_record(req, ds, digest, name, nw, feed, lr, result, precision)
+    _save_outputs(out, rec, req, ds, nw, ckpt)
     log(f"{name}: test {rec['test_accuracy']:.4f}  val {rec['cv_mean']:.4f}  best epoch {rec['best_epoch']} of "
         f"{rec['epochs_run']} ({rec['stopped_by']})  {rec['fit_seconds'] / 60:.1f} min on {rec['device_name']}, "
         f"{precision}")
     return rec
 
 
-def _cache_trunk(net: FinetuneNet, images, prepared, device, precision, batch_size, progress, log) -> dict:
+def _load_train_and_test(req: FinetuneRequest):
+    """The request's dataset; refused unless it has both a train and a test split."""
+    ds = load_dataset(req.dataset, req.data_dir, req.limit,
+                      test_fraction=req.test_fraction if req.dataset == "folder" else None)
+    for s in ("train", "test"):
+        if s not in ds.splits:
+            raise PipelineError(f"fine-tuning needs train and test images; {ds.source} has "
+                                f"{', '.join(ds.splits)} only")
+    return ds
+
+
+def _unfrozen_blocks(req: FinetuneRequest, blocks: list[tuple[str, nn.Module]]) -> int:
+    """--unfreeze as a number of trainable blocks: "all", or 0..N; one line naming the blocks otherwise."""
+    n = len(blocks)
+    if req.unfreeze == "all":
+        return n
+    try:
+        k = int(req.unfreeze)
+    except ValueError:
+        k = -1
+    if not 0 <= k <= n:
+        raise PipelineError(f"--unfreeze {req.unfreeze}: {req.backbone} has {n} blocks "
+                            f"({', '.join(nm for nm, _ in blocks)}); use 0..{n} or all")
+    return k
+
+
+@dataclass
+class _Network:
+    """The network to train, on its device, with the backbone it came from and its input preprocessing."""
+    backbone: Any  # build_backbone's: .dim, .weights, .describe_preprocessing()
+    net: FinetuneNet
+    pre: Preprocess
+    unfreeze: int  # trainable blocks, counted from the last
+    channels_last: bool
+
+
+def _build_network(req: FinetuneRequest, n_classes: int, device: torch.device, precision: str, log) -> _Network:
+    """The backbone as blocks, the last `--unfreeze` of them trainable, with a new (seeded) head; on the
+    device, channels_last where bf16 or CUDA runs it."""
+    bb = build_backbone(req.backbone, req.weights, image_size=req.size)
+    blocks = split_blocks(req.backbone, bb.model)
+    n = len(blocks)
+    k = _unfrozen_blocks(req, blocks)
+    if req.weights == "none" and k < n:
+        log(f"note: --weights none with --unfreeze {k}: the frozen blocks keep random weights")
+    torch.manual_seed(req.train.seed)
+    net = FinetuneNet(blocks, bb.dim, n_classes, frozen=n - k, dropout=req.head_dropout)
+    pre = bb.preprocess()
+    net, pre = net.to(device), pre.to(device)
+    channels_last = precision == "bf16" or device.type == "cuda"
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return _Network(bb, net, pre, k, channels_last)
+
+
+def _say_network(name: str, net: FinetuneNet, device: torch.device, precision: str, channels_last: bool,
+                 augments: tuple[str, ...], log) -> None:
+    """One line: what trains (parameters, blocks), where, in what precision, with which augmentation."""
+    log(f"{name}: {sum(p.numel() for p in net.parameters() if p.requires_grad):,} trainable parameters "
+        f"({', '.join(net.names[net.frozen:]) or 'none'} + head); {device_name(device)}, {precision}"
+        f"{', channels_last' if channels_last else ''}; augmentation: {', '.join(augments) or 'none'}")
+
+
+@dataclass
+class _ImageFeed:
+    """The images on their way into the network: prepared on the device (resized, augmented, normalised), or
+    the frozen blocks' output cached once; the training batches and the predictions for validation and test."""
+    net: FinetuneNet
+    pre: Preprocess
+    device: torch.device
+    precision: str
+    channels_last: bool
+    augments: tuple[str, ...]
+    images: dict[str, torch.Tensor]  # "train", "test": uint8 (N, C, h, w)
+    y_train: torch.Tensor  # on the device
+    tr: np.ndarray  # training rows
+    va: np.ndarray  # validation rows (of the train split)
+    batch_size: int
+    seed: int
+    cache: dict[str, torch.Tensor] | None = None  # the frozen blocks' output, "train" and "test"
+    start: int = 0  # the first block the network runs (past the cached ones)
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def cache_frozen_output(self, batch_size: int, progress, log) -> None:
+        """From now on, train and predict on the frozen blocks' output, computed once."""
+        self.cache = _cache_frozen_output(self.net, self.images, self.prepared, self.device, self.precision,
+                                          batch_size, progress, log)
+        self.start = self.net.frozen
+
+    def prepared(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 images -> the network's input on the device: resized, augmented (with `gen`), normalised."""
+        x = x.to(self.device, non_blocking=True)
+        x = self.pre.resize(x)
+        if gen is not None:
+            x = augment_batch(x, self.augments, gen)
+        x = self.pre.normalize(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def steps_per_epoch(self) -> int:
+        return len(shuffled_batches(len(self.tr), self.batch_size, self.seed, 1))
+
+    def batches(self, epoch: int):
+        """One epoch of shuffled (inputs, targets) training batches on the device."""
+        self.generator.manual_seed(self.seed * 100003 + epoch)  # a resumed epoch sees the same augmentations
+        for idx in shuffled_batches(len(self.tr), self.batch_size, self.seed, epoch):
+            rows = torch.as_tensor(self.tr[idx])
+            targets = self.y_train[rows.to(self.device)]
+            if self.cache is not None:
+                yield self.cache["train"][rows.to(self.cache["train"].device)].to(self.device).float(), targets
+            else:
+                yield self.prepared(self.images["train"][rows], self.generator if self.augments else None), targets
+
+    @torch.no_grad()
+    def predict(self, split: str) -> torch.Tensor:
+        """Logits (eval mode) for "val" (the held-out training rows) or "test"."""
+        self.net.eval()
+        src, rows = ("train", torch.as_tensor(self.va)) if split == "val" else ("test", None)
+        count = len(rows) if rows is not None else len(self.images["test"])
+        step = max(self.batch_size, 256)
+        outs = []
+        for a in range(0, count, step):
+            sel = rows[a:a + step] if rows is not None else slice(a, a + step)
+            with autocast(self.device, self.precision):
+                if self.cache is not None:
+                    outs.append(self.net(self.cache[src][sel].to(self.device).float(), self.start).float())
+                else:
+                    outs.append(self.net(self.prepared(self.images[src][sel])).float())
+        return torch.cat(outs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training logits for a batch `batches` gave (past the cached blocks, if any)."""
+        return self.net(x, self.start)
+
+
+def _learning_rate(lr: float | str, unfreeze: int, weights: str) -> float:
+    """--lr, or for "auto": the head's rate when only the head trains or the network starts from random
+    weights, else the fine-tuning rate."""
+    auto_lr = FINETUNE_HEAD_LR if unfreeze == 0 or weights == "none" else FINETUNE_LR
+    return auto_lr if lr == "auto" else float(lr)
+
+
+def _finetune_task(req: FinetuneRequest, dataset_hash: str, name: str, nw: _Network, feed: _ImageFeed,
+                   y_train: np.ndarray, y_test: np.ndarray, precision: str) -> Task:
+    """What the loop trains: the network's trainable parameters on the feed's batches; its settings (what a
+    checkpoint must match)."""
+    net = nw.net
+    return Task(name=name, model=net, params=[p for p in net.parameters() if p.requires_grad], batches=feed.batches,
+                steps_per_epoch=feed.steps_per_epoch(), forward=feed.forward, predict=feed.predict,
+                y_val=y_train[feed.va], y_test=y_test, images_per_epoch=len(feed.tr), train_mode=net.train_mode,
+                settings={"dataset": dataset_hash, "backbone": req.backbone,
+                          "weights": nw.backbone.weights.get("sha256") or nw.backbone.weights.get("id"),
+                          "unfreeze": nw.unfreeze, "augment": list(feed.augments), "image_size": req.size,
+                          "head_dropout": req.head_dropout, "device": feed.device.type, "precision": precision})
+
+
+def _transfer_mode(weights: str, unfreeze: int, n_blocks: int) -> tuple[str, str]:
+    """(label, mode) of the record: From scratch / scratch, Fine-tuned / finetune-K, Frozen + head / frozen+head."""
+    label = "From scratch" if weights == "none" else "Fine-tuned" if unfreeze else "Frozen + head"
+    mode = ("scratch" if weights == "none" and unfreeze == n_blocks else "frozen+head" if unfreeze == 0
+            else f"finetune-{unfreeze}")
+    return label, mode
+
+
+def _finetune_record(req: FinetuneRequest, ds, digest: str, name: str, nw: _Network, feed: _ImageFeed, lr: float,
+                     result: Outcome, precision: str) -> dict:
+    """The results.json record of the run."""
+    cfg, net, k = req.train, nw.net, nw.unfreeze
+    y_train, y_test = ds.splits["train"].labels, ds.splits["test"].labels
+    label, mode = _transfer_mode(req.weights, k, len(net.names))
+    return make_record(
+        name, "finetune", label, y_test=y_test, pred=result.test_logits.argmax(1).numpy(), classes=ds.classes,
+        labels_sha256=digest, n_train=len(y_train),
+        best_params={"unfreeze": k, "lr": lr, "lr_schedule": cfg.lr_schedule, "batch_size": feed.batch_size,
+                     "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing,
+                     "augment": ",".join(feed.augments) or "none", "image_size": req.size},
+        cv_mean=result.val_accuracy, cv_std=0.0, cv_folds=1, tune_rows=len(feed.tr), candidates=1,
+        fit_seconds=result.seconds, backend="torch", device=str(feed.device), mode=mode,
+        backbone=req.backbone, weights=nw.backbone.weights, unfreeze=k, blocks=net.names,
+        trainable_blocks=net.names[net.frozen:], augment=list(feed.augments) or None, image_size=req.size,
+        cached_trunk=feed.cache is not None,
+        trainable_parameters=int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+        validation=f"stratified holdout: {cfg.val_fraction:.0%} of the training split ({len(feed.va):,} rows)",
+        precision=precision, channels_last=nw.channels_last, dataset=req.dataset,
+        dataset_content_sha256=ds.content_hash, best_epoch=result.best_epoch, epochs_run=result.epochs_run,
+        epochs=cfg.epochs, stopped_by=result.stopped_by, history=result.history,
+        train_img_per_s=result.throughput, resumed_at_epoch=result.resumed_at, max_minutes=cfg.max_minutes,
+        request=req.key())
+
+
+def _save_outputs(out: Path, rec: dict, req: FinetuneRequest, ds, nw: _Network, ckpt: Path) -> None:
+    """The model (with its architecture and classes on the card), the record and the learning curve; then
+    the checkpoint goes."""
+    bb, net = nw.backbone, nw.net
+    arch = {"kind": "finetune", "backbone": req.backbone, "weights": bb.weights, "image_size": req.size,
+            "blocks": net.names, "unfreeze": nw.unfreeze, "head_dropout": req.head_dropout, "feature_dim": bb.dim,
+            "preprocessing": bb.describe_preprocessing()}
+    about = {"classes": list(ds.classes), "dataset": req.dataset, "dataset_source": ds.source, "features": None}
+    finish(out, rec, net, arch, about, ckpt)
+
+
+def _cache_frozen_output(net: FinetuneNet, images, prepared, device, precision, batch_size, progress, log) -> dict:
     """The frozen blocks' output for every image, once (float16: half the memory; kept on the device when it
     fits in a quarter of its free memory, else in host memory)."""
-    from tqdm.auto import tqdm
-
     net.eval()
     t = time.perf_counter()
     out = {}
     bs = max(batch_size, 128)
     total = sum(len(v) for v in images.values())
-    with tqdm(total=total, unit="img", desc="caching the frozen blocks' output", file=sys.stderr,
-              dynamic_ncols=True, leave=False, disable=(not progress) if progress is not None else None) as bar:
+    with progress_bar(total, progress=progress, unit="img", desc="caching the frozen blocks' output",
+                      leave=False) as bar:
         for split, imgs in images.items():
             parts = []
             for a in range(0, len(imgs), bs):
