@@ -55,7 +55,7 @@ def _say(message: str) -> None:
 
 
 @click.group(cls=_Group)
-@click.version_option(package_name="pipeline")
+@click.version_option(package_name="transfer-workbench")
 def main():
     """Pretrained-CNN embeddings vs raw pixels: extract, classify, map, report."""
 

@@ -144,7 +144,7 @@ def dask_client(address: str):
         from distributed import Client
     except ImportError:
         raise PipelineError("--dask needs Dask's scheduler: `pip install distributed` (or pipeline's extra: "
-                            "`pip install 'pipeline[dask]'`)") from None
+                            "`pip install 'transfer-workbench[dask]'`)") from None
     try:
         return Client(address, timeout="10s")
     except (OSError, TimeoutError, ValueError) as e:

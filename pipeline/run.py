@@ -273,7 +273,7 @@ def audit_stage(s: Study) -> tuple[str, str]:
     from pipeline.hardware import importable
 
     if not importable("cleanlab"):  # optional, as maps.html is
-        return "skipped", "cleanlab is not installed (pip install 'pipeline[audit]')"
+        return "skipped", "cleanlab is not installed (pip install 'transfer-workbench[audit]')"
     if check.is_current(s.out, s.embeddings):
         return "skipped", "audit.json already checks these images and records"
     doc = check.audit(s.embeddings, s.out, cv=s.cfg.cv, device=s.cfg.device, n_jobs=s.cfg.n_jobs, log=s.log)
@@ -307,7 +307,7 @@ def map_view_stage(s: Study) -> tuple[str, str]:
     from pipeline.maps.methods import importable
 
     if not importable("bokeh"):  # optional: the static report does not need it
-        return "skipped", "Bokeh is not installed (pip install 'pipeline[maps]')"
+        return "skipped", "Bokeh is not installed (pip install 'transfer-workbench[maps]')"
     if mapview.is_current(s.out, s.sets):
         return "skipped", "maps.html is newer than its maps and predictions"
     path = mapview.write_map_view(s.out, s.sets, log=s.log)

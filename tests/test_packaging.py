@@ -17,7 +17,7 @@ def test_a_missing_map_library_is_one_line_before_any_work(tmp_path, runner, mon
     monkeypatch.chdir(tmp_path)
     data = make_idx_dir(tmp_path / "fm", n_train=30, n_test=10)
     r = run_cli(runner, "run", "--data-dir", data, "--weights", "none", "--limit", 20, "--grid", "quick")
-    assert_one_line_error(r, "the UMAP map needs `pip install umap-learn`", "pipeline[maps]", "--methods pca")
+    assert_one_line_error(r, "the UMAP map needs `pip install umap-learn`", "transfer-workbench[maps]", "--methods pca")
     assert not (tmp_path / "features").exists() and not (tmp_path / "reports").exists()
 
 
@@ -31,7 +31,7 @@ def test_without_openvino_auto_uses_torch_and_asking_for_it_is_one_line(tmp_path
     data = make_idx_dir(tmp_path / "fm", n_train=10, n_test=5)
     r = run_cli(runner, "extract", "--data-dir", data, "--weights", "none", "--engine", "openvino",
                 "--precision", "bf16", "--device", "cpu", "--out", tmp_path / "s")
-    assert_one_line_error(r, "--engine openvino needs `pip install openvino`", "pipeline[openvino]")
+    assert_one_line_error(r, "--engine openvino needs `pip install openvino`", "transfer-workbench[openvino]")
 
 
 def test_declared_python_matches_what_the_dependencies_need():

@@ -77,7 +77,8 @@ def export(store: str | Path, to: str, out: str | Path | None = None, maps_dir: 
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            raise PipelineError("--to parquet needs pyarrow: pip install 'pipeline[export]' (or --to csv)") from None
+            raise PipelineError("--to parquet needs pyarrow: pip install 'transfer-workbench[export]' "
+                                "(or --to csv)") from None
     fs = store_set(store)
     cols = table(fs, Path(maps_dir) if maps_dir else None)
     X = cols.pop("embedding")

@@ -56,7 +56,7 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
         from bokeh.embed import file_html
         from bokeh.resources import INLINE
     except ImportError:
-        raise PipelineError("maps.html needs Bokeh: pip install 'pipeline[maps]'") from None
+        raise PipelineError("maps.html needs Bokeh: pip install 'transfer-workbench[maps]'") from None
     out = Path(out)
     maps = maps_present(Path(maps_dir or out / "maps"), sets)
     if not maps:

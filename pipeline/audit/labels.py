@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 
-INSTALL = "pip install 'pipeline[audit]'"
+INSTALL = "pip install 'transfer-workbench[audit]'"
 C, PCA_DIMS = 10.0, 256
 MIN_PER_CLASS = 5  # cleanlab's min_examples_per_class default
 MODEL = f"logistic regression (C={C:g}) on L2-normalised features, at most {PCA_DIMS} principal components"

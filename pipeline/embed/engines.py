@@ -86,7 +86,7 @@ def make_engine(backbone: Backbone, device: str = "auto", precision: str = "auto
             raise PipelineError("--engine openvino runs on the CPU only; use --engine torch with --device cuda")
         if not _openvino_available():
             raise PipelineError("--engine openvino needs `pip install openvino` (or pipeline's extra: "
-                                "`pip install 'pipeline[openvino]'`)")
+                                "`pip install 'transfer-workbench[openvino]'`)")
         return OpenVINOEngine(backbone, prec, channels, calibration)
     return TorchEngine(backbone, dev, prec, compile=compile)
 

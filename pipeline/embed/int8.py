@@ -133,7 +133,7 @@ def import_nncf():
             import nncf
     except ImportError:
         raise PipelineError("--precision int8 needs NNCF: `pip install nncf` (or pipeline's extra: "
-                            "`pip install 'pipeline[int8]'`)") from None
+                            "`pip install 'transfer-workbench[int8]'`)") from None
     return nncf
 
 

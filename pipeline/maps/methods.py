@@ -26,7 +26,7 @@ def _need(module: str, package: str, extra: str = "maps"):
         return importlib.import_module(module)
     except ImportError:
         raise PipelineError(f"this map needs `pip install {package}` (or pipeline's extra: "
-                            f"`pip install 'pipeline[{extra}]'`)") from None
+                            f"`pip install 'transfer-workbench[{extra}]'`)") from None
 
 
 def _pca(X: np.ndarray, n: int, standardize: bool) -> np.ndarray:
@@ -244,6 +244,6 @@ def check_methods(methods, backend=None) -> None:
         method = make_method(m, backend)
         module, package = getattr(method, "requires", (None, None))
         if module and not importable(module):
+            extra = getattr(method, "extra", "maps")
             raise PipelineError(f"the {method.label} map needs `pip install {package}` (or pipeline's extra: "
-                                f"`pip install 'pipeline[{getattr(method, 'extra', 'maps')}]'`); or leave it out, "
-                                f"e.g. --methods pca")
+                                f"`pip install 'transfer-workbench[{extra}]'`); or leave it out, e.g. --methods pca")
