@@ -99,12 +99,13 @@ def test_a_clean_folder_gets_nothing_flagged(audited):
     assert doc["label_issues"]["train"] == [] and doc["label_issues"]["test"] == []
 
 
-def test_report_shows_the_audit_and_the_accuracy_without_the_leaks(audited, tmp_path):
+def test_report_shows_the_audit_and_the_accuracy_without_the_leaks(audited, tmp_path, monkeypatch):
     """A study's records with saved predictions get their accuracy on the test images without a training
     twin: computed from the predictions, checked here by hand."""
     from click.testing import CliRunner
 
     root, study, _ = audited["planted"]
+    _calibrated_as_before(monkeypatch, study)
     work = tmp_path / "copy"
     shutil.copytree(root, work, symlinks=True)
     cwd = os.getcwd()
@@ -162,7 +163,8 @@ def test_rerun_is_up_to_date_and_other_data_is_refused(audited, tmp_path):
                     "efficientnet_lite0", "--out", tmp_path / "bad")
         assert_one_line_error(r, "is not pipeline's audit file")
         r = run_cli(runner, "audit", "--dataset", "folder", "--data-dir", "planted", "--features", "raw")
-        assert r.exit_code != 0
+        assert_one_line_error(r, "raw: the audit needs an embedding store", "not raw pixels",
+                              "pass --features BACKBONE or a store path")
     finally:
         os.chdir(cwd)
 

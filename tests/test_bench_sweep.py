@@ -22,6 +22,7 @@ def _bench(*args, cwd):
     return res.stdout
 
 
+@pytest.mark.slow
 def test_bench_sweep_runs_records_what_ran_and_redraws(tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")

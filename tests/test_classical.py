@@ -54,11 +54,28 @@ def test_every_classifier_on_raw_and_embeddings(tmp_path, data_dir, store):
     assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + len(CLASSIFIERS)  # header + rows
 
 
-def test_default_grid_searches_and_picks_the_best(tmp_path, store):
+def test_default_grid_searches_and_picks_the_best(tmp_path, store, monkeypatch):
+    from pipeline.classical import search as cl
+
     fs = load_feature_set(str(store), "fashion-mnist")
-    rec, = classify([fs], ["logreg"], "default", 3, progress=False)
-    assert rec["candidates"] == len(CLASSIFIERS["logreg"].grids["default"]["clf__C"])
-    assert rec["best_params"]["C"] in CLASSIFIERS["logreg"].grids["default"]["clf__C"]
+    scored, real = [], cl._fit_score  # every fit's (C, fold accuracy), as the search scored it
+
+    def spy(backend, classifier, native, params, *args):
+        score, err = real(backend, classifier, native, params, *args)
+        scored.append((params["clf__C"], score))
+        return score, err
+
+    monkeypatch.setattr(cl, "_fit_score", spy)  # n_jobs=1: the fits run in this process, through the spy
+    rec, = classify([fs], ["logreg"], "default", 3, n_jobs=1, progress=False)
+    grid = CLASSIFIERS["logreg"].grids["default"]["clf__C"]
+    assert rec["candidates"] == len(grid)
+    cv = {C: [s for c, s in scored if c == C] for C in grid}  # the CV table: C -> its folds' accuracies
+    assert all(len(s) == 3 for s in cv.values()), cv
+    means = [np.mean(cv[C]) for C in grid]
+    assert len(set(means)) > 1, cv  # the candidates differ: picking the best is a real choice
+    assert rec["best_params"]["C"] == grid[int(np.argmax(means))], (rec["best_params"], cv)  # the first best
+    best = cv[rec["best_params"]["C"]]
+    assert rec["cv_mean"] == pytest.approx(max(means)) and rec["cv_std"] == pytest.approx(np.std(best))
 
 
 def test_refits_use_every_core_and_predict_the_same(tmp_path, store):
@@ -136,15 +153,19 @@ def test_refits_at_once_within_memory_and_a_failed_one_keeps_the_others(tmp_path
     assert cl._refits_at_once("svc", sets, 8, ArrayAPI("cpu"), True) == 2  # on CPU tensors libsvm's own kernel
     assert cl._refits_at_once("svc", sets, 8, ArrayAPI("cuda:0"), True) == 1
     monkeypatch.setattr(cl, "available_memory", lambda: None)
-    real = cl._refit_and_test
+    import dataclasses
 
-    def raw_fails(fs, c, *args):
-        if fs.name == "raw":
-            raise PipelineError("svc failed when refitted on all of raw (MemoryError: )")
-        return real(fs, c, *args)
+    from sklearn.base import BaseEstimator
 
-    monkeypatch.setattr(cl, "_refit_and_test", raw_fails)
-    with pytest.raises(PipelineError, match="failed when refitted on all of raw"):
+    class OutOfMemory(BaseEstimator):
+        def fit(self, X, y):
+            raise MemoryError()
+
+    # raw's refit on all its rows runs out of memory in its fit (the search's fits are not refits)
+    raw_refit = lambda est, n, X: OutOfMemory() if X is sets[0].X_train else est  # noqa: E731
+    monkeypatch.setitem(CLASSIFIERS, "svc", dataclasses.replace(CLASSIFIERS["svc"], refit_on=raw_refit))
+    with pytest.raises(PipelineError, match=r"^svc with \{.*\} failed when refitted on all of raw "
+                                            r"\(MemoryError: \)$"):
         classify(sets, ["svc"], "quick", 3, n_jobs=2, out=tmp_path, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [(r["feature_set"], r["classifier"]) for r in saved] == [("toynet", "svc")]

@@ -103,7 +103,8 @@ MAP_IMPLEMENTATIONS = {False: {"pca": "PCAMap", "tsne": "TSNEMap", "umap": "UMAP
                        True: {"pca": "PCAMap", "tsne": "TorchdrTSNEMap", "umap": "TorchdrUMAPMap"}}  # torch
 
 
-@pytest.mark.parametrize("method", ["pca", "tsne", "umap"])
+@pytest.mark.parametrize("method", ["pca", pytest.param("tsne", marks=pytest.mark.slow),
+                                    pytest.param("umap", marks=pytest.mark.slow)])  # numba compiles UMAP
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_every_map_method_on_every_backend(backend_name, method, tmp_path):
     """Every map method on every backend: a finite 2-D map of every row whose neighbourhoods keep the classes,

@@ -64,6 +64,7 @@ def test_folder_study_end_to_end(study):
     assert (out / "figures" / "confusion.png").exists()
 
 
+@pytest.mark.slow
 def test_rerun_keeps_saved_models_and_refits_a_missing_one(study, runner, monkeypatch, resnet18_file):
     from pipeline.models.saved import load_model
 
@@ -86,6 +87,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_predict_equals_the_model_on_the_same_features(study, tmp_path, runner):
     from pipeline.embed.extract import extract
     from pipeline.embed.request import ExtractRequest
@@ -128,6 +130,7 @@ def test_predict_equals_the_model_on_the_same_features(study, tmp_path, runner):
     assert {x["score_kind"] for x in _rows(tmp_path / "raw.csv")} == {"probability"}
 
 
+@pytest.mark.slow
 def test_predict_refuses_weights_it_cannot_have(study, tmp_path, runner):
     import shutil
 
@@ -173,6 +176,7 @@ def test_a_model_file_with_untrusted_types_is_not_loaded(tmp_path, runner):
     assert_one_line_error(r, "no such model")
 
 
+@pytest.mark.slow
 def test_evaluate_in_the_wild(study, tmp_path, runner):
     import shutil
 
@@ -205,6 +209,7 @@ def test_evaluate_in_the_wild(study, tmp_path, runner):
     assert_one_line_error(r, "no saved models")
 
 
+@pytest.mark.slow
 def test_fashion_mnist_study_with_wild_photos_and_match_domain(tmp_path, runner, monkeypatch, resnet18_file):
     """`run --wild --match-domain`: the wild photos (dark garment drawn on a light background, bigger than
     28 px) are scored as they are and domain-matched; a rerun skips the evaluate stage."""
@@ -282,6 +287,7 @@ def test_raw_pixels_of_a_folder_are_gray_when_every_image_is(tmp_path):
     assert load_feature_set("raw", "folder", data, raw_size=8).fingerprint != fs.fingerprint
 
 
+@pytest.mark.slow
 def test_predict_on_a_hostile_folder(study, tmp_path, runner):
     """Hidden entries and FIFOs skipped, a non-UTF-8 name written escaped, a broken image one line, no CSV."""
     import os
@@ -444,6 +450,7 @@ def _cosine_nearest(A, B, k):
     return np.argsort(-(b @ a.T), axis=1, kind="stable")[:, :k]
 
 
+@pytest.mark.slow
 def test_galleries_show_each_best_models_own_mistakes(study):
     """galleries.json (drawn by `pipeline run`): for each feature set's best model by CV, the images shown as
     wrong are the ones its saved model gets wrong on the store's test rows, the most confident first; raw vs
@@ -514,6 +521,7 @@ def test_neighbors_finds_a_training_image_itself_and_writes_a_contact_sheet(stud
     assert_one_line_error(r, "bad.jpg: unreadable image")
 
 
+@pytest.mark.slow
 def test_the_wild_photos_are_shown_with_their_predictions(study, tmp_path, runner):
     import shutil
 
@@ -532,6 +540,7 @@ def test_the_wild_photos_are_shown_with_their_predictions(study, tmp_path, runne
     assert "in the wild:" in (out2 / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_folder_read_again_for_its_images_is_not_verified_again(study, monkeypatch):
     """Galleries, neighbors, export and maps.html read the store's folder again for paths and a few thumbnails:
     every file was verified when the features were made, so 70,000 files are not opened again (the labels are

@@ -35,6 +35,13 @@ def test_openvino_engines_built_one_after_another_do_not_deadlock(tmp_path):
     pytest.importorskip("openvino")
     code = ("import gc, numpy as np\nfrom pipeline.embed.backbones import build_backbone\n"
             "from pipeline.embed.engines import make_engine\n"
+            # the graph's export and conversion (most of an engine's build, and no part of its life) done once;
+            # each engine still compiles its own model, runs its own requests and is freed
+            "import torch\nfrom pipeline.embed.engines import _import_openvino\n"
+            "def once(f):\n    made = []\n"
+            "    return lambda *a, **k: made[0] if made else made.append(f(*a, **k)) or made[0]\n"
+            "ov = _import_openvino()\n"
+            "ov.convert_model, torch.export.export = once(ov.convert_model), once(torch.export.export)\n"
             "x = np.random.default_rng(0).integers(0, 255, (64, 3, 40, 40), dtype=np.uint8)\n"
             "for i in range(12):\n"
             "    eng = make_engine(build_backbone('resnet18', 'none', image_size=32), 'cpu', 'fp32', 'openvino')\n"

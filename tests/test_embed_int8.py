@@ -78,7 +78,7 @@ def test_int8_refusals_are_one_line(idx_dir, tmp_path, runner, monkeypatch):
     monkeypatch.setitem(sys.modules, "nncf", None)  # NNCF not installed
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "empty-cache"))
     r = run_cli(runner, *base)
-    assert_one_line_error(r, "NNCF", "pipeline[int8]")
+    assert_one_line_error(r, "NNCF", "transfer-workbench[int8]")
     assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()
 
 
@@ -94,7 +94,9 @@ def test_embedder_int8_calibrates_on_fit_images(idx_dir, tmp_path, monkeypatch):
     X = emb.transform(images[:5])
     again = pickle.loads(pickle.dumps(emb))  # the engine is rebuilt from the cached int8 model
     np.testing.assert_array_equal(again.transform(images[:5]), X)
-    with pytest.raises(Exception, match="calibrates on the images given to fit"):
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match=r"^precision='int8' calibrates on the images given to fit: pass some$"):
         ImageEmbedder("resnet18", weights="none", image_size=48, precision="int8").fit()
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,17 +91,18 @@ def test_worker_killed_mid_shard_is_replaced_and_store_is_complete(data, referen
 
 
 def test_killed_run_resumes_only_the_missing_shards(cluster, data, reference, tmp_path):
+    import cli_process
+
     out = tmp_path / "store"
-    cmd = [sys.executable, "-m", "pipeline.cli", "extract", "--data-dir", str(data), *map(str, ARGS), "--out",
-           str(out), "--dask", cluster.scheduler_address, "--shard-rows", 16]
-    p = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PIPELINE_KILL_AT": "extract:shard:3"})
+    # the driver in a process of its own, forked from cli_process's server (its imports made once)
+    cmd = ["extract", "--data-dir", data, *ARGS, "--out", out, "--dask", cluster.scheduler_address, "--shard-rows", 16]
+    p = cli_process.run(cmd, env={**os.environ, "PIPELINE_KILL_AT": "extract:shard:3"}, timeout=300)
     assert p.returncode == -9, p.stderr  # the driver died (SIGKILL) right after recording its 3rd shard
     progress = json.loads((Path(f"{out}.partial") / "progress.json").read_text())
     assert len(progress["shards"]) == 3 and not out.exists()
     done = sum(s["stop"] - s["start"] for s in progress["shards"])
     # resumed with another shard size: only the rows no recorded shard covers are extracted
-    p = subprocess.run(list(map(str, cmd[:-1] + [40])), capture_output=True, text=True, timeout=300)
+    p = cli_process.run(cmd[:-1] + [40], timeout=300)
     assert p.returncode == 0, p.stderr
     assert f"resuming at {done:,}/{N_TRAIN + N_TEST}" in p.stderr
     f = _assert_same_store(out, reference, 40)
@@ -112,7 +111,13 @@ def test_killed_run_resumes_only_the_missing_shards(cluster, data, reference, tm
     assert all(s in f.meta["shards"] for s in progress["shards"])  # the first run's shards kept as they were
 
 
-def test_unreachable_scheduler_is_one_line(data, tmp_path, runner):
+def test_unreachable_scheduler_is_one_line(data, tmp_path, runner, monkeypatch):
+    import distributed
+
+    # nothing listens there: each attempt is refused at once and the client retries until its timeout (10 s);
+    # one second of retries ends the same way
+    real = distributed.Client
+    monkeypatch.setattr(distributed, "Client", lambda address, **kw: real(address, **{**kw, "timeout": "1s"}))
     r = run_cli(runner, "extract", "--data-dir", data, *ARGS, "--out", tmp_path / "s", "--dask", "tcp://127.0.0.1:9")
     assert_one_line_error(r, "--dask tcp://127.0.0.1:9", "cannot reach the Dask scheduler")
     assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()
@@ -137,6 +142,7 @@ def test_worker_without_the_shared_store_says_so(tmp_path):
         ShardWriter(tmp_path / "elsewhere.partial", "train", 0, 8, 4)
 
 
+@pytest.mark.slow
 def test_run_with_dask_extracts_in_shards_and_searches_on_the_cluster(cluster, data, tmp_path, runner, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = fits_on_cluster(cluster)

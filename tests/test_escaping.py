@@ -67,6 +67,7 @@ def _number(c: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_the_data_folders_name_is_escaped_in_the_markdown_title(tmp_path, runner, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the run's store goes to ./features/
     data = _hostile_folder(tmp_path / "<img src=x onerror=alert(1)>")

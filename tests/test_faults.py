@@ -21,6 +21,8 @@ from helpers import make_idx_dir
 
 from pipeline import load_features
 
+pytestmark = pytest.mark.slow  # 13 whole `pipeline run`s
+
 TIMING = {"fit_seconds", "predict_seconds", "search_seconds"}
 
 

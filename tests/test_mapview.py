@@ -16,6 +16,7 @@ from pipeline.data import read_idx, write_idx
 from pipeline.store.featuresets import load_feature_set
 
 pytest.importorskip("bokeh")
+pytestmark = pytest.mark.slow  # every test reads the module's whole `pipeline run`
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 

@@ -30,10 +30,22 @@ def feature_sets(n_train=150, n_test=50):
             for name, X in (("raw", Xr), ("toynet", Xe))]
 
 
-def test_maps_are_cached_scored_and_drawn(tmp_path):
+@pytest.fixture(scope="module")
+def cpu_maps(tmp_path_factory):
+    """Every map method of feature_sets() on the CPU libraries, made once for the module (openTSNE's FFT
+    iterations take seconds a map): (its folder, what project returned). Copy the folder to change it."""
+    out = tmp_path_factory.mktemp("cpu_maps")
+    return out, project(feature_sets(), ["pca", "tsne", "umap"], out, n_jobs=2, log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_maps_are_cached_scored_and_drawn(cpu_maps, tmp_path):
+    import shutil
+
     sets = feature_sets()
     logs = []
-    done = project(sets, ["pca", "tsne", "umap"], tmp_path, n_jobs=2, log=logs.append)
+    made, done = cpu_maps
+    shutil.copytree(made, tmp_path, dirs_exist_ok=True)  # the maps' files and times, as project left them
     assert list(done) == ["pca", "tsne", "umap"]
     for m in METHODS:
         for fs, meta in zip(sets, done[m]):
@@ -56,7 +68,8 @@ def test_maps_are_cached_scored_and_drawn(tmp_path):
     assert load_map(tmp_path, "raw", "pca")[1]["fingerprint"] == sets[0].fingerprint
 
 
-def test_array_api_backend_maps_with_torchdr_as_well_as_the_cpu_libraries(tmp_path):
+@pytest.mark.slow
+def test_array_api_backend_maps_with_torchdr_as_well_as_the_cpu_libraries(cpu_maps, tmp_path):
     """On the Array API backend (CPU tensors here; a CUDA GPU without cuML in use) t-SNE and UMAP are
     torchdr's on the backend's device; each map's record names it, and its 5-NN accuracy and trustworthiness
     stay within 0.02 of openTSNE's / umap-learn's on the same features where the classes separate. On the 200
@@ -67,7 +80,7 @@ def test_array_api_backend_maps_with_torchdr_as_well_as_the_cpu_libraries(tmp_pa
     from pipeline.classical.backends import make_backend
 
     sets = feature_sets()
-    cpu = project(sets, ["tsne", "umap"], tmp_path / "cpu", n_jobs=2, log=lambda m: None)
+    _, cpu = cpu_maps  # openTSNE's and umap-learn's maps of the same sets
     torch_maps = project(sets, ["tsne", "umap"], tmp_path / "torch", backend=make_backend("cpu", array_api=True),
                          n_jobs=2, log=lambda m: None)
     for m, impl in (("tsne", "TorchdrTSNEMap"), ("umap", "TorchdrUMAPMap")):
@@ -121,6 +134,7 @@ print(json.dumps([[f.stats.cache_path, sum(f.stats.cache_hits.values()), sum(f.s
 """
 
 
+@pytest.mark.slow
 def test_umap_compiled_code_is_cached_on_disk_and_maps_stay_identical(tmp_path):
     """UMAP's numba functions keep their machine code in a folder per library version (the suite's shared
     PIPELINE_NUMBA_CACHE, see conftest), so a later process loads it instead of compiling (20-35 s on 2
@@ -256,6 +270,7 @@ def test_scores_measure_separation():
     assert knn_accuracy(noise, y) < 0.3
 
 
+@pytest.mark.slow
 def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_file):
     data = make_idx_dir(tmp_path / "fm", n_train=90, n_test=40)
     monkeypatch.chdir(tmp_path)
@@ -387,6 +402,7 @@ def test_class_names_that_look_like_mathtext_draw(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_the_recorded_command_pastes_back_and_runs(tmp_path, runner, monkeypatch):
     """run.json (and the report) record the command as typed, quoted: `--train linear` stays --train, a flag
     stays a flag, a path with a space stays one argument. Pasted back, it runs (and skips what is done)."""

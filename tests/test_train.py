@@ -344,13 +344,14 @@ def test_augmentation_is_batched_and_flip_is_exact():
     assert z.shape == x.shape and not torch.allclose(z, x)
 
 
-def test_run_adds_train_and_finetune_stages_then_skips_them(runner, tmp_path, resnet18_file):
+@pytest.mark.slow
+def test_run_adds_train_and_finetune_stages_then_skips_them(runner, tmp_path, resnet18_file, monkeypatch):
     data = make_idx_dir(tmp_path / "data", n_train=150, n_test=20)
     args = ["run", "--data-dir", data, "--backbone", "resnet18", "--weights", resnet18_file, "--image-size", 32,
             "--grid", "quick", "--classifiers", "lda", "--methods", "pca", "--train", "linear",
             "--finetune", "0", "--finetune-image-size", 32, "--finetune-epochs", 1, "--out", tmp_path / "rep",
             "--n-jobs", 1]
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the run's store goes to ./features/; the directory is restored afterwards
     first = run_cli(runner, *args)
     assert first.exit_code == 0, first.output
     run = json.loads((tmp_path / "rep" / "run.json").read_text())
