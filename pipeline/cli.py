@@ -205,17 +205,18 @@ def run(**options):
               help="A saved model: <out>/models/<features>_<classifier>.skops")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
 @opt.out("The CSV file.", PREDICTIONS, dir_okay=False)
+@opt.overwrite("Replace the CSV if it exists (a regular file only).")
 @click.option("--top-k", type=int, default=TOP_K, show_default=True, help="Classes (with scores) per image.")
 @opt.match_domain("Map each photo toward the training images' look first.")
 @opt.WEIGHTS_FILE
 @opt.DEVICE
-def predict(model, images, out, top_k, match_domain, weights, device):
+def predict(model, images, out, overwrite, top_k, match_domain, weights, device):
     """Predict IMAGES (files or folders) with a saved model: a CSV of classes and top-k scores."""
     from collections import Counter
 
     from pipeline.apply.predict import predict as run_predict
 
-    rows = run_predict(model, images, out, top_k, device, weights, match_domain)
+    rows = run_predict(model, images, out, top_k, device, weights, match_domain, overwrite=overwrite)
     counts = Counter(r["predicted"] for r in rows).most_common(5)
     _say(f"{len(rows):,} images -> {out} ({rows[0]['score_kind']} scores); most predicted: "
          + ", ".join(f"{c} {n}" for c, n in counts))

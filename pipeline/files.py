@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -175,12 +176,38 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def refuse_to_replace(path: str | os.PathLike, overwrite: bool, option: str = "--out") -> None:
+    """Before a command writes a file the user named: only a regular file is ever replaced, and only with
+    --overwrite. A folder, device, FIFO, socket or link is refused whatever the flags."""
+    p = Path(path)
+    if p.is_symlink() or (p.exists() and not p.is_file()):
+        raise PipelineError(f"{option} {p} is not a regular file (a folder, device, FIFO or link); pipeline "
+                            f"replaces only files it could have written: choose another {option}")
+    if p.exists() and not overwrite:
+        raise PipelineError(f"{p} exists; pass --overwrite to replace it, or choose another {option}")
+
+
+def _refuse_special(path: Path) -> None:
+    """The last guard of every write: a device, FIFO or socket (or a folder) at `path` is never replaced."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise io_error(e, f"writing {path}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise PipelineError(f"{path} is not a regular file (a folder, device, FIFO or socket); pipeline will not "
+                            f"replace it: choose another output")
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike):
     """Yield an open binary file beside `path` under a unique temporary name (tagged, so a sweep finds it if
     the writer dies); when the block ends it replaces `path` in one rename, so readers see the old file or
-    the new one, never half. On failure it vanishes; an OSError becomes one line."""
+    the new one, never half. On failure it vanishes; an OSError becomes one line. Only a regular file (or a
+    link, which is replaced, not followed) is ever replaced."""
     path = Path(path)
+    _refuse_special(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_TAG}", suffix=".tmp")
     except OSError as e:

@@ -110,5 +110,21 @@ def test_image_embedder_gives_the_stores_features_in_a_sklearn_pipeline(tmp_path
     for check in (check_parameters_default_constructible, check_no_attributes_set_in_init,
                   check_get_params_invariance, check_set_params):
         check(name, ImageEmbedder())
-    with pytest.raises(Exception, match="uint8"):
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match=r"^an image array must be uint8 \(0\.\.255\), not float32$"):
         emb.transform([np.zeros((8, 8), np.float32)])
+
+
+def test_export_never_replaces_a_fifo_or_link_even_with_overwrite(store_with_maps, tmp_path, runner):
+    import os
+
+    store, _ = store_with_maps
+    fifo, link = tmp_path / "t.csv", tmp_path / "l.csv"
+    os.mkfifo(fifo)
+    (tmp_path / "mine.txt").write_text("kept")
+    link.symlink_to(tmp_path / "mine.txt")
+    for path in (fifo, link):
+        r = run_cli(runner, "export", "--features", store, "--to", "csv", "--out", path, "--overwrite")
+        assert_one_line_error(r, "is not a regular file", "choose another --out")
+    assert fifo.is_fifo() and link.is_symlink() and (tmp_path / "mine.txt").read_text() == "kept"

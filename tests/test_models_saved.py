@@ -139,3 +139,55 @@ def test_what_pipeline_writes_passes_its_own_schemas(saved, tmp_path, runner, mo
     records = json.loads((tmp_path / "o" / "results.json").read_text())
     assert info["ran"]["classify"] == {f"{r['feature_set']} lda": f"{r['backend']} on {r['device']}" for r in records}
     assert len(records) == 2 and set(info["ran"]["maps"].values()) == {"PCAMap"} and len(info["ran"]["maps"]) == 2
+
+
+def _special_files(tmp_path) -> dict:
+    """Paths a command must never replace: a FIFO, a link to a file, a folder, and (as root) a device node."""
+    import os
+    import stat
+
+    paths = {"fifo": tmp_path / "fifo", "link": tmp_path / "link.csv", "folder": tmp_path / "folder"}
+    os.mkfifo(paths["fifo"])
+    (tmp_path / "target.txt").write_text("someone's file")
+    paths["link"].symlink_to(tmp_path / "target.txt")
+    paths["folder"].mkdir()
+    if os.geteuid() == 0:  # as root, `mknod mynull c 1 3` is a second /dev/null
+        paths["device"] = tmp_path / "mynull"
+        os.mknod(paths["device"], stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    return paths
+
+
+def test_predict_never_replaces_what_it_did_not_write(saved, tmp_path, runner):
+    """An existing file is replaced only with --overwrite; a device, FIFO, link or folder never."""
+    out, img = saved
+    model = out / "models" / "raw_lda.skops"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    r = run_cli(runner, "predict", "--model", model, img, "--out", notes)
+    assert_one_line_error(r, f"{notes} exists", "pass --overwrite")
+    assert notes.read_text() == "my notes"
+    for kind, path in _special_files(tmp_path).items():
+        kind_before = path.lstat().st_mode
+        r = run_cli(runner, "predict", "--model", model, img, "--out", path, "--overwrite")
+        if kind == "folder":  # refused by the option's own check (a file, not a folder)
+            assert r.exit_code == 2 and "is a directory" in r.output and "Traceback" not in r.output
+        else:
+            assert_one_line_error(r, "is not a regular file", "choose another --out")
+        assert path.lstat().st_mode == kind_before, kind  # still a FIFO, a link, a folder, a device
+    assert (tmp_path / "target.txt").read_text() == "someone's file"
+    r = run_cli(runner, "predict", "--model", model, img, "--out", notes, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert notes.read_text().startswith("path,predicted,score_kind")
+
+
+def test_no_write_replaces_a_device_or_fifo(tmp_path):
+    """The last guard, under every command: atomic writes refuse a FIFO, a folder or a device at the path."""
+    from pipeline.errors import PipelineError
+    from pipeline.files import atomic_write
+
+    for kind, path in _special_files(tmp_path).items():
+        if kind == "link":  # a link is replaced (the link, not what it points to), as before
+            continue
+        with pytest.raises(PipelineError, match="is not a regular file"):
+            atomic_write(path, "x")
+        assert not path.is_file(), kind

@@ -14,7 +14,7 @@ from pipeline.apply import EXPORT_FORMATS
 from pipeline.apply.neighbors import store_set
 from pipeline.data.images import show_path
 from pipeline.errors import PipelineError
-from pipeline.files import read_json, replacing
+from pipeline.files import read_json, refuse_to_replace, replacing
 from pipeline.render import csvfile
 from pipeline.store.featuresets import FeatureSet, source_images
 
@@ -68,10 +68,7 @@ def export(store: str | Path, to: str, out: str | Path | None = None, maps_dir: 
         raise PipelineError(f"--to {to!r}: choose {' or '.join(FORMATS)}")
     store = Path(store).expanduser().resolve()  # `--features .` has a name to put the file beside
     out = Path(out) if out else store.with_name(f"{store.name}.{to}")
-    if out.exists() and not overwrite:
-        raise PipelineError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
-    if out.is_dir():
-        raise PipelineError(f"--out {out} is a folder; give a file name")
+    refuse_to_replace(out, overwrite)
     if to == "parquet":
         try:
             import pyarrow as pa

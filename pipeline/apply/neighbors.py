@@ -11,7 +11,7 @@ from pipeline.apply.featurize import Log, collect_images, featurize
 from pipeline.console import stderr
 from pipeline.data.images import show_path
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_write
+from pipeline.files import atomic_write, refuse_to_replace
 from pipeline.render import csvfile
 from pipeline.store.featuresets import FeatureSet, load_feature_set, source_images
 from pipeline.store.format import load_features
@@ -49,11 +49,13 @@ def neighbors(store: str | Path, inputs, k: int = NEIGHBORS_K, out: str | Path |
     `out/neighbors.csv` and a contact sheet `out/neighbors.html`."""
     if k < 1:
         raise PipelineError(f"-k must be at least 1, not {k}")
-    if out is not None and not overwrite:
+    if out is not None:
         there = [n for n in ("neighbors.csv", "neighbors.html") if (Path(out) / n).exists()]
-        if there:
+        if there and not overwrite:
             raise PipelineError(f"{out} already holds {' and '.join(there)}; pass --overwrite to replace them, or "
                                 f"choose another --out")
+        for name in there:  # a FIFO, device or link named like them: never replaced
+            refuse_to_replace(Path(out) / name, True)
     fs = store_set(store)
     if fs.name == "raw" or "backbone" not in fs.meta:
         raise PipelineError(f"{store}: not an embedding store (no backbone recipe to embed new images with)")

@@ -11,17 +11,20 @@ from pipeline.apply.featurize import Log, collect_images, featurize, matcher
 from pipeline.console import stderr
 from pipeline.data.images import show_path
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_write
+from pipeline.files import atomic_write, refuse_to_replace
 from pipeline.models.saved import has_method, load_model
 from pipeline.render import csvfile
 
 
 def predict(model: str | Path, inputs, out: str | Path | None = PREDICTIONS, top_k: int = TOP_K,
             device: str = "auto", weights: str | None = None, match_domain: bool = False,
-            log: Log = stderr) -> list[dict]:
-    """Predict every image with a saved model; write the CSV (atomically) when `out` is given."""
+            log: Log = stderr, overwrite: bool = False) -> list[dict]:
+    """Predict every image with a saved model; write the CSV (atomically) when `out` is given. An existing
+    `out` is replaced only with `overwrite`, and only if it is a regular file."""
     if top_k < 1:
         raise PipelineError(f"--top-k must be at least 1, not {top_k}")
+    if out is not None:
+        refuse_to_replace(out, overwrite)
     est, card = load_model(model)
     transform = matcher(card["dataset"]) if match_domain else None
     files = collect_images(inputs)
