@@ -109,7 +109,7 @@ extract_options = options(
     click.option("--batch-size", default="auto", show_default=True,
                  help="Images per forward pass; auto: 64 on the CPU, 128-512 on CUDA by the device's memory."),
     out(f"Store folder [default: {FEATURES_ROOT}/<dataset>/<backbone>; an image folder: "
-        f"{FEATURES_ROOT}/folder-<name>/...]."),
+        f"{FEATURES_ROOT}/folder-<name>-<hash>/...]."),
     overwrite("Replace a finished store made with other settings."),
     dask("its workers extract the images in shards, each choosing its own engine"),
     click.option("--shard-rows", type=int, default=ExtractRequest.shard_rows, show_default=True,

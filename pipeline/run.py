@@ -86,7 +86,7 @@ class RunConfig:
     def paths(self) -> tuple[Path, Path]:
         """(store, report folder): the given ones, else the defaults. A --limit run (or another --image-size)
         gets its own, so it never collides with the full run's; an image folder is named after its
-        directory (folder-<name>)."""
+        directory and a hash of its path (folder-<name>-<hash>)."""
         store = default_store(self.dataset, self.backbone, self.limit, self.image_size, self.data_dir,
                               self.precision)
         out = report_dir(dataset_slug(self.dataset, self.data_dir),

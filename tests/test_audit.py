@@ -15,6 +15,7 @@ from helpers import assert_one_line_error, run_cli, shapes_folder
 from PIL import Image
 
 from pipeline.audit import duplicates as dup
+from pipeline.data import dataset_slug
 
 LITE0 = ["--backbone", "efficientnet_lite0", "--device", "cpu", "--precision", "fp32", "--batch-size", 16]
 
@@ -53,8 +54,21 @@ def audited(tmp_path_factory):
             assert r.exit_code == 0, r.output
         finally:
             os.chdir(cwd)
-        out[name] = (root, root / "reports" / f"folder-{name}", r.stdout)
+        out[name] = (root, root / "reports" / dataset_slug("folder", root / name), r.stdout)
     return out
+
+
+def _planted_store(root):
+    return root / "features" / dataset_slug("folder", root / "planted") / "efficientnet_lite0"
+
+
+def _calibrated_as_before(monkeypatch, study):
+    """The store's calibration (Lite0 embedding its images' variants: the audit's costliest step) as the
+    fixture's audit of this store measured it: a test of what follows it need not embed them again."""
+    from pipeline.audit import check
+
+    measured = json.loads((study / "audit.json").read_text())["calibration"]
+    monkeypatch.setattr(check, "calibrate", lambda fs, *a, **k: measured)
 
 
 def _flagged(study) -> dict:
@@ -116,13 +130,13 @@ def test_report_shows_the_audit_and_the_accuracy_without_the_leaks(audited, tmp_
                     "raw,efficientnet_lite0", "--classifiers", "lda,knn", "--grid", "quick", "--raw-size", 16,
                     "--n-jobs", 1)
         assert r.exit_code == 0, r.output
-        out = work / "reports" / "folder-planted"
+        out = work / "reports" / dataset_slug("folder", root / "planted")
         r = run_cli(runner, "audit", "--dataset", "folder", "--data-dir", root / "planted", "--features",
                     "efficientnet_lite0", "--device", "cpu")
         assert r.exit_code == 0, r.output
         doc = json.loads((out / "audit.json").read_text())
         leaked = {m[1] for g in doc["duplicates"]["groups"] for m in g["members"] if m[0] == "test"}
-        y = np.load(root / "features" / "folder-planted" / "efficientnet_lite0" / "y_test.npy")
+        y = np.load(_planted_store(root) / "y_test.npy")
         keep = np.array([i not in leaked for i in range(len(y))])
         for a in doc["accuracy"]:
             pred = np.load(out / "predictions" / f"{a['feature_set']}_{a['classifier']}.npy")
@@ -153,7 +167,8 @@ def test_rerun_is_up_to_date_and_other_data_is_refused(audited, tmp_path):
         assert r.exit_code == 0 and "up to date" in r.stderr
         assert (study / "audit.json").read_bytes() == before
         # the clean folder's store audited into the planted study's folder: other data, refused in one line
-        clean_store = audited["clean"][0] / "features" / "folder-clean" / "efficientnet_lite0"
+        clean_store = audited["clean"][0] / "features" / dataset_slug("folder", audited["clean"][0] / "clean")
+        clean_store = clean_store / "efficientnet_lite0"
         r = run_cli(runner, "audit", "--dataset", "folder", "--features", clean_store, "--out", study)
         assert_one_line_error(r, "holds the audit of other data", "--overwrite")
         assert (study / "audit.json").read_bytes() == before
@@ -175,11 +190,12 @@ def test_resumes_from_its_cached_search(audited, tmp_path, monkeypatch):
     from pipeline.store.featuresets import load_feature_set
 
     root, study, _ = audited["planted"]
+    _calibrated_as_before(monkeypatch, study)
     out = tmp_path / "study"
     shutil.copytree(study, out)
     (out / "audit.json").unlink()
     monkeypatch.setattr(check, "nearest", lambda *a, **k: pytest.fail("searched again"))
-    fs = load_feature_set(str(root / "features" / "folder-planted" / "efficientnet_lite0"), "folder")
+    fs = load_feature_set(str(_planted_store(root)), "folder")
     doc = check.audit(fs, out, device="cpu", log=lambda m: None)
     assert doc["duplicates"]["counts"]["test_with_train_twin"] == 3
 
@@ -199,8 +215,8 @@ def test_missing_cleanlab_is_one_line(audited, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_cleanlab)
     root, study, _ = audited["planted"]
     r = run_cli(CliRunner(), "audit", "--dataset", "folder", "--features",
-                root / "features" / "folder-planted" / "efficientnet_lite0", "--out", root / "elsewhere")
-    assert_one_line_error(r, "cleanlab", "pip install 'pipeline[audit]'")
+                _planted_store(root), "--out", root / "elsewhere")
+    assert_one_line_error(r, "cleanlab", "pip install 'transfer-workbench[audit]'")
     assert not (root / "elsewhere" / "audit.json").exists()
 
 

@@ -11,7 +11,7 @@ from helpers import EXTRACT, SHAPES, assert_one_line_error, draw, make_idx_dir, 
 from PIL import Image
 
 from pipeline import load_features
-from pipeline.data import load_dataset
+from pipeline.data import dataset_slug, load_dataset
 from pipeline.errors import PipelineError
 
 
@@ -38,12 +38,13 @@ def study(tmp_path_factory, resnet18_file):
     finally:
         os.chdir(cwd)
     assert r.exit_code == 0, r.output
-    return root, data, root / "reports" / "folder-shapes-64px"
+    return root, data, root / "reports" / (dataset_slug("folder", data) + "-64px")
 
 
+@pytest.mark.slow
 def test_folder_study_end_to_end(study):
     root, data, out = study
-    store = root / "features" / "folder-shapes" / "resnet18-64px"
+    store = root / "features" / dataset_slug("folder", data) / "resnet18-64px"
     meta = json.loads((store / "meta.json").read_text())
     assert meta["dataset"]["split"]["test_fraction"] == 0.2 and meta["dataset"]["rows"] == {"train": 48, "test": 12}
     recs = json.loads((out / "results.json").read_text())
@@ -107,7 +108,7 @@ def test_predict_equals_the_model_on_the_same_features(study, tmp_path, runner):
     # the same images through the store's own path (extract with the store's settings), then the model
     est, card = load_model(model)
     ds = load_dataset("folder", new)  # class folders only: a test set
-    meta = json.loads((root / "features" / "folder-shapes" / "resnet18-64px" / "meta.json").read_text())
+    meta = json.loads((root / "features" / dataset_slug("folder", data) / "resnet18-64px" / "meta.json").read_text())
     extract(ExtractRequest(dataset=ds.name, backbone="resnet18", weights=card["features"]["weights"]["file"],
                            image_size=64, out=tmp_path / "s", engine=meta["engine"]["engine"],
                            precision=meta["precision"]), dataset=ds, progress=False)
@@ -341,11 +342,12 @@ def test_top_k_names_follow_the_classes_the_model_saw(tmp_path, runner):
     assert {rows["dark.png"]["top2"], rows["bright.png"]["top2"]} == {"a", "c"}
 
 
+@pytest.mark.slow
 def test_a_store_of_another_folder_is_refused(study, tmp_path):
     from pipeline.store.featuresets import load_feature_set
 
     root, data, out = study
-    store = root / "features" / "folder-shapes" / "resnet18-64px"
+    store = root / "features" / dataset_slug("folder", data) / "resnet18-64px"
     other = shapes_folder(tmp_path / "shapes", 3)
     with pytest.raises(PipelineError, match="holds features of the folder"):
         load_feature_set(str(store), "folder", other)
@@ -463,7 +465,8 @@ def test_galleries_show_each_best_models_own_mistakes(study):
     g = json.loads((out / "galleries.json").read_text())
     recs = json.loads((out / "results.json").read_text())
     sets = {"raw": load_feature_set("raw", "folder", data, raw_size=16),
-            "resnet18": load_feature_set(str(root / "features" / "folder-shapes" / "resnet18-64px"), "folder")}
+            "resnet18": load_feature_set(str(root / "features" / dataset_slug("folder", data) / "resnet18-64px"),
+                                         "folder")}
     preds = {}
     for s in g["galleries"]:
         best = max((r for r in recs if r["feature_set"] == s["feature_set"]), key=lambda r: r["cv_mean"])
@@ -494,13 +497,14 @@ def test_galleries_show_each_best_models_own_mistakes(study):
     assert "most confidently wrong" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_neighbors_finds_a_training_image_itself_and_writes_a_contact_sheet(study, tmp_path, runner):
     import csv as csv_
 
-    from pipeline.data import load_dataset
+    from pipeline.data import dataset_slug, load_dataset
 
     root, data, out = study
-    store = root / "features" / "folder-shapes" / "resnet18-64px"
+    store = root / "features" / dataset_slug("folder", data) / "resnet18-64px"
     train = load_dataset("folder", data, test_fraction=0.2).splits["train"]
     queries = [train.files[i] for i in (0, 5, 9)]
     r = run_cli(runner, "neighbors", "--features", store, *queries, "-k", 3, "--out", tmp_path / "nb")
@@ -549,7 +553,40 @@ def test_a_folder_read_again_for_its_images_is_not_verified_again(study, monkeyp
     from pipeline.store.featuresets import load_feature_set, source_images
 
     root, data, out = study
-    fs = load_feature_set(str(root / "features" / "folder-shapes" / "resnet18-64px"), "folder")
+    fs = load_feature_set(str(root / "features" / dataset_slug("folder", data) / "resnet18-64px"), "folder")
     monkeypatch.setattr(folder, "verify_image", lambda p: pytest.fail(f"verified again: {p}"))
     ds = source_images(fs)
     assert np.array_equal(ds.splits["train"].labels, fs.y_train) and len(ds.splits["test"].files) == len(fs.y_test)
+
+
+def test_two_folders_of_one_name_never_share_or_replace_a_store(tmp_path, runner, monkeypatch):
+    """`p1/my photos` and `p2/my_photos` slugged to one default folder, and the advice to --overwrite
+    destroyed the first folder's store: now each has its own, and another folder's store is never replaced."""
+    import shutil
+
+    from pipeline.data import dataset_slug
+
+    rng = np.random.default_rng(5)
+    folders = [tmp_path / "p1" / "my photos", tmp_path / "p2" / "my_photos"]
+    for k, root in enumerate(folders):
+        for c in ("a", "b"):
+            (root / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8) // (k + 1)).save(root / c / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    common = ["--dataset", "folder", "--backbone", "resnet18", "--weights", "none", "--image-size", 32,
+              "--device", "cpu"]
+    for root in folders:
+        r = run_cli(runner, "extract", *common, "--data-dir", root)
+        assert r.exit_code == 0, r.output
+    stores = [tmp_path / "features" / dataset_slug("folder", root) / "resnet18" for root in folders]
+    assert stores[0] != stores[1] and all((s / "meta.json").is_file() for s in stores)
+    sources = [json.loads((s / "meta.json").read_text())["dataset"]["source"] for s in stores]
+    assert [s.rsplit("/", 1)[-1] for s in sources] == ["my photos", "my_photos"]
+    first = (stores[0] / "X_train.npy").read_bytes()
+    shutil.rmtree(stores[1])
+    for extra in ([], ["--overwrite"]):  # the first folder's store, named as --out for the second folder
+        r = run_cli(runner, "extract", *common, "--data-dir", folders[1], "--out", stores[0], *extra)
+        assert_one_line_error(r, "holds the features of", "my photos", "choose another --out")
+        assert "--overwrite" not in r.stderr
+    assert (stores[0] / "X_train.npy").read_bytes() == first

@@ -77,7 +77,7 @@ class Dataset:
 
     @property
     def slug(self) -> str:
-        """The dataset's folder name under features/ and reports/: its name, or folder-<basename>."""
+        """The dataset's folder name under features/ and reports/: its name, or folder-<basename>-<hash>."""
         return dataset_slug(self.name, self.source)
 
     def describe(self) -> dict:
@@ -93,14 +93,16 @@ class Dataset:
 
 
 def dataset_slug(name: str, data_dir: str | os.PathLike | None = None) -> str:
-    """'fashion-mnist', or 'folder-<basename of DIR>' (safe characters only) for an image folder, so two
-    folders never share default store or report paths."""
+    """'fashion-mnist', or 'folder-<basename of DIR>-<8 hex digits>' for an image folder: the name in safe
+    characters, then a short hash of the folder's resolved path, so two folders never share default store or
+    report paths (not `p1/my photos` and `p2/my_photos`, nor two folders named alike in two places)."""
     if name != "folder" or data_dir is None:
         return name
-    base = Path(os.path.abspath(Path(data_dir).expanduser())).name
-    base = os.fsencode(base).decode("utf-8", "replace")  # a name that is not UTF-8 still gets a readable slug
+    resolved = os.path.realpath(Path(data_dir).expanduser())
+    base = os.fsencode(Path(resolved).name).decode("utf-8", "replace")  # a name not in UTF-8 gets a readable slug
     base = re.sub(r"[^\w.-]+", "_", base).strip("._")
-    return f"folder-{base or 'images'}"
+    where = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:8]
+    return f"folder-{base or 'images'}-{where}"
 
 
 def stratified_holdout(y: np.ndarray, fraction: float, seed: int = 0, at_least_one: bool = False,

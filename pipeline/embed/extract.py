@@ -49,7 +49,7 @@ def extract(req: ExtractRequest, dataset: Dataset | None = None, backbone: Backb
     config = store_config(dataset, backbone, edesc)
     labels = {k: s.labels for k, s in dataset.splits.items()}
     total = sum(map(len, labels.values()))
-    with StoreWriter(out, config, labels, backbone.dim, overwrite=req.overwrite) as store:
+    with StoreWriter(out, config, labels, backbone.dim, overwrite=req.overwrite, source=dataset.source) as store:
         if already_done(store, total, log):
             return ExtractResult(out, "complete", 0, 0.0)
         done = sum(store.done.values())

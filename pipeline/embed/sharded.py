@@ -124,7 +124,8 @@ def extract_on_dask(req: ExtractRequest, dataset, backbone, out: Path, progress:
     total = sum(map(len, labels.values()))
     client = dask_client(address)
     try:
-        with ShardedStoreWriter(out, config, labels, backbone.dim, overwrite=req.overwrite) as store:
+        with ShardedStoreWriter(out, config, labels, backbone.dim, overwrite=req.overwrite,
+                                source=dataset.source) as store:
             if already_done(store, total, log):
                 return ExtractResult(out, "complete", 0, 0.0)
             todo = store.missing(shard_rows)

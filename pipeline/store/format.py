@@ -194,13 +194,14 @@ class StoreWriter:
     """Write one store incrementally; `state` is 'new', 'resume' or 'complete' after `open()`."""
 
     def __init__(self, out: str | os.PathLike, config: dict, labels: dict[str, np.ndarray], dim: int,
-                 overwrite: bool = False):
+                 overwrite: bool = False, source: str | None = None):
         # a symlinked --out: the store goes where the link points (its .partial and lock beside the target),
         # so finishing renames one folder onto another, never onto the link
         self.out = Path(os.path.realpath(out)) if Path(out).is_symlink() else Path(out)
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.config, self.hash = config, config_hash(config)
         self.labels, self.dim, self.overwrite = labels, dim, overwrite
+        self.source = source  # the dataset's folder: a store of another folder's images is never replaced
         self.done = {s: 0 for s in labels}
         self.files: dict[str, tuple[int, int]] = {}  # split -> (fd, byte offset of row 0)
         self._lock = None
@@ -266,6 +267,7 @@ class StoreWriter:
                                 f"will not replace it, choose another --out")
         if old is not None and old.get("config_hash") == self.hash:
             return self._salvage(old)
+        self._refuse_other_source(old)
         if old is None and not self.overwrite:
             raise PipelineError(f"{self.out}/meta.json is damaged; pass --overwrite to extract into "
                                 f"{self.out} again, or choose another --out")
@@ -276,6 +278,17 @@ class StoreWriter:
             raise PipelineError(f"--out {self.out} holds files a feature store does not; pipeline will not "
                                 f"replace it, choose another --out")
         return {}
+
+    def _refuse_other_source(self, old: dict | None) -> None:
+        """A finished store of other images read from another folder: another dataset's work, which no flag
+        replaces (--overwrite is for the same data made again)."""
+        made_from = ((old or {}).get("dataset") or {}).get("source")
+        if not (self.source and isinstance(made_from, str)) or old.get("config", {}).get("content_sha256") == \
+                self.config.get("content_sha256"):
+            return
+        if os.path.realpath(made_from) != os.path.realpath(self.source):
+            raise PipelineError(f"{self.out} holds the features of {made_from}, not of {self.source}; pipeline will "
+                                f"not replace another dataset's store: choose another --out")
 
     def _salvage(self, old: dict) -> dict[str, Path]:
         """A store of these settings at --out: finished (state "complete"), or damaged: its intact X files."""
