@@ -82,7 +82,7 @@ def test_evaluate_and_predict_print_no_warnings(study, tmp_path, runner):
         assert "Warning" not in r.output, r.output
         for folder in (gray, wild):
             r = run_cli(runner, "predict", "--model", study / "models" / "resnet18_lda.skops", folder, "--out",
-                        tmp_path / "p.csv")
+                        tmp_path / "p.csv", "--overwrite")
             assert r.exit_code == 0, r.output
             assert "Warning" not in r.output, r.output
         r = run_cli(runner, "evaluate", "--folder", gray, "--out", study)

