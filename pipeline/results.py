@@ -34,9 +34,7 @@ def report_dir(dataset_slug: str, suffix: str = "") -> Path:
 
 def study_out(out, dataset: str, data_dir=None, sub: str = "") -> Path:
     """A command's --out if given, else the study's default folder for this dataset (its `sub` folder)."""
-    if out:
-        return Path(out)
-    return report_dir(dataset_slug(dataset, data_dir)) / sub if sub else report_dir(dataset_slug(dataset, data_dir))
+    return Path(out) if out else report_dir(dataset_slug(dataset, data_dir)) / sub
 
 
 def slug(name: str) -> str:

@@ -27,14 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.console import progress_bar, stderr
-from pipeline.data import dataset_slug, load_dataset
+from pipeline.data import load_dataset
 from pipeline.data.folder import refuse_output_inside
 from pipeline.embed.backbones import GlobalPool, Preprocess, build_backbone
 from pipeline.embed.request import LITE, native_size
 from pipeline.errors import PipelineError
 from pipeline.files import folder_lock
 from pipeline.hardware import device_name, resolve_device
-from pipeline.results import check_results_file, make_record, record_stem, report_dir
+from pipeline.results import check_results_file, make_record, record_stem, study_out
 from pipeline.store.featuresets import labels_sha256
 from pipeline.train.config import FINETUNE_HEAD_LR, FINETUNE_LR, FinetuneRequest
 from pipeline.train.heads import finish
@@ -192,7 +192,7 @@ def finetune(req: FinetuneRequest, progress: bool | None = None, log: Callable[[
     curve and the model (safetensors + card)."""
     req.train.check()
     augments = req.augments()
-    out = Path(req.out or report_dir(dataset_slug(req.dataset, req.data_dir)))
+    out = study_out(req.out, req.dataset, req.data_dir)
     if req.dataset == "folder":
         refuse_output_inside(out, req.data_dir)
     with folder_lock(out, "pipeline finetune"):
