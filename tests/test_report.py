@@ -423,3 +423,18 @@ def test_the_recorded_command_pastes_back_and_runs(tmp_path, runner, monkeypatch
     r = run_cli(runner, *pasted[1:])
     assert r.exit_code == 0, r.output
     assert "skipped" in r.stderr
+
+
+def test_transfer_modes_pick_the_best_classical_model_by_cv_not_by_the_test_set():
+    """Issue 42 row 3: the test set reports; it never chooses. The forest has the higher test accuracy, the
+    SVC the higher CV score: the SVC is the feature set's best classical model, and the mode says how it was
+    chosen."""
+    from pipeline.report import transfer_points
+
+    def rec(clf, label, cv, test):
+        return {"feature_set": "raw", "classifier": clf, "label": label, "cv_mean": cv, "test_accuracy": test,
+                "search_seconds": 1.0, "fit_seconds": 1.0}
+
+    points = transfer_points([rec("rf", "Random forest", 0.80, 0.95), rec("svc", "RBF SVC", 0.90, 0.85)])
+    assert [p["record"]["classifier"] for p in points] == ["svc"]
+    assert points[0]["mode"] == "raw pixels + best classical by CV (RBF SVC)"
