@@ -590,3 +590,18 @@ def test_two_folders_of_one_name_never_share_or_replace_a_store(tmp_path, runner
         assert_one_line_error(r, "holds the features of", "my photos", "choose another --out")
         assert "--overwrite" not in r.stderr
     assert (stores[0] / "X_train.npy").read_bytes() == first
+
+
+def test_wild_folders_match_exact_class_names_first_and_refuse_an_ambiguous_one(tmp_path):
+    """Issue 42 row 4: study classes that differ only in case or separators. An exact folder name wins; a name
+    that matches two classes loosely is refused in one line, never guessed."""
+    from pipeline.apply.evaluate import wild_folder
+
+    classes = ["Cat", "cat", "a b", "a_b"]
+    wild = shapes_folder(tmp_path / "wild", 2, names=("Cat", "a b"))
+    files, labels, names = wild_folder(wild, classes)
+    assert names == {"Cat": "Cat", "a b": "a b"}
+    assert [(f.parent.name, int(y)) for f, y in zip(files, labels)] == [("Cat", 0)] * 2 + [("a b", 2)] * 2
+    loose = shapes_folder(tmp_path / "loose", 2, names=("CAT",))
+    with pytest.raises(PipelineError, match=r"CAT: matches classes 'Cat', 'cat' only up to case and separators"):
+        wild_folder(loose, classes)

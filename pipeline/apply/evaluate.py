@@ -27,18 +27,29 @@ def _key(name: str) -> str:
     return re.sub(r"[\s_/\\-]+", "", name).casefold()
 
 
+def _class_of(sub: Path, classes: list[str]) -> int:
+    """The class a wild folder names: its exact name first; else the one class equal up to case and separators
+    (two such classes, such as `Cat` and `cat` for a folder `CAT`, are refused, never guessed)."""
+    if sub.name in classes:
+        return classes.index(sub.name)
+    hits = [i for i, c in enumerate(classes) if _key(c) == _key(sub.name)]
+    if len(hits) > 1:
+        raise PipelineError(f"{show_path(sub)}: matches classes {', '.join(repr(classes[i]) for i in hits)} only "
+                            f"up to case and separators; rename the folder to one of them exactly")
+    if not hits:
+        raise PipelineError(f"{show_path(sub)}: matches no class of this study; its classes are "
+                            f"{', '.join(classes)} (case, spaces, _, - and / do not matter)")
+    return hits[0]
+
+
 def wild_folder(folder: str | Path, classes: list[str]) -> tuple[list[Path], np.ndarray, dict[str, str]]:
     """DIR/<class>/<images> -> files, labels (indices into `classes`), {folder name: class}."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise PipelineError(f"--folder {folder}: not a folder; expected {folder}/<class>/<images>")
-    by_key = {_key(c): i for i, c in enumerate(classes)}
     files, labels, names = [], [], {}
     for sub in sorted(p for p in visible(folder) if p.is_dir()):
-        i = by_key.get(_key(sub.name))
-        if i is None:
-            raise PipelineError(f"{show_path(sub)}: matches no class of this study; its classes are "
-                                f"{', '.join(classes)} (case, spaces, _, - and / do not matter)")
+        i = _class_of(sub, classes)
         if classes[i] in names.values():
             raise PipelineError(f"{show_path(sub)}: a second folder for class {classes[i]!r}; merge them")
         names[sub.name] = classes[i]
