@@ -31,6 +31,12 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def slug(name: str) -> str:
+    """A feature set's name as a file name: 'efficientnet_lite0 fine-tuned (last 2 blocks)' ->
+    'efficientnet_lite0-fine-tuned-last-2-blocks' (names without spaces or brackets stay as they are)."""
+    return re.sub(r"[^\w.:+-]+", "-", name).strip("-")
+
+
 def io_error(e: OSError, what: str) -> PipelineError:
     """An OSError as one line: what failed, why, and (disk full) what to do."""
     why = e.strerror or str(e)

@@ -187,8 +187,8 @@ def _device(r: dict) -> str:
 
 def transfer_points(records: list[dict]) -> list[dict]:
     """One point per transfer mode: for each feature set, the best classical model (by its CV score, never by
-    the test set) and each trained head; then every fine-tuned network. Training time: search + refit for classical models, the whole training
-    (with resumed parts) for heads and networks."""
+    the test set) and each trained head; then every fine-tuned network. Training time: search + refit for
+    classical models, the whole training (with resumed parts) for heads and networks."""
     points = []
     for s in dict.fromkeys(r["feature_set"] for r in frozen(records)):
         rs = [r for r in records if r["feature_set"] == s]

@@ -6,7 +6,6 @@ are never mixed in one folder. Knows nothing of how a model was fitted.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import numpy as np
 from pipeline.data import dataset_slug
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
-from pipeline.files import atomic_save, atomic_write, has_fields
+from pipeline.files import atomic_save, atomic_write, has_fields, slug
 from pipeline.hardware import device_name
 from pipeline.references import DATASET as STUDY_DATASET
 from pipeline.references import STUDY
@@ -35,12 +34,6 @@ def report_dir(dataset_slug: str, suffix: str = "") -> Path:
 def study_out(out, dataset: str, data_dir=None, sub: str = "") -> Path:
     """A command's --out if given, else the study's default folder for this dataset (its `sub` folder)."""
     return Path(out) if out else report_dir(dataset_slug(dataset, data_dir)) / sub
-
-
-def slug(name: str) -> str:
-    """A feature set's name as a file name: 'efficientnet_lite0 fine-tuned (last 2 blocks)' ->
-    'efficientnet_lite0-fine-tuned-last-2-blocks' (names without spaces or brackets stay as they are)."""
-    return re.sub(r"[^\w.:+-]+", "-", name).strip("-")
 
 
 def record_stem(feature_set: str, classifier: str) -> str:

@@ -76,7 +76,7 @@ def assert_one_line_error(result, *fragments):
 
 
 def write_store(path: Path, X_train, y_train, X_test, y_test, dataset="fashion-mnist", backbone="toynet",
-                classes=None) -> Path:
+                classes=None, image_size=224) -> Path:
     """A finished store written directly (the format features/README.md documents)."""
     path.mkdir(parents=True)
     for name, a in (("X_train", X_train), ("y_train", y_train), ("X_test", X_test), ("y_test", y_test)):
@@ -84,7 +84,7 @@ def write_store(path: Path, X_train, y_train, X_test, y_test, dataset="fashion-m
     sha = {s: hashlib.sha256(np.asarray(y, "<i8").tobytes()).hexdigest() for s, y in (("train", y_train),
                                                                                      ("test", y_test))}
     dim = int(np.shape(X_train)[1])
-    meta = {"rows": {"train": len(y_train), "test": len(y_test)}, "dim": dim, "image_size": 224,
+    meta = {"rows": {"train": len(y_train), "test": len(y_test)}, "dim": dim, "image_size": image_size,
             "backbone": {"name": backbone, "feature_dim": dim},
             "dataset": {"name": dataset, "classes": classes or FASHION_MNIST_CLASSES, "labels_sha256": sha}}
     (path / "meta.json").write_text(json.dumps(meta))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -311,3 +312,23 @@ def test_the_results_tables_order_holds_every_classifier_in_spec_order():
     from pipeline.results import ORDER
 
     assert ORDER[:len(CLASSIFIERS)] == tuple(CLASSIFIERS) and len(set(ORDER)) == len(ORDER)
+
+
+def test_two_stores_of_one_backbone_are_two_feature_sets_named_by_their_recipes(tmp_path, runner):
+    """Issue 42 row 5: stores of one backbone at 32 and 64 px were one column, the second record and model
+    over the first. Each is now its own feature set, named by what differs; two of one recipe are refused."""
+    (X, y), (Xt, yt) = blobs(60), blobs(30, seed=1)
+    st1 = write_store(tmp_path / "st1", X, y, Xt, yt, image_size=32)
+    st2 = write_store(tmp_path / "st2", X + 1, y, Xt + 1, yt, image_size=64)
+    out = tmp_path / "o"
+    r = run_cli(runner, "classify", "--features", f"{st1},{st2}", "--classifiers", "lda", "--grid", "quick",
+                "--out", out)
+    assert r.exit_code == 0, r.output
+    recs = json.loads((out / "results.json").read_text())
+    assert sorted(rec["feature_set"] for rec in recs) == ["toynet (32 px)", "toynet (64 px)"]
+    assert sorted(p.name for p in (out / "models").glob("*.skops")) == ["toynet-32-px_lda.skops",
+                                                                          "toynet-64-px_lda.skops"]
+    twin = shutil.copytree(st1, tmp_path / "twin")
+    r = run_cli(runner, "classify", "--features", f"{st1},{twin}", "--out", tmp_path / "o2")
+    assert_one_line_error(r, "hold toynet features of one recipe; pass one of them")
+    assert not (tmp_path / "o2").exists()

@@ -20,6 +20,7 @@ from pipeline.console import progress_bar, split_names
 from pipeline.data import DATASET, TEST_FRACTION, dataset_slug, load_dataset
 from pipeline.data.images import from_pil, show_path, to_pil
 from pipeline.errors import PipelineError
+from pipeline.files import slug
 from pipeline.store.format import FEATURES_ROOT, Features, load_features, store_path
 
 ALIASES = {"resnet": "resnet18"}
@@ -127,6 +128,37 @@ def load_feature_sets(specs: str, dataset: str = DATASET, data_dir=None, limit: 
             for f in split_names(specs)]
     if not sets:
         raise PipelineError("--features names no feature set; e.g. --features raw,resnet18")
+    return distinct_names(sets)
+
+
+def _recipe(fs: FeatureSet) -> dict[str, str]:
+    """What may tell two stores of one backbone apart, each as it reads in a feature set's name."""
+    m, bb = fs.meta, fs.meta.get("backbone") or {}
+    weights = (bb.get("weights") or {}) if isinstance(bb, dict) else {}
+    return {"image_size": f"{m.get('image_size')} px", "precision": str(m.get("precision")),
+            "layer": f"layer {bb.get('layer')}" if isinstance(bb, dict) else "",
+            "weights": f"weights {str(weights.get('sha256') or weights.get('id'))[:8]}"}
+
+
+def distinct_names(sets: list[FeatureSet]) -> list[FeatureSet]:
+    """Feature sets of one backbone named apart by what differs in their recipes (`resnet18 (32 px)` and
+    `resnet18 (64 px)`), so that each has its own records and models; two of one recipe are refused."""
+    for name in {fs.name for fs in sets}:
+        same = [fs for fs in sets if fs.name == name]
+        if len(same) < 2:
+            continue
+        recipes = [_recipe(fs) for fs in same]
+        differ = [k for k in recipes[0] if len({r[k] for r in recipes}) > 1]
+        if not differ or len({tuple(r[k] for k in differ) for r in recipes}) < len(same):
+            raise PipelineError(f"{' and '.join(str(fs.meta.get('path', fs.name)) for fs in same)} hold {name} "
+                                f"features of one recipe; pass one of them")
+        for fs, r in zip(same, recipes):
+            fs.name = f"{name} ({', '.join(r[k] for k in differ)})"
+    stems = [slug(fs.name) for fs in sets]
+    if len(set(stems)) < len(stems):
+        twins = [fs.name for fs, s in zip(sets, stems) if stems.count(s) > 1]
+        raise PipelineError(f"feature sets {', '.join(map(repr, twins))} would share their records' file names; "
+                            f"pass one of them")
     return sets
 
 
