@@ -128,3 +128,20 @@ def test_export_never_replaces_a_fifo_or_link_even_with_overwrite(store_with_map
         r = run_cli(runner, "export", "--features", store, "--to", "csv", "--out", path, "--overwrite")
         assert_one_line_error(r, "is not a regular file", "choose another --out")
     assert fifo.is_fifo() and link.is_symlink() and (tmp_path / "mine.txt").read_text() == "kept"
+
+
+def test_files_are_not_named_after_the_image_folder_changed(tmp_path, runner):
+    """Issue 42 row 6: one image added to a class folder after extraction shifted every later row's file name
+    in export and neighbors. The folder's content fingerprint is compared first, and the change is said."""
+    import shutil
+
+    data = shapes_folder(tmp_path / "shapes", 5)
+    store = tmp_path / "s"
+    assert run_cli(runner, *EXTRACT, "--dataset", "folder", "--data-dir", data, "--out", store).exit_code == 0
+    first = sorted((data / "circle").iterdir())[0]
+    shutil.copy(first, first.with_name(f"{first.stem}a{first.suffix}"))  # sorts second: shifts the rest
+    r = run_cli(runner, "export", "--features", store, "--to", "csv", "--out", tmp_path / "t.csv")
+    assert_one_line_error(r, "images have changed since", "extract it again")
+    assert not (tmp_path / "t.csv").exists()
+    r = run_cli(runner, "neighbors", "--features", store, first, "-k", 2)
+    assert_one_line_error(r, "images have changed since", "extract it again")

@@ -217,29 +217,43 @@ def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: in
 
 
 def source_images(fs: FeatureSet):
-    """The dataset a feature set was made from, read again (its images: thumbnails, contact sheets) and cut to
-    the feature set's rows; refused in one line if its labels are no longer the feature set's."""
+    """The dataset a feature set was made from, read again (its images: thumbnails, contact sheets, file names)
+    and cut to the feature set's rows; refused in one line if its images or labels are no longer the ones the
+    features were made from (a file added to a class folder would shift every later row's name)."""
     from pipeline.data import Dataset
 
     d = fs.meta.get("dataset", {})
     ds: Dataset = load_dataset(fs.dataset, d.get("source"), test_fraction=(d.get("split") or {}).get("test_fraction"),
-                               verify=False)  # verified when the features were made; labels are checked below
+                               verify=False)  # verified when the features were made; checked below
+    rows = d.get("rows") if isinstance(d.get("rows"), dict) else {}
     for name, y in (("train", fs.y_train), ("test", fs.y_test)):
+        if name not in ds.splits and len(y):
+            raise PipelineError(f"{d.get('source')}: no {name} images any more; the features of {fs.name} "
+                                f"were made from a dataset that has changed")
+    _cut(ds, {name: rows.get(name, len(split)) for name, split in ds.splits.items()})
+    _cut(ds, {"train": len(fs.y_train), "test": len(fs.y_test)}, fs, d.get("content_sha256"))
+    return ds
+
+
+def _cut(ds, rows: dict[str, int], fs: FeatureSet | None = None, content: str | None = None) -> None:
+    """Each split of `ds` cut to its first `rows[name]` rows; with `fs`, first checked against the fingerprint
+    its features were made from (`content`: the whole store's rows) and then against its labels."""
+    if content and isinstance(content, str) and ds.content_hash != content:
+        raise PipelineError(f"{ds.source}: its images have changed since {fs.name}'s features were made (content "
+                            f"fingerprint differs), so its rows can no longer be named; extract it again")
+    for name, n in rows.items():
         split = ds.splits.get(name)
         if split is None:
-            if len(y):
-                raise PipelineError(f"{d.get('source')}: no {name} images any more; the features of {fs.name} "
-                                    f"were made from a dataset that has changed")
             continue
-        split.labels = split.labels[:len(y)]
+        split.labels = split.labels[:n]
         if split.images is not None:
-            split.images = split.images[:len(y)]
+            split.images = split.images[:n]
         else:
-            split.files = split.files[:len(y)]
-        if not np.array_equal(split.labels, y):
-            raise PipelineError(f"{d.get('source')}: its {name} images are no longer the ones {fs.name}'s features "
+            split.files = split.files[:n]
+        if fs is not None and not np.array_equal(split.labels, fs.y_train if name == "train" else fs.y_test):
+            raise PipelineError(f"{ds.source}: its {name} images are no longer the ones {fs.name}'s features "
                                 f"were made from (labels differ); re-extract, or point --data-dir at the same data")
-    return ds
+    ds._hash = None
 
 
 def check_comparable(sets: list[FeatureSet]) -> None:
