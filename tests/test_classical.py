@@ -332,3 +332,31 @@ def test_two_stores_of_one_backbone_are_two_feature_sets_named_by_their_recipes(
     r = run_cli(runner, "classify", "--features", f"{st1},{twin}", "--out", tmp_path / "o2")
     assert_one_line_error(r, "hold toynet features of one recipe; pass one of them")
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_model_the_full_disk_could_not_save_stops_the_run_in_one_line(tmp_path, runner, store, monkeypatch):
+    """Issue 42 row 7: a model that could not be written for a full disk was logged and the run went on to
+    exit 0, its report claiming every model saved. The disk's error stops it; the first model and its record
+    stay, the second leaves no record, no model and no temporary file."""
+    import errno
+    import os
+
+    import skops.io
+
+    real, calls = skops.io.dump, []
+
+    def full_on_second(est, f, **kw):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(est, f, **kw)
+
+    monkeypatch.setattr(skops.io, "dump", full_on_second)
+    out = tmp_path / "o"
+    r = run_cli(runner, "classify", "--features", store, "--classifiers", "lda,knn", "--grid", "quick",
+                "--out", out)
+    last = r.stderr.strip().splitlines()[-1]  # after the first model's result line
+    assert r.exit_code == 1 and "Traceback" not in r.output and last.startswith("error: writing"), r.output
+    assert "toynet_knn.skops: No space left on device (disk full)" in last
+    assert [rec["classifier"] for rec in json.loads((out / "results.json").read_text())] == ["lda"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["toynet_lda.json", "toynet_lda.skops"]

@@ -440,6 +440,8 @@ def _save_model_or_say_why(out: Path, fs: FeatureSet, rec: dict, est, array_api:
     try:
         rec["model"] = save_model(out, fs, rec, est, (lambda a: np.asarray(array_api.tonumpy(a)))
                                   if array_api is not None else None)
+    except PipelineError:  # the disk, not the estimator (a full disk, a file in the way): the run stops here
+        raise
     except OSError as e:
         raise PipelineError(f"{out}/models: cannot save the model ({e.strerror or e})") from None
     except Exception as e:  # noqa: BLE001 - an estimator skops cannot write (e.g. a GPU proxy)
