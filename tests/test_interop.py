@@ -145,3 +145,37 @@ def test_files_are_not_named_after_the_image_folder_changed(tmp_path, runner):
     assert not (tmp_path / "t.csv").exists()
     r = run_cli(runner, "neighbors", "--features", store, first, "-k", 2)
     assert_one_line_error(r, "images have changed since", "extract it again")
+
+
+def test_image_embedder_decodes_a_pil_image_as_it_decodes_its_file(tmp_path):
+    """Issue 42 row 8: an RGBA cut-out, a 16-bit scan and a phone's EXIF-rotated JPEG embedded differently
+    as PIL images than as paths (cosine 0.92-0.95). Now bit-identical; the natural (N, 28, 28) array is taken,
+    and a read-only array draws no warning."""
+    import warnings
+
+    from PIL import Image
+
+    from pipeline import ImageEmbedder
+    from pipeline.errors import PipelineError
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (40, 30, 4), dtype=np.uint8)
+    rgba[:20, :, 3] = 0  # the top half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    Image.fromarray(rng.integers(0, 65536, (30, 40), dtype=np.uint16)).save(tmp_path / "scan.png")
+    im = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    im.save(tmp_path / "phone.jpg", exif=exif)
+    paths = [tmp_path / n for n in ("cutout.png", "scan.png", "phone.jpg")]
+    emb = ImageEmbedder("resnet18", **FAST).fit()
+    np.testing.assert_array_equal(emb.transform([Image.open(p) for p in paths]), emb.transform(paths))
+
+    grey = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    grey.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "The given NumPy array is not writable" was one
+        stacked = emb.transform(grey)
+    np.testing.assert_array_equal(stacked, emb.transform([g for g in grey]))
+    with pytest.raises(PipelineError, match=r"looks like one \(H, W, C\) image: pass a list"):
+        emb.transform(np.zeros((28, 28, 3), np.uint8))

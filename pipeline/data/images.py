@@ -62,21 +62,27 @@ def verify_image(path: Path) -> None:
 
 
 def decode_image(path: Path) -> np.ndarray:
-    """One image file -> uint8 (C, H, W) with C = 1 (grayscale) or 3 (anything else). As a viewer shows it: a
-    camera's EXIF orientation applied, transparency composited over white, 16-bit images scaled to 8 bits."""
+    """One image file -> uint8 (C, H, W) with C = 1 (grayscale) or 3 (anything else), as `as_viewed` makes it."""
+    with _guarded(path) as im:
+        return as_viewed(im)
+
+
+def as_viewed(im) -> np.ndarray:
+    """A PIL image -> uint8 (C, H, W), C = 1 or 3, as a viewer shows it: a camera's EXIF orientation applied,
+    transparency composited over white, 16-bit images scaled to 8 bits. Files and PIL images alike go
+    through it, so a photo embeds the same whichever way it is given."""
     from PIL import Image, ImageOps
 
-    with _guarded(path) as im:
-        im = ImageOps.exif_transpose(im) or im  # phone photos are often stored sideways
-        if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grayscale: scale, do not clip, to 0..255
-            a = np.asarray(im, dtype=np.float64)
-            top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-            return np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)[None]
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            im = im.convert("L" if _is_gray(rgba) else "RGB")
-        return from_pil(im.convert("L" if im.mode in ("L", "1") else "RGB"))
+    im = ImageOps.exif_transpose(im) or im  # phone photos are often stored sideways
+    if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grayscale: scale, do not clip, to 0..255
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        return np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)[None]
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        im = im.convert("L" if _is_gray(rgba) else "RGB")
+    return from_pil(im.convert("L" if im.mode in ("L", "1") else "RGB"))
 
 
 def to_pil(img: np.ndarray):

@@ -8,8 +8,8 @@
 
 `fit` learns nothing (it builds the backbone and engine: "auto" resolved there, as scikit-learn resolves it in
 fit); `transform` takes image paths, PIL images or uint8 arrays ((H, W), (H, W, C) or (C, H, W), or one
-(N, C, H, W) / (N, H, W, C) array) and returns float32 (n, dim) embeddings made as `pipeline extract` makes
-them: the same backbone, weights, preprocessing and engine.
+(N, H, W) / (N, C, H, W) / (N, H, W, C) array) and returns float32 (n, dim) embeddings made as `pipeline
+extract` makes them: the same decoding, backbone, weights, preprocessing and engine.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from pipeline.data.images import decode_image, from_pil
+from pipeline.data.images import as_viewed, decode_image
 from pipeline.embed.backbones import build_backbone
 from pipeline.embed.engines import make_engine
 from pipeline.embed.int8 import CALIBRATION_IMAGES, CALIBRATION_SEED, Calibration, calibration_of
@@ -96,12 +96,15 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
 
 
 def _images(X) -> list[np.ndarray]:
-    """Whatever a user holds as images -> a list of uint8 (C, H, W) arrays, C = 1 or 3."""
-    if isinstance(X, np.ndarray) and X.ndim == 4:
+    """Whatever a user holds as images -> a list of writable uint8 (C, H, W) arrays, C = 1 or 3."""
+    if isinstance(X, np.ndarray) and X.ndim == 3 and X.shape[2] in (1, 3, 4):
+        raise PipelineError(f"an array of shape {X.shape} looks like one (H, W, C) image: pass a list of images "
+                            f"([image]), or an (N, H, W) / (N, C, H, W) / (N, H, W, C) array")
+    if isinstance(X, np.ndarray) and X.ndim in (3, 4):  # (N, H, W) grey, as MNIST-style arrays come; or 4-D
         X = list(X)
-    elif isinstance(X, np.ndarray) and X.ndim != 1:  # one image as an array, or a feature matrix
-        raise PipelineError(f"transform takes a list of images (or an (N, C, H, W) / (N, H, W, C) array), not an "
-                            f"array of shape {X.shape}")
+    elif isinstance(X, np.ndarray) and X.ndim != 1:  # a feature matrix
+        raise PipelineError(f"transform takes a list of images (or an (N, H, W), (N, C, H, W) or (N, H, W, C) "
+                            f"array), not an array of shape {X.shape}")
     if isinstance(X, str | os.PathLike) or hasattr(X, "convert"):
         raise PipelineError("transform takes a list of images (paths, PIL images or arrays), not one image")
     return [_image(x) for x in X]
@@ -110,15 +113,15 @@ def _images(X) -> list[np.ndarray]:
 def _image(x) -> np.ndarray:
     if isinstance(x, str | os.PathLike):
         return decode_image(x)
-    if hasattr(x, "convert"):  # a PIL image
-        return from_pil(x.convert("L" if x.mode in ("L", "1") else "RGB"))
+    if hasattr(x, "convert"):  # a PIL image: decoded as a file is (orientation, transparency, 16 bits)
+        return as_viewed(x)
     a = np.asarray(x)
     if a.dtype != np.uint8:
         raise PipelineError(f"an image array must be uint8 (0..255), not {a.dtype}")
     if a.ndim == 2:
-        return a[None]
-    if a.ndim == 3 and a.shape[0] in (1, 3):
-        return a
-    if a.ndim == 3 and a.shape[2] in (1, 3):
-        return np.ascontiguousarray(a.transpose(2, 0, 1))
-    raise PipelineError(f"an image array must be (H, W), (H, W, C) or (C, H, W) with C = 1 or 3, not {a.shape}")
+        a = a[None]
+    elif a.ndim == 3 and a.shape[2] in (1, 3) and a.shape[0] not in (1, 3):
+        a = a.transpose(2, 0, 1)
+    elif not (a.ndim == 3 and a.shape[0] in (1, 3)):
+        raise PipelineError(f"an image array must be (H, W), (H, W, C) or (C, H, W) with C = 1 or 3, not {a.shape}")
+    return np.ascontiguousarray(a) if a.flags.writeable else a.copy()  # torch warns on a read-only array
