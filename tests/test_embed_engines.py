@@ -66,3 +66,43 @@ def test_openvino_usage_telemetry_is_declined():
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "None"]
 
+
+
+def test_converted_models_are_cached_by_recipe_and_give_the_same_features(tmp_path, monkeypatch):
+    """The second engine of a recipe reads the converted model from the cache (a skipped extract, predict and
+    evaluate no longer convert for seconds), says so, and embeds bit-identically; other weights are another
+    entry; a cache that cannot be written costs only the saving, and is said."""
+    pytest.importorskip("openvino")
+    import numpy as np
+    import torch
+
+    from pipeline.embed import engines
+    from pipeline.embed.backbones import build_backbone
+
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+    converts = []
+    real = engines.OpenVINOEngine._convert
+    monkeypatch.setattr(engines.OpenVINOEngine, "_convert", lambda self, c: converts.append(c) or real(self, c))
+    batch = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
+
+    def embed(bb):
+        eng = engines.make_engine(bb, "cpu", "bf16", "openvino", channels=1)
+        return eng.describe()["converted_model"], np.concatenate(list(eng.map([batch])))
+
+    how, first = embed(build_backbone("resnet18", "none", None, 32))
+    assert how == {"1": "made"} and converts == [1]
+    how, again = embed(build_backbone("resnet18", "none", None, 32))
+    assert how == {"1": "cached"} and converts == [1]
+    np.testing.assert_array_equal(first, again)
+    other = build_backbone("resnet18", "none", None, 32)
+    with torch.no_grad():
+        next(other.model.parameters()).mul_(2)  # same name and shape, other weights: never the cached model
+    how, _ = embed(other)
+    assert how == {"1": "made"} and converts == [1, 1]
+    assert len(list((tmp_path / "cache" / "openvino").iterdir())) == 2
+
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("not a folder")
+    how, unsaved = embed(build_backbone("resnet18", "none", None, 32))
+    assert how["1"].startswith("made, not cached (") and converts == [1, 1, 1]
+    np.testing.assert_array_equal(unsaved, first)

@@ -12,6 +12,7 @@ own device (`Preprocess`: resize/normalise batched, never per-image PIL). Knows 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import queue
 import threading
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 
 from pipeline.embed.backbones import Backbone, Normalized
-from pipeline.embed.int8 import Calibration, calibration_batches, import_nncf, int8_layers, quantized
+from pipeline.embed.graphcache import cached_model
+from pipeline.embed.int8 import Calibration, calibration_batches, import_nncf, int8_layers, quantized, quiet_torch
 from pipeline.embed.request import ENGINES, IMAGE_SIZE, PRECISIONS
 from pipeline.errors import PipelineError
 from pipeline.hardware import auto_precision, cpu_name, device_name, resolve_device
@@ -171,30 +173,46 @@ class OpenVINOEngine:
         self.size = backbone.image_size
         self._compiled: dict[int, object] = {}
         self._int8: dict[int, dict] = {}  # per graph: how its int8 model was had and how much of it ran int8
+        self._graphs: dict[int, str] = {}  # per graph: its converted model made now or read from the cache
         self.nreq = 1
         # int8: one 3-channel model, grey input repeated before it, so that one calibrated model serves a
         # store's grey images and anyone's colour photos later (predict, evaluate)
         self._compile(3 if precision == "int8" else channels)
 
+    def _convert(self, channels: int):
+        """The backbone as an OpenVINO model for resized float input of `channels`: through torch.export, not
+        convert_model's own torch.jit.trace (deprecated: a FutureWarning per call); the batch dimension dynamic
+        (an example of 2: export fixes a dimension of size 1)."""
+        s = self.size
+        graph = Normalized(self.preprocess, self.model, channels).eval()
+        try:
+            program = torch.export.export(graph, (torch.zeros(2, channels, s, s),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+        except Exception:  # noqa: BLE001 - a model export cannot capture (data-dependent code): traced
+            program = None
+        with _no_telemetry(), quiet_torch():  # convert_model imports NNCF where it is installed
+            if program is not None:
+                return self._ov.convert_model(program, input=[(-1, channels, s, s)])
+            with warnings.catch_warnings():  # convert_model's own trace: torch warns, which says nothing to the user
+                warnings.simplefilter("ignore")
+                return self._ov.convert_model(graph, example_input=torch.zeros(1, channels, s, s),
+                                              input=[(-1, channels, s, s)])
+
+    def _graph_recipe(self, channels: int) -> dict:
+        """What makes two converted models the same: the cache's key (the weights and the module tree hashed,
+        so a fine-tuned or other-weights model of the same name is another entry)."""
+        bb, h = self.backbone, hashlib.sha256(repr(self.model).encode())
+        for k, v in self.model.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+        return {"format": 1, "backbone": bb.name, "layer": bb.layer, "image_size": self.size, "channels": channels,
+                "mean": list(bb.mean), "std": list(bb.std), "model_sha256": h.hexdigest(),
+                "versions": {"openvino": self._ov.__version__, "torch": torch.__version__}}
+
     def _compile(self, channels: int):
         if channels not in self._compiled:
-            s = self.size
-            # torch.export, not convert_model's own torch.jit.trace (deprecated: a FutureWarning per call); the
-            # batch dimension dynamic (an example of 2: export fixes a dimension of size 1)
-            graph = Normalized(self.preprocess, self.model, channels).eval()
-            try:
-                program = torch.export.export(graph, (torch.zeros(2, channels, s, s),),
-                                              dynamic_shapes=({0: torch.export.Dim("batch")},))
-            except Exception:  # noqa: BLE001 - a model export cannot capture (data-dependent code): traced
-                program = None
-            with _no_telemetry():
-                if program is not None:
-                    model = self._ov.convert_model(program, input=[(-1, channels, s, s)])
-                else:  # convert_model's own trace: torch warns about tracing, which says nothing to the user
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        model = self._ov.convert_model(graph, example_input=torch.zeros(1, channels, s, s),
-                                                       input=[(-1, channels, s, s)])
+            model, self._graphs[channels], _ = cached_model(self._ov, "openvino", self._graph_recipe(channels),
+                                                            lambda: self._convert(channels), required=False)
             if self.asked == "int8":
                 model, how, entry = quantized(self._ov, model, self._int8_recipe(channels),
                                               lambda: calibration_batches(self.calibration, self.preprocess.resize,
@@ -235,7 +253,8 @@ class OpenVINOEngine:
         out = {"engine": "openvino", "precision": self.precision, "infer_requests": self.nreq,
                "request_images": REQUEST_IMAGES, "device": "cpu", "device_name": cpu_name(),
                "openvino": openvino.__version__,
-               "split": "resize in torch (float32); channels->3, normalise and model in OpenVINO"}
+               "split": "resize in torch (float32); channels->3, normalise and model in OpenVINO",
+               "converted_model": {str(c): v for c, v in sorted(self._graphs.items())}}
         if self.asked == "int8":
             out["int8"] = {"calibration": self.calibration.describe(), "nncf": import_nncf().__version__,
                            "rest": "fp32", "graphs": {str(c): v for c, v in sorted(self._int8.items())}}

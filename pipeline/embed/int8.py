@@ -5,24 +5,20 @@ the training images, the quantized model cached by its recipe so a rerun does no
     cal = calibration_sample(dataset)          # CALIBRATION_IMAGES training images, CALIBRATION_SEED
     model, how = quantized(ov_model, recipe, batches)   # how: "calibrated" or "cached"
 
-The cache lives in `$PIPELINE_CACHE_DIR` (default `~/.cache/pipeline`), under int8/<recipe hash>/; each
-entry holds model.xml, model.bin and the recipe.json it was made from. pipeline writes an entry whole (a
-temporary folder renamed into place) and never deletes one.
+The cache (`graphcache.py`) keeps it under `$PIPELINE_CACHE_DIR/int8/<recipe hash>/`.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.embed.graphcache import cache_dir, cached_model, recipe_key  # noqa: F401 - recipe_key: the tests'
 from pipeline.errors import PipelineError
 
 CALIBRATION_IMAGES = 300  # NNCF's own default subset size
@@ -89,47 +85,22 @@ def calibration_batches(cal: Calibration, resize, channels: int) -> list[np.ndar
     return [np.concatenate(out[a:a + CALIBRATION_BATCH]) for a in range(0, len(out), CALIBRATION_BATCH)]
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("PIPELINE_CACHE_DIR")
-    return Path(root).expanduser() if root else Path("~/.cache/pipeline").expanduser()
-
-
-def recipe_key(recipe: dict) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def quantized(ov, model, recipe: dict, batches) -> tuple[object, str, Path]:
     """The int8 model for `recipe`: read from the cache, else quantized by NNCF on `batches()` (a callable:
     the images are resized only when needed) and cached. Returns (model, "cached" | "calibrated", entry)."""
-    entry = cache_dir() / "int8" / recipe_key(recipe)
-    if (entry / "model.xml").is_file() and (entry / "model.bin").is_file():
-        return ov.Core().read_model(str(entry / "model.xml")), "cached", entry
-    nncf = import_nncf()
-    data = batches()
-    with contextlib.redirect_stdout(sys.stderr), _quiet_torch():  # NNCF's progress bars: stdout is for results
-        q = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data))
-    tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
-    try:
-        tmp.mkdir(parents=True, exist_ok=True)
-        ov.save_model(q, str(tmp / "model.xml"), compress_to_fp16=False)
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1, sort_keys=True, default=str))
-        try:
-            tmp.rename(entry)
-        except OSError:  # another process cached the same recipe first: theirs is the same model
-            pass
-    except OSError as e:
-        raise PipelineError(f"cannot cache the int8 model in {entry.parent} ({e.strerror}); set "
-                            f"PIPELINE_CACHE_DIR to a writable folder") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder, never a finished entry
-    # the model as read back from the cache, not NNCF's in memory (they can differ in a last bit): a run that
-    # calibrates and a run that reads the cache give the same features
-    return ov.Core().read_model(str(entry / "model.xml")), "calibrated", entry
+    def calibrate():
+        nncf = import_nncf()
+        data = batches()
+        with contextlib.redirect_stdout(sys.stderr), quiet_torch():  # NNCF's progress bars: stdout is for results
+            return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data))
+
+    q, how, entry = cached_model(ov, "int8", recipe, calibrate)
+    return q, "calibrated" if how == "made" else how, entry
 
 
 def import_nncf():
     try:
-        with _quiet_torch():
+        with quiet_torch():
             import nncf
     except ImportError:
         raise PipelineError("--precision int8 needs NNCF: `pip install nncf` (or pipeline's extra: "
@@ -138,8 +109,9 @@ def import_nncf():
 
 
 @contextlib.contextmanager
-def _quiet_torch():
-    """NNCF imports torch.utils.cpp_extension, which warns on a machine without CUDA that it found none."""
+def quiet_torch():
+    """NNCF imports torch.utils.cpp_extension, which warns on a machine without CUDA that it found none (and
+    OpenVINO's convert_model imports NNCF where it is installed)."""
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
     logger.setLevel(logging.ERROR)

@@ -49,22 +49,28 @@ class PCAMap:
 
 
 class TSNEMap:
-    """openTSNE (FFT-accelerated) on the first 50 principal components, as the study did.
-
-    `ints_in_interval=2` (openTSNE's default is 1) halves the FFT grid (docs/decisions.md#tsne-grid)."""
+    """openTSNE on the first 50 principal components, as the study did: FFT-accelerated from BH_ROWS rows,
+    Barnes-Hut below (benchmarks/bench_tsne_gradient.py: 6.8x faster on 160 rows, 1.5x on 2,000, 0.82x on
+    4,000; docs/decisions.md#tsne-grid). `ints_in_interval=2` (openTSNE's default is 1) halves the FFT grid."""
     name, label, params = "tsne", "t-SNE", {"pca": 50, "perplexity": 30, "initialization": "pca",
-                                            "negative_gradient_method": "fft", "ints_in_interval": 2}
+                                            "negative_gradient_method": "bh below 3,000 rows, else fft",
+                                            "ints_in_interval": 2}
     requires = ("openTSNE", "openTSNE")
+    BH_ROWS = 3_000
 
     def __init__(self, n_jobs: int = 1):
         self.n_jobs = n_jobs
+
+    def ran(self, rows: int) -> dict:
+        """What a fit on `rows` rows runs, where the parameters leave it to the data."""
+        return {"negative_gradient_method": "bh" if rows < self.BH_ROWS else "fft"}
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         TSNE = _need("openTSNE", "openTSNE").TSNE
         p = self.params
         Z = _pca(X, p["pca"], standardize=False)
         emb = TSNE(perplexity=min(p["perplexity"], max(1, (len(Z) - 1) // 3)), initialization=p["initialization"],
-                   negative_gradient_method=p["negative_gradient_method"],
+                   negative_gradient_method=self.ran(len(Z))["negative_gradient_method"],
                    ints_in_interval=p["ints_in_interval"], n_jobs=self.n_jobs,
                    random_state=SEED).fit(Z)
         return np.asarray(emb, dtype=np.float32)

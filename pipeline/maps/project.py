@@ -109,6 +109,7 @@ def _project(sets, methods, out: Path, backend, n_jobs, log) -> dict:
             if coords.shape != (len(X), 2) or not np.isfinite(coords).all():
                 raise PipelineError(f"{m} produced no usable 2-D map for {fs.name} (shape {coords.shape})")
             meta = {"feature_set": fs.name, "method": m, "label": method.label, "params": method.params,
+                    **({"ran": method.ran(len(X))} if hasattr(method, "ran") else {}),
                     "implementation": type(method).__name__, "fingerprint": fs.fingerprint, "rows": len(X),
                     "n_train": len(fs.y_train), "n_test": len(fs.y_test), "seconds": round(seconds, 2),
                     "knn_accuracy": knn_accuracy(coords, y), "knn": KNN,
