@@ -9,8 +9,14 @@ os.environ.setdefault("SCIPY_ARRAY_API", "1")  # array-API tests need it before 
 # UMAP's compiled code: one cache for the suite and every process it starts, outside the user's home
 os.environ.setdefault("PIPELINE_NUMBA_CACHE",
                       os.path.join(tempfile.gettempdir(), f"pipeline-tests-numba-{os.getuid()}"))
-# int8 models calibrated by the tests: cached outside the user's home (a test that checks the cache sets its own)
-os.environ.setdefault("PIPELINE_CACHE_DIR", tempfile.mkdtemp(prefix="pipeline-tests-cache-"))
+# converted and int8 models made by the tests: cached outside the user's home for the suite and every process it
+# starts (a test that checks the cache sets its own), and removed when the suite ends
+if "PIPELINE_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+
+    os.environ["PIPELINE_CACHE_DIR"] = tempfile.mkdtemp(prefix="pipeline-tests-cache-")
+    atexit.register(shutil.rmtree, os.environ["PIPELINE_CACHE_DIR"], ignore_errors=True)
 
 import pickle
 from pathlib import Path
