@@ -144,3 +144,38 @@ def test_accuracy_bars_legend_of_a_long_feature_set_name_is_shortened():
         _inside_figure(fig, ax.get_legend().get_texts())
     finally:
         plt.close(fig)
+
+
+def test_a_figure_of_unchanged_inputs_is_not_drawn_again(tmp_path, monkeypatch):
+    """A report rewritten from the same records keeps its figures (the file untouched); a changed record, or a
+    file that is not the figure, is drawn again."""
+    from pipeline.render import figures
+
+    recs = [{"feature_set": s, "classifier": "lda", "label": "LDA", "classes": FASHION_MNIST_CLASSES,
+             "test_accuracy": a, "confusion_matrix": (np.eye(10, dtype=int) * 5).tolist()}
+            for s, a in (("raw", 0.8), ("toynet", 0.9))]
+    path = tmp_path / "confusion.png"
+    drawn = []
+    real = figures.draw_confusion_grid
+    monkeypatch.setattr(figures, "draw_confusion_grid", lambda *a: drawn.append(1) or real(*a))
+    figures.confusion_grid(recs, path)
+    first = path.stat().st_mtime_ns
+    figures.confusion_grid(recs, path)
+    assert len(drawn) == 1 and path.stat().st_mtime_ns == first
+    recs[1]["test_accuracy"] = 0.91
+    figures.confusion_grid(recs, path)
+    assert len(drawn) == 2
+    path.write_bytes(b"not a png")
+    figures.confusion_grid(recs, path)
+    assert len(drawn) == 3 and path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_map_figure_is_drawn_again_when_one_coordinate_moves(tmp_path):
+    from pipeline.render.figures import map_figure
+
+    panels = _panels()
+    path = map_figure(panels, FASHION_MNIST_CLASSES, "PCA", tmp_path / "pca.png")
+    first = path.stat().st_mtime_ns
+    assert map_figure(panels, FASHION_MNIST_CLASSES, "PCA", path).stat().st_mtime_ns == first
+    panels[1][1][40, 0] += 1e-9  # one point, far below what numpy prints of it
+    assert map_figure(panels, FASHION_MNIST_CLASSES, "PCA", path).stat().st_mtime_ns != first

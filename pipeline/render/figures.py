@@ -1,10 +1,13 @@
 """Figures (matplotlib, headless): drawn from numbers other stages computed; knows nothing of how."""
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.console import content_key
 from pipeline.files import replacing
 
 
@@ -113,7 +116,7 @@ def draw_confusion_grid(records: list[dict], key: str = "confusion_matrix", accu
 
 def confusion_grid(records: list[dict], path: Path, key: str = "confusion_matrix",
                    accuracy_key: str = "test_accuracy") -> Path:
-    return _save(draw_confusion_grid(records, key, accuracy_key), path)
+    return _drawn(path, [records, key, accuracy_key], lambda: draw_confusion_grid(records, key, accuracy_key))
 
 
 # The original study's colour per Fashion-MNIST class (its Figures 4 and 5); other datasets use tab10/tab20.
@@ -162,7 +165,7 @@ def draw_maps(panels, classes: list[str], method: str):
 
 
 def map_figure(panels, classes: list[str], method: str, path: Path) -> Path:
-    return _save(draw_maps(panels, classes, method), path)
+    return _drawn(path, [panels, classes, method], lambda: draw_maps(panels, classes, method))
 
 
 def draw_accuracy_bars(records: list[dict], study: dict | None = None):
@@ -198,7 +201,7 @@ def draw_accuracy_bars(records: list[dict], study: dict | None = None):
 
 
 def accuracy_figure(records: list[dict], path: Path, study: dict | None = None) -> Path:
-    return _save(draw_accuracy_bars(records, study), path)
+    return _drawn(path, [records, study], lambda: draw_accuracy_bars(records, study))
 
 
 def draw_learning_curve(rec: dict):
@@ -260,7 +263,7 @@ def draw_transfer_modes(rows: list[dict]):
 
 
 def transfer_figure(rows: list[dict], path: Path) -> Path:
-    return _save(draw_transfer_modes(rows), path)
+    return _drawn(path, rows, lambda: draw_transfer_modes(rows))
 
 
 def _label_inches(fig, texts) -> float:
@@ -269,12 +272,45 @@ def _label_inches(fig, texts) -> float:
     return max((t.get_window_extent(renderer).width for t in texts), default=0.0) / fig.dpi
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, key: str | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with replacing(path) as f:
-            fig.savefig(f, format=path.suffix.lstrip(".") or "png")
+            fig.savefig(f, format=path.suffix.lstrip(".") or "png", **({"metadata": {KEY: key}} if key else {}))
     finally:
         _plt().close(fig)
     return path
+
+
+KEY = "pipeline-figure-key"  # a PNG text chunk: what the figure was drawn from
+
+
+def _drawn(path: Path, inputs, draw) -> Path:
+    """`draw()` saved as `path`, unless `path` already holds the figure of these `inputs` drawn by this code
+    (a report rewritten from unchanged records redraws nothing)."""
+    from PIL import Image
+
+    key = content_key([inputs, _code_key()], default=_as_key)
+    try:
+        with Image.open(path) as im:
+            if im.info.get(KEY) == key:
+                return Path(path)
+    except (OSError, ValueError):  # none yet, or not a PNG it can read: drawn
+        pass
+    return _save(draw(), path, key)
+
+
+def _as_key(obj) -> str:
+    """An array (map coordinates, labels) as its exact content, not numpy's elided text."""
+    if isinstance(obj, np.ndarray):
+        return f"{obj.dtype}{obj.shape}:{hashlib.sha256(np.ascontiguousarray(obj).data).hexdigest()}"
+    return str(obj)
+
+
+@functools.cache
+def _code_key() -> str:
+    """This module's source and matplotlib's version: a change to either draws every figure again."""
+    import matplotlib
+
+    return content_key([Path(__file__).read_text(), matplotlib.__version__])
