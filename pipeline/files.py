@@ -206,6 +206,19 @@ def _refuse_special(path: Path) -> None:
                             f"replace it: choose another output")
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
+
+def _tmp_stem(name: str) -> str:
+    """`name` as the start of its temporary file's name: whole, or, where the tag and the random part would
+    take the name past NAME_MAX bytes, cut and told apart by a hash of the whole."""
+    room = NAME_MAX - len(f".{TMP_TAG}12345678.tmp")
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return name
+    return os.fsdecode(raw[:room - 9]) + "-" + hashlib.sha256(raw).hexdigest()[:8]
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike):
     """Yield an open binary file beside `path` under a unique temporary name (tagged, so a sweep finds it if
@@ -215,7 +228,7 @@ def replacing(path: str | os.PathLike):
     path = Path(path)
     _refuse_special(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_TAG}", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_tmp_stem(path.name)}{TMP_TAG}", suffix=".tmp")
     except OSError as e:
         raise io_error(e, f"writing {path}") from None
     try:

@@ -2,12 +2,16 @@
 them), and grouped as each command takes them. `pipeline.cli` puts them on its commands."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
 from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS
 from pipeline.data import DATASET, DATASETS, TEST_FRACTION
 from pipeline.data.idx import DEBIAN_FASHION_MNIST
 from pipeline.embed.request import BACKBONE, ENGINES, IMAGE_SIZE, LITE, PRECISIONS, WEIGHTS, ExtractRequest
+from pipeline.errors import PipelineError
 from pipeline.maps.methods import DEFAULT_METHODS, METHODS
 from pipeline.models.heads import HEADS, TRANSFORMS, HeadSpec
 from pipeline.results import REPORTS_ROOT, report_dir
@@ -31,7 +35,23 @@ STUDY_OUT = str(report_dir(DATASET))  # report and evaluate: the default study's
 STORE_HELP = f"a backbone name (its store under {FEATURES_ROOT}/<dataset>/) or a store PATH"
 DEVICE = click.option("--device", default="auto", show_default=True,
                       help="auto (the first CUDA device if there is one, else the CPU) | cpu | cuda[:N]")
-N_JOBS = click.option("--n-jobs", type=int, default=None, help="Parallel fits / threads [default: all cores].")
+def _n_jobs(ctx, param, value: int | None) -> int | None:
+    """--n-jobs: a positive number, or -1 (scikit-learn's 'all cores', the default) as None."""
+    if value is None or value == -1:
+        return None
+    if value < 1:
+        raise PipelineError(f"--n-jobs {value}: give a positive number of parallel jobs, or -1 for all cores")
+    return value
+
+
+def _seed(ctx, param, value: int) -> int:
+    if not 0 <= value < 2**32:
+        raise PipelineError(f"--seed {value}: give a seed in 0..{2**32 - 1} (NumPy and torch take no other)")
+    return value
+
+
+N_JOBS = click.option("--n-jobs", type=int, default=None, callback=_n_jobs,
+                      help="Parallel fits / threads [default: all cores; -1 too].")
 WEIGHTS_FILE = click.option("--weights", default=None, help="PATH to the backbone's weights when it is not where "
                                                             "the store found it (checked by sha256).")
 BACKBONE_OPTION = click.option("--backbone", default=BACKBONE, show_default=True,
@@ -56,8 +76,18 @@ def cv(help: str = "Cross-validation folds."):
     return click.option("--cv", type=int, default=DEFAULT_CV, show_default=True, help=help)
 
 
+def _out(ctx, param, value: str | None) -> str | None:
+    """--out as a path with a name: `.` or `..` as the folder they mean; the file system's root refused."""
+    if value is None:
+        return value
+    full = os.path.abspath(os.path.expanduser(value))
+    if full == os.path.abspath(os.sep):
+        raise PipelineError(f"--out {value}: the file system's root cannot be an output; choose a folder of its own")
+    return full if Path(value).name in ("", "..") else value
+
+
 def out(help: str, default=None, **path):
-    return click.option("--out", type=click.Path(path_type=str, **path), default=default,
+    return click.option("--out", type=click.Path(path_type=str, **path), default=default, callback=_out,
                         show_default=default is not None, help=help)
 
 
@@ -137,7 +167,7 @@ training_options = options(  # how to train: the same options, help and defaults
     click.option("--precision", type=click.Choice(tc.TRAIN_PRECISIONS), default=tc.TrainConfig.precision,
                  show_default=True,
                  help="auto: bf16 autocast where the hardware has it (GPUs; CPUs with AVX-512-bf16 or AMX)."),
-    click.option("--seed", type=int, default=tc.TrainConfig.seed, show_default=True),
+    click.option("--seed", type=int, default=tc.TrainConfig.seed, show_default=True, callback=_seed),
     overwrite("Start over instead of resuming a checkpoint (and replace a finished record)."),
 )
 

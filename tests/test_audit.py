@@ -233,3 +233,14 @@ def test_pixel_check_and_groups():
     assert dup.confirmed(corr, mad).tolist() == [True, True, False, True]
     assert dup.groups(6, [(0, 1), (1, 2), (4, 5)]) == [[0, 1, 2], [4, 5]]
     assert dup.exact_pairs(["a", "b", "a", "a"]) == [(0, 2), (0, 3)]
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--n-jobs", 0], "--n-jobs 0: give a positive number of parallel jobs, or -1 for all cores"),
+    (["--n-jobs", -2], "--n-jobs -2"),
+])
+def test_bad_audit_options_are_one_line_before_any_work(tmp_path, runner, extra, says):
+    """Issue 42 row 15: `audit --n-jobs 0` was a traceback from scikit-learn, after the work before it."""
+    r = run_cli(runner, "audit", "--features", tmp_path / "no-store", "--out", tmp_path / "o", *extra)
+    assert_one_line_error(r, says)
+    assert not (tmp_path / "o").exists()

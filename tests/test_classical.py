@@ -360,3 +360,12 @@ def test_a_model_the_full_disk_could_not_save_stops_the_run_in_one_line(tmp_path
     assert "toynet_knn.skops: No space left on device (disk full)" in last
     assert [rec["classifier"] for rec in json.loads((out / "results.json").read_text())] == ["lda"]
     assert sorted(p.name for p in (out / "models").iterdir()) == ["toynet_lda.json", "toynet_lda.skops"]
+
+
+@pytest.mark.parametrize("limit", [0, -3])
+def test_limit_is_checked_when_the_features_are_a_store_path(tmp_path, runner, store, limit):
+    """Issue 42 row 14: with a store path, --limit 0 was a traceback and --limit -3 silently dropped the last
+    three rows of each split."""
+    r = run_cli(runner, "classify", "--features", store, "--limit", limit, "--out", tmp_path / "o")
+    assert_one_line_error(r, f"--limit must be a positive number of images, not {limit}")
+    assert not (tmp_path / "o").exists()

@@ -252,3 +252,11 @@ def test_store_of_a_test_only_folder_loads(folder_dir, tmp_path):
     f = load_features(tmp_path / "s")
     assert f.X_train.shape == (0, 512) and f.y_train.shape == (0,) and f.X_test.shape == (9, 512)
 
+
+
+def test_an_empty_layer_name_is_one_line(tmp_path, runner, idx_dir):
+    """Issue 42 row 15: `--layer ''` named the whole model (the root module's name is '') and failed deep in
+    torchvision's feature extraction."""
+    r = run_cli(runner, "extract", "--data-dir", idx_dir, "--weights", "none", "--layer", "", "--out", tmp_path / "s")
+    assert_one_line_error(r, "--layer '' is not a node of resnet18")
+    assert not (tmp_path / "s").exists()

@@ -65,3 +65,22 @@ def test_users_hidden_tmp_files_in_out_are_not_swept(tmp_path, runner, blob_stor
     assert r.exit_code == 0, r.output
     assert all(p.read_text() == "mine" for p in mine)
 
+
+
+def test_a_long_output_name_is_written_and_its_temporary_file_still_swept(tmp_path):
+    """Issue 42 row 17: a 240-byte --out name failed with "File name too long": the temporary name added 27
+    bytes. Now the temporary name is cut to fit (and told apart by a hash), and a killed writer's leftover of
+    it is still found by the sweep."""
+    import os
+
+    long = tmp_path / ("é" * 100 + "x" * 40 + ".csv")  # 244 bytes in UTF-8
+    atomic_write(long, "a,b\n")
+    assert long.read_text() == "a,b\n" and os.listdir(tmp_path) == [long.name]
+    from pipeline.files import TMP_TAG, _tmp_stem, remove_stale_tmp
+
+    left = tmp_path / f".{_tmp_stem(long.name)}{TMP_TAG}abcd1234.tmp"
+    left.write_text("half")
+    assert len(os.fsencode(left.name)) <= 255
+    remove_stale_tmp(tmp_path)
+    assert os.listdir(tmp_path) == [long.name]
+    assert _tmp_stem(long.name) != _tmp_stem(long.name[:-5] + "y.csv")  # cut alike, still told apart

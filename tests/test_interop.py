@@ -179,3 +179,24 @@ def test_image_embedder_decodes_a_pil_image_as_it_decodes_its_file(tmp_path):
     np.testing.assert_array_equal(stacked, emb.transform([g for g in grey]))
     with pytest.raises(PipelineError, match=r"looks like one \(H, W, C\) image: pass a list"):
         emb.transform(np.zeros((28, 28, 3), np.uint8))
+
+
+def test_dot_and_root_as_paths(tmp_path, runner, monkeypatch):
+    """Issue 42 row 13: `--out .` and a store path of `.` or `/` were `ValueError: PosixPath('.') has an empty
+    name`. `.` is the folder it means; `/` is refused in one line, and nothing is written there."""
+    from helpers import blobs, write_store
+
+    store = write_store(tmp_path / "st", *blobs(60), *blobs(30, seed=1))
+    r = run_cli(runner, "export", "--features", "/", "--to", "csv")
+    assert_one_line_error(r, "/ is not a finished feature store (no meta.json); run `pipeline extract` first")
+    r = run_cli(runner, "project", "--features", store, "--methods", "pca", "--out", "/")
+    assert_one_line_error(r, "--out /: the file system's root cannot be an output")
+    monkeypatch.chdir(store)
+    out = tmp_path / "o"
+    out.mkdir()
+    r = run_cli(runner, "export", "--features", ".", "--to", "csv", "--out", out / "t.csv")
+    assert r.exit_code == 0, r.output
+    monkeypatch.chdir(out)
+    r = run_cli(runner, "classify", "--features", store, "--classifiers", "lda", "--grid", "quick", "--out", ".")
+    assert r.exit_code == 0, r.output
+    assert (out / "results.json").is_file() and (out / "t.csv").is_file()

@@ -214,6 +214,8 @@ def test_a_finished_run_leaves_no_empty_checkpoints_folder(runner, tmp_path, sto
     (["--max-minutes", 0.00001], "too little for one epoch"),
     (["--hidden", "a,b"], "--hidden"),
     (["--lr", "fast"], "--lr 'fast'"),
+    (["--seed", -1], "--seed -1: give a seed in 0..4294967295"),  # issue 42 row 15: tracebacks before
+    (["--seed", 99999999999999999999], "--seed 99999999999999999999"),
 ])
 def test_bad_training_input_is_one_line(runner, tmp_path, store, extra, says):
     out = tmp_path / "out"

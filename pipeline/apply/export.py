@@ -67,6 +67,7 @@ def export(store: str | Path, to: str, out: str | Path | None = None, maps_dir: 
     if to not in FORMATS:
         raise PipelineError(f"--to {to!r}: choose {' or '.join(FORMATS)}")
     store = Path(store).expanduser().resolve()  # `--features .` has a name to put the file beside
+    fs = store_set(store)  # first: `/` is no store, and has no name to put a file beside
     out = Path(out) if out else store.with_name(f"{store.name}.{to}")
     refuse_to_replace(out, overwrite)
     if to == "parquet":
@@ -76,7 +77,6 @@ def export(store: str | Path, to: str, out: str | Path | None = None, maps_dir: 
         except ImportError:
             raise PipelineError("--to parquet needs pyarrow: pip install 'transfer-workbench[export]' "
                                 "(or --to csv)") from None
-    fs = store_set(store)
     cols = table(fs, Path(maps_dir) if maps_dir else None)
     X = cols.pop("embedding")
     meta = {"store": str(store), "backbone": fs.meta.get("backbone", {}).get("name"),

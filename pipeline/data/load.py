@@ -1,6 +1,7 @@
 """`load_dataset(name, ...)`: a dataset by name, from its reader, checked and cut to `--limit`."""
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -16,6 +17,12 @@ READERS = {"fashion-mnist": load_fashion_mnist, "mnist": load_mnist, "cifar10": 
 DATASETS = tuple(READERS)  # what --dataset takes
 
 
+def check_limit(limit: int | None) -> None:
+    """--limit: None (every image) or a positive number of images per split."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
+        raise PipelineError(f"--limit must be a positive number of images, not {limit}")
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
                  test_fraction: float | None = None, verify: bool = True) -> Dataset:
     """Read a dataset by name: 'fashion-mnist', 'mnist', 'cifar10' or 'folder'.
@@ -25,8 +32,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, limit: in
     root is then a test set, as `pipeline evaluate` and `predict` read it). `verify=False` skips an image
     folder's up-front check of every file (for a folder already read once, when only its paths are needed)."""
     check_names("dataset", [name], READERS)
-    if limit is not None and limit < 1:
-        raise PipelineError(f"--limit must be a positive number of images, not {limit}")
+    check_limit(limit)
     if data_dir is not None:
         data_dir = Path(data_dir).expanduser()
         if not data_dir.is_dir():

@@ -226,7 +226,7 @@ def _with_layer(model: nn.Module, layer: str | None, name: str) -> tuple[nn.Modu
 
     model.eval()
     nodes = get_graph_node_names(model)[1]
-    if layer not in nodes and layer not in dict(model.named_modules()):  # a module name means its last node
+    if not layer or (layer not in nodes and layer not in dict(model.named_modules())):  # a module: its last node
         close = [n for n in nodes if layer.split(".")[0] in n][:6] or nodes[-6:]
         raise PipelineError(f"--layer {layer!r} is not a node of {name}; e.g. {', '.join(close)} "
                             f"(torchvision.models.feature_extraction.get_graph_node_names lists all)")

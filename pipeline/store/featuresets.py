@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.console import progress_bar, split_names
 from pipeline.data import DATASET, TEST_FRACTION, dataset_slug, load_dataset
 from pipeline.data.images import from_pil, show_path, to_pil
+from pipeline.data.load import check_limit
 from pipeline.errors import PipelineError
 from pipeline.files import slug
 from pipeline.store.format import FEATURES_ROOT, Features, load_features, store_path
@@ -166,6 +167,7 @@ def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: in
                      features_root: Path = FEATURES_ROOT, raw_size: int = RAW_SIZE,
                      test_fraction: float | None = TEST_FRACTION) -> FeatureSet:
     """'raw' (pixels / 255 from the dataset), a backbone name (its store under features/), or a store path."""
+    check_limit(limit)  # a store is cut by it too: 0 or -3 would slice it silently
     if spec == "raw":
         ds = load_dataset(dataset, data_dir, limit, test_fraction=test_fraction if dataset == "folder" else None)
         for s in ("train", "test"):
@@ -184,7 +186,7 @@ def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: in
             parts, raw = _raw_folder(ds, raw_size)
         return FeatureSet(parts["train"], ds.splits["train"].labels, parts["test"], ds.splits["test"].labels,
                           {"dataset": ds.describe(), "raw": raw}, name="raw", classes=ds.classes, dataset=dataset)
-    path = Path(spec)
+    path = Path(os.path.abspath(spec)) if Path(spec).name in ("", "..") else Path(spec)  # "." has no name
     name = ALIASES.get(spec, spec)
     if not path.exists():
         path = store_path(dataset_slug(dataset, data_dir), name, root=features_root)

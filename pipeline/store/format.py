@@ -82,10 +82,12 @@ def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
     read, every array is checked against meta.json (present, its dtype and shape, its file's length), then
     the labels (their sha256 and range); a damaged store is one line."""
     path = Path(path)
+    if not path.name:  # "." or "/": named as the folder they are
+        path = Path(os.path.abspath(path))
     if not (path / "meta.json").is_file():
-        partial = path.with_name(path.name + ".partial")
+        partial = path.with_name(path.name + ".partial") if path.name else None  # the root has no sibling
         hint = (f"; an unfinished extraction is in {partial}: rerun the same `pipeline extract` to finish it"
-                if partial.exists() else "; run `pipeline extract` first")
+                if partial is not None and partial.exists() else "; run `pipeline extract` first")
         raise PipelineError(f"{path} is not a finished feature store (no meta.json){hint}")
     meta = read_json(path / "meta.json")
     if not is_store_meta(meta):
