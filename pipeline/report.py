@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from pipeline.apply.gallery import FORMAT as GALLERY_FORMAT
 from pipeline.apply.gallery import GALLERY, WILD_GALLERY
+from pipeline.apply.mapview import MAPS_HTML
 from pipeline.audit import AUDIT, AUDIT_CSV, SHOWN, read_audit
 from pipeline.classical.specs import CLASSIFIERS
 from pipeline.errors import PipelineError
@@ -644,8 +645,10 @@ _STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em aut
           + sheets.CSS)
 
 
-def _render(out: Path, title: str, sections: dict, images: dict, blocks: dict) -> tuple[str, str]:
-    """The page (HTML) and the Markdown, section by section in SECTIONS' order."""
+def _render(out: Path, title: str, sections: dict, images: dict, blocks: dict,
+            links: dict | None = None) -> tuple[str, str]:
+    """The page (HTML) and the Markdown, section by section in SECTIONS' order; `links`: {section: [(text,
+    relative path)]}, shown under the section's caption."""
     md = [f"# {markdown.escape(title)}", ""]
     body = [f"<h1>{html.escape(title)}</h1>",
             "<nav>" + " · ".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS) + "</nav>"]
@@ -653,6 +656,9 @@ def _render(out: Path, title: str, sections: dict, images: dict, blocks: dict) -
         text, tables = sections[key]
         md += [f"## {heading}", "", markdown.escape(text), ""]
         body += [f'<section id="{key}"><h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>']
+        for text_, rel in (links or {}).get(key, []):
+            md += [f"[{markdown.escape(text_)}]({quote(rel)})", ""]
+            body.append(f'<p class="link"><a href="{html.escape(quote(rel))}">{html.escape(text_)}</a></p>')
         for t in tables:
             md += [markdown.table(*t), ""]
             body.append(_html_table(*t))
@@ -684,8 +690,10 @@ def _write_report(out: Path) -> tuple[Path, Path]:
     blocks = _file_blocks(d, sections)
     label = dataset_label(d)
     title = f"pipeline report: do pretrained embeddings beat raw pixels{' on ' + label if label else ''}?"
+    links = {"maps": [("Interactive maps (maps.html): hover a point to see its image and how each feature "
+                       "set's best model classified it", MAPS_HTML)]} if (out / MAPS_HTML).is_file() else {}
     paths = out / "report.html", out / "report.md"
-    for path, text in zip(paths, _render(out, title, sections, images, blocks)):
+    for path, text in zip(paths, _render(out, title, sections, images, blocks, links)):
         atomic_write(path, text)
         fault_point("report:write")
     return paths

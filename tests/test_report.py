@@ -293,6 +293,8 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     assert len(page.imgs) == 1 + 1 + 3  # bars, the confusion matrices as one grid, three maps
     assert len(page.thumbs) > 20 and all(t.startswith("data:image/png;base64,") for t in page.thumbs)
     assert "resnet18-first80" in (out / "report.md").read_text()  # provenance names the store
+    assert 'href="maps.html"' in (out / "report.html").read_text() and (out / "maps.html").is_file()
+    assert "](maps.html)" in (out / "report.md").read_text()  # the interactive maps are found from the report
 
     # again: nothing recomputed
     r = run_cli(runner, *args)

@@ -389,3 +389,40 @@ def test_finetune_on_cuda_records_what_ran(runner, tmp_path, idx100, monkeypatch
     assert seen and {d for d, _, _ in seen} == {"cuda"} and rec["device"].startswith("cuda")
     assert {cl for _, cl, _ in seen} == {rec["channels_last"]} and rec["channels_last"]
     assert {t for _, _, t in seen} == {torch.bfloat16} and rec["precision"] == "bf16"
+
+
+def test_a_full_disk_at_the_checkpoint_is_one_line_and_leaves_no_half_file(runner, tmp_path, store, monkeypatch):
+    """Issue 42 row 11: disk full while the checkpoint was written was torch's `RuntimeError: [enforce fail at
+    inline_container.cc]`; now it is the one "disk full" line, and no record, checkpoint or temporary file."""
+    import contextlib
+    import errno
+    import os
+
+    from pipeline.train import loop
+
+    real = loop.replacing
+
+    class Full:  # the disk takes the first 500 bytes, as a nearly full one would
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, data):
+            if self.n + len(data) > 500:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.n += len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    @contextlib.contextmanager
+    def full_at_checkpoints(path):
+        with real(path) as f:
+            yield Full(f) if path.suffix == ".pt" else f
+
+    monkeypatch.setattr(loop, "replacing", full_at_checkpoints)
+    out = tmp_path / "out"
+    r = run_cli(runner, *train_args(store, out))
+    _one_line_after_progress(r, "No space left on device (disk full)")
+    assert not (out / "results.json").exists()
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("*.tmp"))

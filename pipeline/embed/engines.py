@@ -222,6 +222,7 @@ class OpenVINOEngine:
             compiled = self._ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                                      "PERFORMANCE_HINT": "THROUGHPUT"})
             self.nreq = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            _first_request(compiled, channels, self.size)
             # what OpenVINO runs, not what was asked: a bf16 hint on a CPU without bf16 runs f32; an int8
             # model on a CPU without int8 kernels runs its layers in f32
             ran = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
@@ -292,6 +293,16 @@ class OpenVINOEngine:
 
     def _new_request(self, compiled):
         return compiled.create_infer_request()
+
+
+def _first_request(compiled, channels: int, size: int) -> None:
+    """One image through a request on this thread before the workers start. The bindings' first calls
+    initialise C++ statics, and two threads entering one at once deadlocked: one waited for the GIL inside the
+    initialiser while the other, holding the GIL, waited for the initialiser (seen in the audit's engine once
+    the converted model came from the cache instead of convert_model, which had made those calls first)."""
+    req = compiled.create_infer_request()
+    req.infer({0: np.zeros((1, channels, size, size), np.float32)}, share_inputs=True)
+    req.get_output_tensor(0).data.copy()
 
 
 class _Workers:

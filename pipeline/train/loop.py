@@ -8,6 +8,7 @@ features, images or backbones.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -290,8 +291,10 @@ class _TrainingRun:
                  "scheduler": self.sched.state_dict(), "history": self.history, "best_epoch": self.best["epoch"],
                  "best_val_accuracy": self.best["val_accuracy"], "best": self.best["state"], "bad_epochs": self.bad,
                  "elapsed": elapsed, "rng": torch.get_rng_state()}
-        with replacing(self.ckpt) as f:
-            torch.save(state, f)
+        buf = io.BytesIO()  # serialised first: torch's zip writer turns a full disk into a RuntimeError of its own
+        torch.save(state, buf)
+        with replacing(self.ckpt) as f:  # a full disk here is an OSError, and one line
+            f.write(buf.getbuffer())
 
     def outcome(self, stopped_by: str, resumed_at: int | None) -> Outcome:
         """The best epoch's weights loaded (and in eval mode), its test logits and the run's figures."""
