@@ -1,5 +1,6 @@
 """Write "fashion photos": Fashion-MNIST's garments turned into colour JPEG photos of varied sizes, as image
-folders to try `pipeline run --dataset folder`, `predict` and `evaluate` on (no download needed).
+folders to try `pipeline run --dataset folder`, `predict` and `evaluate` on. It needs Fashion-MNIST's IDX files:
+`--data-dir`, `$PIPELINE_DATA_DIR` or Debian's package, else torchvision downloads them (online).
 
 Each photo: a Fashion-MNIST image upscaled (bicubic) into an object of random colour and shading, rotated a
 little, scaled and placed off-centre on a canvas of random size and aspect, over a light plain, gradient or
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from pipeline.data import FASHION_MNIST_CLASSES, load_dataset
+from pipeline.errors import PipelineError
 
 
 def photo(img28: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -74,7 +76,10 @@ def main():
     ap.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: as `pipeline extract`)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    ds = load_dataset("fashion-mnist", a.data_dir)
+    try:
+        ds = load_dataset("fashion-mnist", a.data_dir)
+    except PipelineError as e:  # no data here and no network: one line, as the `pipeline` command says it
+        raise SystemExit(f"error: {e}") from None
     rng = np.random.default_rng(a.seed)
     safe = [n.replace("/", "_") for n in FASHION_MNIST_CLASSES]  # a folder name cannot hold "/"
     tr, te = ds.splits["train"], ds.splits["test"]

@@ -101,6 +101,7 @@ def _schema_problem(err) -> str:
              "enum": lambda: f"must be one of {', '.join(json.dumps(c) for c in v)} (is {shown})",
              "const": lambda: f"must be {json.dumps(v)} (is {shown})",
              "minItems": lambda: f"must hold at least {v} item(s) (holds {len(got)})",
+             "minProperties": lambda: "must not be empty" if v == 1 else f"must hold at least {v} fields",
              "maxItems": lambda: f"must hold at most {v} items (holds {len(got)})",
              "minLength": lambda: "must not be empty" if v == 1 else f"must be at least {v} characters long"}
     return f"{name} {words[kind]()}" if kind in words else f"{name}: {err.message[:120]}"
@@ -247,10 +248,22 @@ def replacing(path: str | os.PathLike):
         raise
 
 
+def utf8(text: str) -> bytes:
+    """`text` as UTF-8; the bytes of a file name that is not UTF-8 (Python's surrogate escapes, e.g. a class
+    folder named in Latin-1) written as \\xNN, as figures show them, instead of failing the whole file."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate no file name made
+            return text.encode("utf-8", "backslashreplace")
+
+
 def atomic_write(path: str | os.PathLike, text: str, fsync: bool = False) -> None:
-    """Write `text` (UTF-8) atomically (see `replacing`); `fsync` makes it durable before the rename."""
+    """Write `text` (UTF-8, see `utf8`) atomically (see `replacing`); `fsync` makes it durable before the rename."""
     with replacing(path) as f:
-        f.write(text.encode("utf-8"))
+        f.write(utf8(text))
         if fsync:
             f.flush()
             os.fsync(f.fileno())

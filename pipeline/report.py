@@ -27,7 +27,7 @@ from pipeline.models.saved import read_card
 from pipeline.references import BENCHMARK, STUDY
 from pipeline.render import markdown, sheets
 from pipeline.render.figures import accuracy_figure, confusion_grid, feature_title, transfer_figure
-from pipeline.results import ORDER, curve_path, read_results
+from pipeline.results import ORDER, curve_path, read_results, record_stem
 
 SECTIONS = [("accuracy", "Accuracy"), ("bars", "Raw pixels vs embeddings"), ("confusion", "Confusion matrices"),
             ("images", "The images behind the numbers"), ("audit", "Trust the test set"),
@@ -267,7 +267,8 @@ def detail_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     wild = any("wild_accuracy" in r for r in records)
     head = ["features", "classifier", "best params", "CV", "test", "macro-F1"] + (["in the wild"] if wild else []) \
         + ["search s", "refit s", "backend"]
-    rows = [[r["feature_set"], r["classifier"], json.dumps(r["best_params"], sort_keys=True),
+    rows = [[r["feature_set"], r["classifier"], json.dumps(r["best_params"], sort_keys=True) if r["best_params"]
+             else "– (one candidate)",
              f"{r['cv_mean']:.4f} ± {r['cv_std']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['macro_f1']:.4f}"]
             + ([f"{r['wild_accuracy']:.4f}" if "wild_accuracy" in r else "–"] if wild else [])
             + [f"{r['search_seconds']:.0f}", f"{r['fit_seconds']:.0f}", r["backend"]] for r in records]
@@ -545,9 +546,13 @@ def _figures(d: dict, points: list[dict]) -> dict:
     if records:
         accuracy_figure(records, out / "figures" / "accuracy.png", STUDY if _vs_study(records) else None)
         figs["bars"] = "figures/accuracy.png"
-        confusion_grid(records, out / "figures" / "confusion.png")
-        figs["confusion"].append(("test confusion matrices: a row per feature set, a column per classifier",
-                                  "figures/confusion.png"))
+        confusion_grid(records, out / "figures" / "confusion.png")  # linked: at a page's width it is small
+        for s in dict.fromkeys(r["feature_set"] for r in records):  # shown: each feature set's best by CV
+            b = max((r for r in records if r["feature_set"] == s), key=lambda r: r["cv_mean"])
+            rel = f"confusion/{record_stem(s, b['classifier'])}.png"
+            if (out / rel).exists():
+                figs["confusion"].append((f"{b['label']} on {feature_title(s)}, its best model by CV: test "
+                                          f"confusion matrix", rel))
         for prefix, what in (("wild", "in the wild"), ("wild_matched", "in the wild, domain-matched")):
             wild = [r for r in records if f"{prefix}_confusion_matrix" in r]
             if wild:
@@ -576,9 +581,10 @@ def _caption(records: list[dict]) -> str:
     if not records:
         return "No classification results yet."
     r = records[0]
-    return (f"Test accuracy on {r['n_test']:,} test images; grid {r.get('grid', '?')!r} searched with "
-            f"{r['cv_folds']}-fold CV on {r['tune_rows']:,} of {r['n_train']:,} training images, the best refitted "
-            f"on all of them; every refitted model is saved in models/." + (
+    return (f"Test accuracy on {r['n_test']:,} test images. Grid {r.get('grid', '?')!r}: each classifier's "
+            f"candidates scored by {r['cv_folds']}-fold CV on {r['tune_rows']:,} of {r['n_train']:,} training "
+            f"images (one with a single candidate is only scored), the best refitted on all of them; every "
+            f"refitted model is saved in models/." + (
                 " Study: the original paper's ResNet-18 vs raw pixels. Benchmark: Zalando's scikit-learn baselines "
                 "on raw pixels (best per classifier, mean of 5 runs; arXiv:1708.07747)." if _vs_study(records) else ""))
 
@@ -599,7 +605,9 @@ def _sections(d: dict, points) -> dict:
                      if d["records"] else []),
         "bars": ("Grouped bars per classifier" + ("; hatched bars are the original study's." if
                                                   _vs_study(d["records"]) else "."), []),
-        "confusion": ("Rows: true class, normalised. Each matrix alone, with counts, is in confusion/.", []),
+        "confusion": ("Rows: true class, normalised, with counts: each feature set's best model by CV. Every "
+                      "model's matrix alone is in confusion/, all of them side by side in figures/confusion.png.",
+                      []),
         "images": ("", []),  # from galleries.json: below, where a damaged file is said in one line
         "audit": ("", []),  # from audit.json, likewise
         "transfer": (_transfer_caption(points), [transfer_rows(points)] if points else []),
@@ -690,8 +698,10 @@ def _write_report(out: Path) -> tuple[Path, Path]:
     blocks = _file_blocks(d, sections)
     label = dataset_label(d)
     title = f"pipeline report: do pretrained embeddings beat raw pixels{' on ' + label if label else ''}?"
-    links = {"maps": [("Interactive maps (maps.html): hover a point to see its image and how each feature "
-                       "set's best model classified it", MAPS_HTML)]} if (out / MAPS_HTML).is_file() else {}
+    links = {"confusion": [("every classifier's confusion matrix, side by side (figures/confusion.png)",
+                            "figures/confusion.png")]} if figs["confusion"] else {}
+    links.update({"maps": [("Interactive maps (maps.html): hover a point to see its image and how each feature "
+                       "set's best model classified it", MAPS_HTML)]} if (out / MAPS_HTML).is_file() else {})
     paths = out / "report.html", out / "report.md"
     for path, text in zip(paths, _render(out, title, sections, images, blocks, links)):
         atomic_write(path, text)

@@ -23,8 +23,17 @@
       var at = { clientX: box.left + sx, clientY: box.top + sy, bubbles: true, pointerType: "mouse", isPrimary: true };
       el.dispatchEvent(new PointerEvent("pointerenter", at)); el.dispatchEvent(new PointerEvent("pointermove", at));
       r.hovered_label = src.data.label_name[0];
+      var lg = doc.get_model_by_name("classes");
+      r.legend = lg ? lg.items.map(function (it) { return it.label.value; }) : null;
+      doc.all_models.forEach(function (m) {
+        if (m.type === "CategoricalColorMapper" || (m.palette && m.factors)) { r.palette = m.palette; r.factors = m.factors; }
+      });
       setTimeout(function () {
         r.images_after = imgs(document, []);
+        var cards = []; (function find(root) { root.querySelectorAll("*").forEach(function (e) {
+          if (e.tagName === "DIV" && e.style && e.style.width === "230px") { var b = e.getBoundingClientRect(); cards.push([b.width, b.height, e.innerText.slice(0, 300)]); }
+          if (e.shadowRoot) find(e.shadowRoot); }); })(document);
+        r.cards = cards;
         var fa = doc.get_model_by_name("all-filter"), sw = doc.get_model_by_name("show");
         r.shown_before = fa.booleans.filter(Boolean).length;
         sw.active = sw.labels.length - 1;

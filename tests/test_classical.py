@@ -369,3 +369,25 @@ def test_limit_is_checked_when_the_features_are_a_store_path(tmp_path, runner, s
     r = run_cli(runner, "classify", "--features", store, "--limit", limit, "--out", tmp_path / "o")
     assert_one_line_error(r, f"--limit must be a positive number of images, not {limit}")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_backbone_name_with_limit_finds_the_runs_own_store(tmp_path, runner, data_dir, monkeypatch):
+    """Issue 42 row 19: `pipeline run --limit 1000` writes features/<dataset>/<backbone>-first1000, and a bare
+    `classify --features raw,<backbone> --limit 1000` did not find it: its advice was a full extraction."""
+    from pipeline.store.featuresets import load_feature_set
+
+    monkeypatch.chdir(tmp_path)
+    raw = load_feature_set("raw", "fashion-mnist", data_dir, limit=20)
+    first = write_store(tmp_path / "features" / "fashion-mnist" / "toynet-first20", *blobs(20), *blobs(20, seed=1))
+    r = run_cli(runner, "classify", "--features", "toynet", "--limit", 30, "--out", tmp_path / "o")
+    assert_one_line_error(r, "toynet-first30 or features/fashion-mnist/toynet",
+                          "pipeline extract --dataset fashion-mnist --backbone toynet --limit 30")
+    np.save(first / "y_train.npy", raw.y_train)  # the run's store of these 20 images
+    np.save(first / "y_test.npy", raw.y_test)
+    meta = json.loads((first / "meta.json").read_text())
+    meta["dataset"]["labels_sha256"] = {s: raw.meta["dataset"]["labels_sha256"][s] for s in ("train", "test")}
+    (first / "meta.json").write_text(json.dumps(meta))
+    r = run_cli(runner, "project", "--features", "raw,toynet", "--data-dir", data_dir, "--limit", 20,
+                "--methods", "pca", "--out", tmp_path / "maps")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "maps" / "toynet_pca.json").read_text())["rows"] == 40  # the run's store

@@ -210,3 +210,18 @@ def test_cifar_labels_as_numpy_integers_load(cifar_dir):
         pickle.dump(d, f)
     assert len(load_dataset("cifar10", cifar_dir).splits["train"]) == 30
 
+
+
+def test_the_fashion_photos_example_without_data_is_one_line(tmp_path):
+    """Issue 42 row 25: `examples/fashion_photos.py` without Fashion-MNIST printed a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "fashion_photos.py"
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "out"), "--data-dir", str(tmp_path / "empty")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()

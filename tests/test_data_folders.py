@@ -605,3 +605,23 @@ def test_wild_folders_match_exact_class_names_first_and_refuse_an_ambiguous_one(
     loose = shapes_folder(tmp_path / "loose", 2, names=("CAT",))
     with pytest.raises(PipelineError, match=r"CAT: matches classes 'Cat', 'cat' only up to case and separators"):
         wild_folder(loose, classes)
+
+
+def test_a_class_folder_name_that_is_not_utf8_runs_through_every_stage(tmp_path, runner, resnet18_file,
+                                                                         monkeypatch):
+    """Issue 42 row 9: a class folder named in Latin-1 (`caf\\xe9`) crashed classify, project and run in
+    matplotlib (`set_text() ... 'caf\\udce9'`). Figures show its byte as \\xe9; the data keep the name."""
+    import os
+
+    odd = os.fsdecode(b"caf\xe9")  # not valid UTF-8: surrogate-escaped by Python
+    data = shapes_folder(tmp_path / "shapes", 6, names=(odd, "tea", "tr_angle"))
+    monkeypatch.chdir(tmp_path)  # the store under ./features
+    r = run_cli(runner, "run", "--dataset", "folder", "--data-dir", data, "--backbone", "resnet18", "--weights",
+                resnet18_file, "--image-size", 32, "--raw-size", 8, "--grid", "quick", "--classifiers", "lda",
+                "--methods", "pca", "--n-jobs", 1, "--out", tmp_path / "o")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert {s["stage"]: s["state"] for s in info["stages"]}["project"] == "ran"
+    assert all(s["state"] in ("ran", "skipped") for s in info["stages"]), info["stages"]
+    assert json.loads((tmp_path / "o" / "results.json").read_text())[0]["classes"][0] == odd
+    assert "caf\\" in (tmp_path / "o" / "report.md").read_text()  # its byte written out, the file UTF-8

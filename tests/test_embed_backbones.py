@@ -112,13 +112,19 @@ def test_weights_that_do_not_fit(resnet18_file, tmp_path, runner, idx_dir):
 def test_imagenet_offline_gives_one_line_advice(monkeypatch, tmp_path, runner, idx_dir):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
-    def offline(url, dst, *a, **k):
+    def offline(url, dst, *a, **k):  # as torch's: a temporary file beside dst first, then the network fails
+        import os
+        import tempfile
+
+        tempfile.NamedTemporaryFile(dir=os.path.dirname(dst)).close()
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     r = run_cli(runner, "extract", "--data-dir", idx_dir, "--backbone", "resnet18", "--weights", "imagenet",
                 "--out", tmp_path / "o")
-    assert_one_line_error(r, "resnet18-f37072fd.pth", "--weights PATH", "efficientnet_lite0", "could not be downloaded")
+    # issue 42 row 24: with no hub folder yet this said "No such file or directory: ...resnet18-f37072fd.part"
+    assert_one_line_error(r, "could not download resnet18's ImageNet weights (Name or service not known; no "
+                          "network?); use --weights PATH", "resnet18-f37072fd.pth", "--backbone efficientnet_lite0")
     assert not (tmp_path / "o").exists()
 
 

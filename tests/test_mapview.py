@@ -78,6 +78,15 @@ def test_hover_shows_a_thumbnail_and_the_switch_shows_the_misclassified(study, t
     wrong = int((pred != y_test).sum())
     assert r["showing"] == "resnet18" and r["shown_before"] == 180 and r["shown_after"] == wrong > 0
     assert r["hovered_label"] in best["classes"]
+    # issue 42 row 20: one palette (the report's), the legend in class order, a compact card
+    from matplotlib.colors import to_hex
+
+    from pipeline.render.figures import class_colours
+
+    classes = best["classes"]
+    assert r["legend"] == classes and r["factors"] == classes
+    assert r["palette"] == [to_hex(c) for c in class_colours(classes)] and r["palette"][1] == "#808080"  # Trouser
+    assert r["cards"] and all(w <= 240 and h <= 110 for w, h, _ in r["cards"]), r["cards"]
 
 
 def test_wild_photos_are_placed_among_their_nearest_training_images(study, tmp_path, runner):

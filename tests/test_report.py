@@ -224,6 +224,10 @@ class _Parsed(HTMLParser):
         self.tables += tag == "table"
 
 
+def classify_records(out, feature_set: str) -> list[dict]:
+    return [r for r in json.loads((out / "results.json").read_text()) if r["feature_set"] == feature_set]
+
+
 def test_report_is_self_contained_with_every_section(tmp_path):
     sets = feature_sets()
     classify(sets, ["lda", "logreg", "knn"], "quick", 3, out=tmp_path, n_jobs=1, progress=False)
@@ -233,7 +237,14 @@ def test_report_is_self_contained_with_every_section(tmp_path):
     page.feed(html_path.read_text())
     assert {k for k, _ in SECTIONS} <= page.ids
     assert page.external == []  # nothing fetched: no scripts, stylesheets or linked images
-    assert len(page.imgs) == 1 + 1 + 1  # accuracy bars, the 2 x 3 confusion matrices as one grid, the PCA maps
+    # accuracy bars, each feature set's best confusion matrix (issue 42 row 21: the 2 x 3 grid, small at a
+    # page's width, is linked instead), the PCA maps
+    assert len(page.imgs) == 1 + 2 + 1
+    assert 'href="figures/confusion.png"' in html_path.read_text()
+    for fs in sets:
+        best = max(classify_records(tmp_path, fs.name), key=lambda r: r["cv_mean"])
+        assert f"![{best['label']} on " in md_path.read_text() and f"confusion/{fs.name}_{best['classifier']}.png" \
+            in md_path.read_text()
     assert page.tables >= 3  # accuracy, details, map scores
     text = html_path.read_text()
     assert f"{BENCHMARK['logreg']:.3f}" in text and "0.8016" in text  # benchmark and study beside ours
@@ -290,7 +301,7 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     page = _Parsed()
     page.feed((out / "report.html").read_text())
     assert {k for k, _ in SECTIONS} <= page.ids and page.external == []
-    assert len(page.imgs) == 1 + 1 + 3  # bars, the confusion matrices as one grid, three maps
+    assert len(page.imgs) == 1 + 2 + 3  # bars, each feature set's best model's confusion matrix, three maps
     assert len(page.thumbs) > 20 and all(t.startswith("data:image/png;base64,") for t in page.thumbs)
     assert "resnet18-first80" in (out / "report.md").read_text()  # provenance names the store
     assert 'href="maps.html"' in (out / "report.html").read_text() and (out / "maps.html").is_file()

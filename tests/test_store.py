@@ -251,3 +251,26 @@ def test_a_foreign_meta_json_is_never_replaced(data, tmp_path, runner):
         assert_one_line_error(r, "holds a meta.json that is not a feature store's", "choose another --out")
         assert "--overwrite" not in r.stderr
     assert (out / "meta.json").read_text() == '{"title": "my photos", "year": 2024}'
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda m: m["dataset"].pop("classes"), "dataset.classes is missing"),
+    (lambda m: m["dataset"].update(classes=None), "dataset.classes must be array (is null)"),
+    (lambda m: m["dataset"].update(classes=list(range(10))), "must be string (is "),
+    (lambda m: m.update(backbone="resnet18"), "backbone must be object"),
+    (lambda m: m["dataset"].update(source=5), "dataset.source must be string or null (is 5)"),
+    (lambda m: m["dataset"].update(split="oops"), "dataset.split must be object or null"),
+    (lambda m: m.update(rows={}), "rows must not be empty"),
+])
+def test_a_meta_json_of_the_wrong_types_is_one_line(tmp_path, runner, change, says):
+    """Issue 42 row 12: valid JSON with wrong types gave tracebacks in export and classify. meta.json is
+    checked against a schema on load, as model cards and run.json are."""
+    s = write_store(tmp_path / "s", *blobs(40), *blobs(20, seed=1))
+    meta = json.loads((s / "meta.json").read_text())
+    change(meta)
+    (s / "meta.json").write_text(json.dumps(meta))
+    for args in (["export", "--features", s, "--to", "csv", "--out", tmp_path / "t.csv"],
+                 ["classify", "--features", s, "--classifiers", "lda", "--out", tmp_path / "o"]):
+        r = run_cli(runner, *args)
+        assert_one_line_error(r, f"{s}/meta.json: ", says, "re-extract the store with --overwrite")
+    assert not (tmp_path / "t.csv").exists() and not (tmp_path / "o").exists()

@@ -19,7 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_write, read_json
 from pipeline.maps.methods import DEFAULT_METHODS, METHODS
 from pipeline.maps.project import load_map
-from pipeline.render.figures import feature_title, short_name
+from pipeline.render.figures import class_colours, feature_title, short_name
 from pipeline.render.thumbs import thumbnail
 from pipeline.results import load_predictions, read_results
 from pipeline.store.featuresets import FeatureSet, source_images
@@ -28,7 +28,7 @@ MAPS_HTML = "maps.html"
 WILD_K = 10  # a wild photo goes where the median of its this many nearest training images is
 HOVER_POINTS = 3000  # points with a thumbnail (the hover layer): every point would be 70,000 thumbnails
 SEED = 0
-_TOOLTIP = """<div style="width:190px"><img src="@thumb" style="width:84px;height:84px;object-fit:contain;
+_TOOLTIP = """<div style="width:230px"><img src="@thumb" style="width:84px;height:84px;object-fit:contain;
 image-rendering:pixelated;float:left;margin-right:6px"><b>@label_name</b><br>@split #@index<br>
 <span style="font-size:0.85em">@preds{safe}</span></div>"""
 
@@ -72,7 +72,7 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
     columns = _point_columns(sets, maps, classes)
     h = {k: [v[i] for i in hover] if isinstance(v, list) else v[hover] for k, v in columns.items()}
     h["thumb"] = _thumbnails(ref, hover)
-    h["preds"] = [_predictions_html(int(i), n_train, preds, classes) for i in hover]
+    h["preds"] = [_predictions_html(int(i), n_train, preds, classes, sets[0].y_test) for i in hover]
     wild = wild_points(out, sets, maps, classes, n_train)
     note = _note(n_train, n_test, len(hover), wild)
     doc = _layout(columns, h, sets, maps, classes, wrong, hover, note, wild)
@@ -85,18 +85,17 @@ def write_map_view(out: Path, sets: list[FeatureSet], maps_dir: Path | None = No
 
 
 def _saved_predictions(out: Path, sets: list[FeatureSet]) -> tuple[list[tuple[dict, np.ndarray]], dict]:
-    """([(record, its saved test predictions)] of the records of these sets and labels, {feature set: which
-    images (train then test) its best model gets wrong}; training images are never wrong)."""
+    """([(record, its saved test predictions)] of each feature set's best model (by CV, as the galleries
+    choose), {feature set: which images (train then test) that model gets wrong}; training images are never
+    wrong)."""
     ref = sets[0]
     n_train = len(ref.y_train)
     records = [r for r in read_results(out) if r["feature_set"] in {fs.name for fs in sets}
                and r["labels_sha256"] == ref.labels_sha256 and r["classifier"] != "finetune"]
     preds = [(r, p) for r in records if (p := load_predictions(out, r)) is not None]
     best = best_records(records, out)
-    wrong = {}
-    for r, p in preds:
-        if best.get(r["feature_set"]) is r:
-            wrong[r["feature_set"]] = np.concatenate([np.zeros(n_train, bool), p != ref.y_test])
+    preds = [(r, p) for r, p in preds if best.get(r["feature_set"]) is r]  # one line each on the card
+    wrong = {r["feature_set"]: np.concatenate([np.zeros(n_train, bool), p != ref.y_test]) for r, p in preds}
     return preds, wrong
 
 
@@ -131,7 +130,7 @@ def _note(n_train: int, n_test: int, hovered: int, wild: dict | None) -> str:
     n = n_train + n_test
     return (f"{n:,} images ({n_train:,} train, {n_test:,} test); {hovered:,} of them, a seeded sample, carry a "
             f"thumbnail: hover the black-edged points. Select with the lasso or box tool: the same images light up "
-            f"in every map. Click a class in the legend to hide it."
+            f"in every map."
             + (f" Stars: {len(wild['label_name'])} photos in the wild, each placed at the median position of its "
                f"{WILD_K} nearest training images in that feature set (the maps are not re-optimised for them)."
                if wild else ""))
@@ -174,26 +173,27 @@ def _wild_points(out: Path, sets, maps, classes, n_train: int) -> dict | None:
     return cols
 
 
-def _predictions_html(i: int, n_train: int, preds, classes) -> str:
-    """A test image's prediction by every saved model, as HTML (escaped); training images: none."""
+def _predictions_html(i: int, n_train: int, preds, classes, y_test) -> str:
+    """A test image, right or wrong by each feature set's best model (the wrong class named), as HTML
+    (escaped): one short line per feature set; training images: none."""
     if i < n_train:
         return "training image"
     rows = []
     for r, p in preds:
-        c = classes[int(p[i - n_train])]
-        rows.append(f"{html.escape(short_name(r['label']))} on {html.escape(short_name(r['feature_set']))}: "
-                    f"{html.escape(short_name(c))}")
+        got = int(p[i - n_train])
+        verdict = "right" if got == int(y_test[i - n_train]) else f"wrong ({html.escape(short_name(classes[got], 16))})"
+        rows.append(f"{html.escape(short_name(r['feature_set'], 16))}: {verdict}")
     return "<br>".join(rows) or "no saved predictions"
 
 
 def _layout(columns, h, sets, maps, classes, wrong, hover, note: str, wild: dict | None):
     from bokeh.layouts import column, row
     from bokeh.models import BooleanFilter, CDSView, ColumnDataSource, Div
-    from bokeh.palettes import Category10, Category20
     from bokeh.transform import factor_cmap
+    from matplotlib.colors import to_hex
 
-    palette = (Category10[10] if len(classes) <= 10 else Category20[20] * (len(classes) // 20 + 1))[:len(classes)]
-    names = [c for c in dict.fromkeys(classes)]
+    names = [show_path(c) for c in classes]  # as the points' label_name
+    palette = [to_hex(c) for c in class_colours(classes)]  # the report's static maps' colours, class by class
     src_all, src_hover = ColumnDataSource(columns), ColumnDataSource(h)
     src_wild = ColumnDataSource(wild) if wild else None
     n = len(columns["split"])
@@ -201,9 +201,13 @@ def _layout(columns, h, sets, maps, classes, wrong, hover, note: str, wild: dict
     hover_filter = BooleanFilter([True] * len(hover), name="hover-filter")
     view_all, view_hover = CDSView(filter=all_filter), CDSView(filter=hover_filter)
     colour = factor_cmap("label_name", palette=palette, factors=names)
+    first: dict[str, int] = {}
+    for i, v in enumerate(columns["label_name"]):
+        first.setdefault(v, i)
+    legend = [(name, first[name]) for name in names if name in first]  # in class order, each by its first point
     rows = []
     for m in maps:
-        rows.append(row(*[_map_figure(m, fs, j == len(sets) - 1, colour, (src_all, view_all),
+        rows.append(row(*[_map_figure(m, fs, legend if j == len(sets) - 1 else None, colour, (src_all, view_all),
                                       (src_hover, view_hover), src_wild) for j, fs in enumerate(sets)]))
     switch = _show_switch(wrong, hover, n, all_filter, hover_filter, src_all, src_hover)
     counts = ", ".join(f"{feature_title(s)} {int(w.sum()):,}" for s, w in wrong.items())
@@ -211,18 +215,19 @@ def _layout(columns, h, sets, maps, classes, wrong, hover, note: str, wild: dict
     return column(Div(text=html.escape(note)), row(info, switch), *rows, name="maps")
 
 
-def _map_figure(m: str, fs: FeatureSet, last: bool, colour, every, hovered_points, src_wild):
+def _map_figure(m: str, fs: FeatureSet, legend: list | None, colour, every, hovered_points, src_wild):
     """One map (method `m`, feature set `fs`): every point (`every`: its source and view), the hover sample
-    (black-edged, with the tooltip) and the wild photos (stars); `last` in its row: the legend beside it."""
-    from bokeh.models import HoverTool
+    (black-edged, with the tooltip) and the wild photos (stars); the last in its row gets the `legend` (class,
+    a point's row), beside the map in room of its own."""
+    from bokeh.models import HoverTool, Legend, LegendItem
     from bokeh.plotting import figure
 
     (src_all, view_all), (src_hover, view_hover) = every, hovered_points
-    f = figure(title=f"{METHODS[m].label}: {feature_title(fs.name)}", width=560, height=520,
-               tools="pan,wheel_zoom,box_select,lasso_select,tap,reset,save", active_scroll="wheel_zoom",
+    f = figure(title=f"{METHODS[m].label}: {feature_title(fs.name)}", width=560 + (170 if legend else 0),
+               height=520, tools="pan,wheel_zoom,box_select,lasso_select,tap,reset,save", active_scroll="wheel_zoom",
                output_backend="webgl")
-    f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_all, view=view_all, color=colour,
-              size=2.5, alpha=0.5, nonselection_alpha=0.05, **({"legend_field": "label_name"} if last else {}))
+    points = f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_all, view=view_all, color=colour,
+                       size=2.5, alpha=0.5, nonselection_alpha=0.05)
     r = f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_hover, view=view_hover, color=colour,
                   size=6, line_color="black", line_width=0.6, nonselection_alpha=0.1, name="hover")
     hovered = [r]
@@ -230,9 +235,9 @@ def _map_figure(m: str, fs: FeatureSet, last: bool, colour, every, hovered_point
         hovered.append(f.scatter(f"{fs.name}_{m}_x", f"{fs.name}_{m}_y", source=src_wild, color=colour,
                                  marker="star", size=14, line_color="black", line_width=1, name="wild"))
     f.add_tools(HoverTool(renderers=hovered, tooltips=_TOOLTIP))
-    if last:
-        f.legend.label_text_font_size, f.legend.click_policy = "8pt", "hide"
-        f.add_layout(f.legend[0], "right")
+    if legend:
+        items = [LegendItem(label=name, renderers=[points], index=i) for name, i in legend]
+        f.add_layout(Legend(items=items, label_text_font_size="8pt", name="classes"), "right")
     f.axis.visible = False
     return f
 

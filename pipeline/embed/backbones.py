@@ -11,6 +11,7 @@ official file, as torchvision names them `<arch>-<sha256 prefix>.pth`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import pickle
@@ -193,15 +194,17 @@ def _imagenet_weights_file(name: str, weights_enum) -> Path:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / fname
     if not cached.exists():
         try:
+            cached.parent.mkdir(parents=True, exist_ok=True)  # else the download's temporary file has no folder
             torch.hub.download_url_to_file(weights_enum.url, str(cached.with_suffix(".part")), progress=True)
             cached.with_suffix(".part").rename(cached)
         except Exception as e:  # noqa: BLE001 - offline: URLError, socket errors, HTTP errors
-            cached.with_suffix(".part").unlink(missing_ok=True)
-            reason = getattr(e, "reason", e)
+            with contextlib.suppress(OSError):
+                cached.with_suffix(".part").unlink(missing_ok=True)
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
             raise PipelineError(
-                f"{name} ImageNet weights are not in the torch hub cache and could not be downloaded "
-                f"({reason}): copy {fname} to {cached} or pass --weights PATH to that file; "
-                f"offline, --backbone efficientnet_lite0 ships its ImageNet weights") from None
+                f"could not download {name}'s ImageNet weights ({reason}; no network?); use --weights PATH "
+                f"(the file {fname}, or copy it to {cached}) or --backbone efficientnet_lite0, whose ImageNet "
+                f"weights ship in a Python package") from None
     return cached
 
 

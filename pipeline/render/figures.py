@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.console import content_key
-from pipeline.files import replacing
+from pipeline.files import replacing, utf8
 
 
 def _plt():
@@ -26,12 +26,18 @@ DISPLAY_CHARS = 40  # a class (or feature set) name longer than this is shortene
 
 def short_name(name: str, limit: int = DISPLAY_CHARS) -> str:
     """`name` as a figure shows it: at most `limit` characters, the middle elided ("…") so that both ends, where
-    names usually differ, stay readable."""
-    name = str(name)
+    names usually differ, stay readable. A folder name that is not valid UTF-8 shows its odd bytes as \\xe9."""
+    name = printable(str(name))
     if len(name) <= limit:
         return name
     head = (limit - 1) * 2 // 3
     return f"{name[:head]}…{name[len(name) - (limit - 1 - head):]}"
+
+
+def printable(name: str) -> str:
+    """`name` with the bytes of a non-UTF-8 file name (Python's surrogate escapes, which matplotlib, a PNG
+    and a UTF-8 file cannot hold) written as \\xNN (files.utf8)."""
+    return utf8(name).decode("utf-8")
 
 
 def short_names(names: list[str], limit: int = DISPLAY_CHARS) -> list[str]:

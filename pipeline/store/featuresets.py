@@ -188,12 +188,17 @@ def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: in
                           {"dataset": ds.describe(), "raw": raw}, name="raw", classes=ds.classes, dataset=dataset)
     path = Path(os.path.abspath(spec)) if Path(spec).name in ("", "..") else Path(spec)  # "." has no name
     name = ALIASES.get(spec, spec)
-    if not path.exists():
-        path = store_path(dataset_slug(dataset, data_dir), name, root=features_root)
-        if not path.exists():
+    if not path.exists():  # a backbone name: `pipeline run --limit N`'s own store first, then the full one
+        slug_ = dataset_slug(dataset, data_dir)
+        tried = [store_path(slug_, name, f"-first{limit}", root=features_root)] if limit else []
+        tried.append(store_path(slug_, name, root=features_root))
+        path = next((t for t in tried if t.exists()), None)
+        if path is None:
             where = f" --data-dir {data_dir}" if dataset == "folder" and data_dir else ""
-            raise PipelineError(f"no feature store for {spec!r} at {path}; run `pipeline extract --dataset "
-                                f"{dataset}{where} --backbone {name}` first, or pass a store path")
+            first = f" --limit {limit}" if limit else ""
+            raise PipelineError(f"no feature store for {spec!r} at {' or '.join(map(str, tried))}; run `pipeline "
+                                f"extract --dataset {dataset}{where} --backbone {name}{first}` first, or pass a "
+                                f"store path")
     f = load_features(path)
     made_from = f.meta.get("dataset", {}).get("name")
     if made_from != dataset:

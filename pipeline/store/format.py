@@ -29,6 +29,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.files import (
+    check_schema,
     config_hash,
     flock,
     fsync_dir,
@@ -93,6 +94,7 @@ def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
     if not is_store_meta(meta):
         raise PipelineError(f"{path}: damaged feature store (meta.json is not valid store metadata); "
                             f"re-extract it with --overwrite")
+    check_schema(meta, META_SCHEMA, path / "meta.json", "re-extract the store with --overwrite")
     damage = array_damage(path, meta)
     if damage:
         raise PipelineError(f"{path}: damaged feature store ({damage}); {REPAIR}")
@@ -112,6 +114,19 @@ def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
         raise PipelineError(f"{path}/{bad}; {REPAIR}")
     return Features(meta=meta, **arrays)
 
+
+_NAME = {"type": "string", "minLength": 1}
+# meta.json, declaratively: the fields every reader of a store uses, with their types (extract writes more)
+META_SCHEMA = {"type": "object", "required": ["rows", "dim", "dataset"], "properties": {
+    "rows": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "integer", "minimum": 0}},
+    "dim": {"type": "integer", "minimum": 0},
+    "image_size": {"type": ["integer", "null"], "minimum": 1},
+    "precision": {"type": ["string", "null"]},
+    "backbone": {"type": "object", "required": ["name"], "properties": {"name": _NAME}},
+    "dataset": {"type": "object", "required": ["name", "classes"], "properties": {
+        "name": _NAME, "classes": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "source": {"type": ["string", "null"]}, "split": {"type": ["object", "null"]},
+        "labels_sha256": {"type": "object", "additionalProperties": {"type": "string"}}}}}}
 
 REPAIR = "run the `pipeline extract` that made it again (the same options): it re-extracts what is missing"
 
