@@ -244,3 +244,26 @@ def test_bad_audit_options_are_one_line_before_any_work(tmp_path, runner, extra,
     r = run_cli(runner, "audit", "--features", tmp_path / "no-store", "--out", tmp_path / "o", *extra)
     assert_one_line_error(r, says)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_cache_of_the_wrong_shape_is_searched_again_not_indexed(audited, tmp_path, monkeypatch):
+    """Issue 42 row 15: a cached array of the wrong shape (audit/*.npy) was an IndexError where the docs
+    promise a recompute."""
+    import numpy as np
+
+    from pipeline.audit import check
+    from pipeline.store.featuresets import load_feature_set
+
+    root, study, _ = audited["planted"]
+    _calibrated_as_before(monkeypatch, study)
+    out = tmp_path / "study"
+    shutil.copytree(study, out)
+    (out / "audit.json").unlink()
+    np.save(out / "audit" / "all_train_idx.npy", np.zeros((3, 6), np.int64))  # cut to 3 rows
+    np.save(out / "audit" / "probs_test.npy", np.zeros((2, 2)))
+    searched = []
+    real = check.nearest
+    monkeypatch.setattr(check, "nearest", lambda *a, **k: searched.append(1) or real(*a, **k))
+    fs = load_feature_set(str(_planted_store(root)), "folder")
+    doc = check.audit(fs, out, device="cpu", log=lambda m: None)
+    assert searched and doc["duplicates"]["counts"]["test_with_train_twin"] == 3

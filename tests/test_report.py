@@ -451,3 +451,15 @@ def test_transfer_modes_pick_the_best_classical_model_by_cv_not_by_the_test_set(
     points = transfer_points([rec("rf", "Random forest", 0.80, 0.95), rec("svc", "RBF SVC", 0.90, 0.85)])
     assert [p["record"]["classifier"] for p in points] == ["svc"]
     assert points[0]["mode"] == "raw pixels + best classical by CV (RBF SVC)"
+
+
+def test_a_map_of_the_wrong_shape_is_made_again_not_indexed(tmp_path):
+    """Issue 42 row 15: a cached maps/*.npy of the wrong shape was an IndexError where the docs promise a
+    recompute."""
+    sets = feature_sets()
+    project(sets, ["pca"], tmp_path, log=lambda m: None)
+    np.save(tmp_path / "raw_pca.npy", np.zeros((5, 2), np.float32))
+    logs = []
+    project(sets, ["pca"], tmp_path, log=logs.append)
+    assert load_map(tmp_path, "raw", "pca")[0].shape == (200, 2)
+    assert not any("raw" in m and "cached" in m for m in logs) and any("toynet" in m and "cached" in m for m in logs)

@@ -130,9 +130,13 @@ def _cached_search(cache: Path, key: str, fs: FeatureSet, log, n_jobs) -> tuple[
     """(all->train indices, distances, test->test indices, distances), k = NEIGHBORS + 1 (the image itself
     is among its own neighbours), from the cache when it is this store's."""
     names = ("all_train_idx", "all_train_dist", "test_test_idx", "test_test_dist")
-    if (read_json(cache / "key.json") or {}).get("search") == key and all((cache / f"{n}.npy").is_file()
-                                                                            for n in names):
-        return tuple(np.load(cache / f"{n}.npy") for n in names)
+    n_all, n_test = len(fs.y_train) + len(fs.y_test), len(fs.y_test)
+    if (read_json(cache / "key.json") or {}).get("search") == key:
+        got = _load_cache(cache, names)
+        if got is not None and got[0].shape[0] == n_all and got[1].shape == got[0].shape \
+                and got[2].shape[0] == n_test and got[3].shape == got[2].shape and got[0].ndim == 2 \
+                and (got[0].size == 0 or (got[0].min() >= 0 and got[0].max() < len(fs.y_train))):
+            return got  # else a damaged or foreign cache: searched again, never indexed
     t = time.perf_counter()
     X_all = np.concatenate([fs.X_train, fs.X_test])
     a_idx, a_dist = nearest(fs.X_train, X_all, NEIGHBORS + 1, n_jobs)
@@ -146,6 +150,14 @@ def _cached_search(cache: Path, key: str, fs: FeatureSet, log, n_jobs) -> tuple[
     return a_idx, a_dist, t_idx, t_dist
 
 
+def _load_cache(cache: Path, names) -> tuple[np.ndarray, ...] | None:
+    """The cached arrays, or None where one is missing or unreadable."""
+    try:
+        return tuple(np.load(cache / f"{n}.npy", allow_pickle=False) for n in names)
+    except (OSError, ValueError):
+        return None
+
+
 def _set_cache_key(cache: Path, **keys) -> None:
     atomic_write(cache / "key.json", json.dumps({**(read_json(cache / "key.json") or {}), **keys}))
 
@@ -154,8 +166,11 @@ def _cached_probabilities(cache: Path, fs: FeatureSet, cv: int, n_jobs, log):
     """(out-of-fold train probabilities, test probabilities, folds), from the cache when it is this store's."""
     mkey = _store_key(fs, lab.MODEL, cv)
     keys = read_json(cache / "key.json") or {}
-    if keys.get("probabilities") == mkey and all((cache / f"{n}.npy").is_file() for n in ("probs_train", "probs_test")):
-        return np.load(cache / "probs_train.npy"), np.load(cache / "probs_test.npy"), keys.get("folds", cv)
+    if keys.get("probabilities") == mkey:
+        got = _load_cache(cache, ("probs_train", "probs_test"))
+        if got is not None and got[0].shape == (len(fs.y_train), len(fs.classes)) \
+                and got[1].shape == (len(fs.y_test), len(fs.classes)):
+            return got[0], got[1], keys.get("folds", cv)
     t = time.perf_counter()
     P_tr, P_te, folds = lab.probabilities(fs.X_train, fs.y_train, fs.X_test, len(fs.classes), cv, n_jobs)
     log(f"audit: out-of-fold probabilities ({folds} folds, {lab.MODEL}) in {time.perf_counter() - t:.1f} s")

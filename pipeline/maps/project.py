@@ -60,9 +60,12 @@ def load_map(out: Path, set_name: str, method: str) -> tuple[np.ndarray, dict] |
     if meta is None or not npy.exists():
         return None
     try:
-        return np.load(npy, allow_pickle=False), meta
+        coords = np.load(npy, allow_pickle=False)
     except (OSError, ValueError):
         return None
+    if coords.shape != (meta.get("rows"), 2) or not np.isfinite(coords).all():
+        return None  # not the map its record describes (cut, another shape): made again, never indexed
+    return coords, meta
 
 
 def is_cached(out: Path, fs: FeatureSet, method, backend=None) -> bool:
