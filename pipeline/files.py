@@ -37,6 +37,12 @@ def slug(name: str) -> str:
     return re.sub(r"[^\w.:+-]+", "-", name).strip("-")
 
 
+def named(path: str | os.PathLike) -> Path:
+    """`path` with a name to build beside: `.`, `..` or `/` as the absolute folder they mean."""
+    p = Path(path)
+    return Path(os.path.abspath(p)) if p.name in ("", "..") else p
+
+
 def io_error(e: OSError, what: str) -> PipelineError:
     """An OSError as one line: what failed, why, and (disk full) what to do."""
     why = e.strerror or str(e)

@@ -12,6 +12,7 @@ from pipeline.data import DATASET, DATASETS, TEST_FRACTION
 from pipeline.data.idx import DEBIAN_FASHION_MNIST
 from pipeline.embed.request import BACKBONE, ENGINES, IMAGE_SIZE, LITE, PRECISIONS, WEIGHTS, ExtractRequest
 from pipeline.errors import PipelineError
+from pipeline.files import named
 from pipeline.maps.methods import DEFAULT_METHODS, METHODS
 from pipeline.models.heads import HEADS, TRANSFORMS, HeadSpec
 from pipeline.results import REPORTS_ROOT, report_dir
@@ -80,10 +81,10 @@ def _out(ctx, param, value: str | None) -> str | None:
     """--out as a path with a name: `.` or `..` as the folder they mean; the file system's root refused."""
     if value is None:
         return value
-    full = os.path.abspath(os.path.expanduser(value))
-    if full == os.path.abspath(os.sep):
+    path = named(os.path.expanduser(value))
+    if not path.name:
         raise PipelineError(f"--out {value}: the file system's root cannot be an output; choose a folder of its own")
-    return full if Path(value).name in ("", "..") else value
+    return value if path == Path(os.path.expanduser(value)) else str(path)  # only a nameless one changes
 
 
 def out(help: str, default=None, **path):

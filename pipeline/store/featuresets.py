@@ -21,7 +21,7 @@ from pipeline.data import DATASET, TEST_FRACTION, dataset_slug, load_dataset
 from pipeline.data.images import from_pil, show_path, to_pil
 from pipeline.data.load import check_limit
 from pipeline.errors import PipelineError
-from pipeline.files import slug
+from pipeline.files import named, slug
 from pipeline.store.format import FEATURES_ROOT, Features, load_features, store_path
 
 ALIASES = {"resnet": "resnet18"}
@@ -186,7 +186,7 @@ def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: in
             parts, raw = _raw_folder(ds, raw_size)
         return FeatureSet(parts["train"], ds.splits["train"].labels, parts["test"], ds.splits["test"].labels,
                           {"dataset": ds.describe(), "raw": raw}, name="raw", classes=ds.classes, dataset=dataset)
-    path = Path(os.path.abspath(spec)) if Path(spec).name in ("", "..") else Path(spec)  # "." has no name
+    path = named(spec)
     name = ALIASES.get(spec, spec)
     if not path.exists():  # a backbone name: `pipeline run --limit N`'s own store first, then the full one
         slug_ = dataset_slug(dataset, data_dir)
@@ -237,17 +237,21 @@ def source_images(fs: FeatureSet):
         if name not in ds.splits and len(y):
             raise PipelineError(f"{d.get('source')}: no {name} images any more; the features of {fs.name} "
                                 f"were made from a dataset that has changed")
-    _cut(ds, {name: rows.get(name, len(split)) for name, split in ds.splits.items()})
-    _cut(ds, {"train": len(fs.y_train), "test": len(fs.y_test)}, fs, d.get("content_sha256"))
+    _cut(ds, {name: rows.get(name, len(split)) for name, split in ds.splits.items()})  # the store's rows
+    content = d.get("content_sha256")
+    if isinstance(content, str) and ds.content_hash != content:
+        raise PipelineError(f"{ds.source}: its images have changed since {fs.name}'s features were made (content "
+                            f"fingerprint differs), so its rows can no longer be named; extract it again")
+    _cut(ds, {"train": len(fs.y_train), "test": len(fs.y_test)})  # the feature set's rows
+    for name, y in (("train", fs.y_train), ("test", fs.y_test)):
+        if name in ds.splits and not np.array_equal(ds.splits[name].labels, y):
+            raise PipelineError(f"{ds.source}: its {name} images are no longer the ones {fs.name}'s features "
+                                f"were made from (labels differ); re-extract, or point --data-dir at the same data")
     return ds
 
 
-def _cut(ds, rows: dict[str, int], fs: FeatureSet | None = None, content: str | None = None) -> None:
-    """Each split of `ds` cut to its first `rows[name]` rows; with `fs`, first checked against the fingerprint
-    its features were made from (`content`: the whole store's rows) and then against its labels."""
-    if content and isinstance(content, str) and ds.content_hash != content:
-        raise PipelineError(f"{ds.source}: its images have changed since {fs.name}'s features were made (content "
-                            f"fingerprint differs), so its rows can no longer be named; extract it again")
+def _cut(ds, rows: dict[str, int]) -> None:
+    """Each split of `ds` named in `rows` cut to its first `rows[name]` rows (its fingerprint made again)."""
     for name, n in rows.items():
         split = ds.splits.get(name)
         if split is None:
@@ -257,9 +261,6 @@ def _cut(ds, rows: dict[str, int], fs: FeatureSet | None = None, content: str | 
             split.images = split.images[:n]
         else:
             split.files = split.files[:n]
-        if fs is not None and not np.array_equal(split.labels, fs.y_train if name == "train" else fs.y_test):
-            raise PipelineError(f"{ds.source}: its {name} images are no longer the ones {fs.name}'s features "
-                                f"were made from (labels differ); re-extract, or point --data-dir at the same data")
     ds._hash = None
 
 

@@ -35,6 +35,7 @@ from pipeline.files import (
     fsync_dir,
     has_fields,
     io_error,
+    named,
     read_json,
     remove_stale_tmp,
     write_json,
@@ -82,9 +83,7 @@ def load_features(path: str | os.PathLike, mmap: bool = True) -> Features:
     """Read a finished store; arrays are memory-mapped read-only unless `mmap=False`. Before anything is
     read, every array is checked against meta.json (present, its dtype and shape, its file's length), then
     the labels (their sha256 and range); a damaged store is one line."""
-    path = Path(path)
-    if not path.name:  # "." or "/": named as the folder they are
-        path = Path(os.path.abspath(path))
+    path = named(path)
     if not (path / "meta.json").is_file():
         partial = path.with_name(path.name + ".partial") if path.name else None  # the root has no sibling
         hint = (f"; an unfinished extraction is in {partial}: rerun the same `pipeline extract` to finish it"
