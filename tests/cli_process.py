@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,8 @@ def _main(args: list[str], cwd: str, env: dict, out: str, err: str) -> None:  # 
         os.dup2(f, fd)
         os.close(f)
     sys.argv = ["pipeline", *args]
+    # Ctrl-C as at a terminal, even where the tests themselves run with SIGINT ignored (a background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pipeline.cli import main
 
     main()  # click ends with SystemExit(code): the process's exit status
@@ -61,6 +64,9 @@ class Command:
 
     def kill(self) -> None:
         self._proc.kill()
+
+    def stderr_so_far(self) -> str:
+        return self._read(self._err)
 
     def wait(self, timeout: float | None = 300) -> subprocess.CompletedProcess:
         self._proc.join(timeout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import cli_process
@@ -26,14 +27,17 @@ pytestmark = pytest.mark.slow  # 13 whole `pipeline run`s
 TIMING = {"fit_seconds", "predict_seconds", "search_seconds"}
 
 
+def args(data, weights, methods="pca"):
+    return ["run", "--data-dir", data, "--backbone", "resnet18", "--weights", weights, "--image-size", 48,
+            "--limit", 60, "--grid", "quick", "--classifiers", "lda,logreg", "--methods", methods, "--n-jobs", 1,
+            "--device", "cpu"]  # bit-identical reruns: the CPU path (cuDNN picks its kernels per process)
+
+
 def run(tmp, data, weights, kill_at=None):
     env = {k: v for k, v in os.environ.items() if k != "PIPELINE_KILL_AT"}
     if kill_at:
         env["PIPELINE_KILL_AT"] = kill_at
-    args = ["run", "--data-dir", data, "--backbone", "resnet18", "--weights", weights, "--image-size", 48,
-            "--limit", 60, "--grid", "quick", "--classifiers", "lda,logreg", "--methods", "pca", "--n-jobs", 1,
-            "--device", "cpu"]  # bit-identical reruns: the CPU path (cuDNN picks its kernels per process)
-    return cli_process.run(args, cwd=tmp, env=env)
+    return cli_process.run(args(data, weights), cwd=tmp, env=env)
 
 
 def outputs(tmp: Path) -> dict:
@@ -90,3 +94,20 @@ def test_killed_anywhere_then_rerun_gives_the_same_outputs(tmp_path, reference, 
     stages = json.loads((got["out"] / "run.json").read_text())["stages"]
     assert [s["stage"] for s in stages] == ["extract", "classify", "galleries", "audit", "project", "maps.html",
                                                "report"]
+
+
+def test_ctrl_c_during_tsne_after_the_audit_exits_130(tmp_path, reference, resnet18_file):
+    """Issue 42 row 10: Ctrl-C while t-SNE maps, after the audit had embedded its grey and colour images with
+    OpenVINO in the same process, was a segfault (rc -11): OpenVINO left the main thread a signal stack in
+    freed memory, where Python's SIGINT handler then ran. It must stop as every stage does: exit 130, one line."""
+    data, _ = reference
+    p = cli_process.start(args(data, resnet18_file, methods="tsne,umap"), cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while "tsne  mapping" not in p.stderr_so_far() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "audit: " in p.stderr_so_far(), p.stderr_so_far()[-2000:]  # the audit ran first, in this process
+    os.kill(p.pid, signal.SIGINT)
+    r = p.wait()
+    assert r.returncode == 130, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.rstrip().endswith("interrupted; run the same command again to resume"), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr

@@ -211,30 +211,34 @@ class OpenVINOEngine:
 
     def _compile(self, channels: int):
         if channels not in self._compiled:
-            model, self._graphs[channels], _ = cached_model(self._ov, "openvino", self._graph_recipe(channels),
-                                                            lambda: self._convert(channels), required=False)
-            if self.asked == "int8":
-                model, how, entry = quantized(self._ov, model, self._int8_recipe(channels),
-                                              lambda: calibration_batches(self.calibration, self.preprocess.resize,
-                                                                          channels))
-            # int8: the layers NNCF left unquantized run in f32
-            hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}[self.asked]
-            compiled = self._ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                                     "PERFORMANCE_HINT": "THROUGHPUT"})
-            self.nreq = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-            _first_request(compiled, channels, self.size)
-            # what OpenVINO runs, not what was asked: a bf16 hint on a CPU without bf16 runs f32; an int8
-            # model on a CPU without int8 kernels runs its layers in f32
-            ran = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
-                compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
-            self.precision = ran or self.precision
-            if self.asked == "int8":
-                k, n = int8_layers(compiled)
-                self._int8[channels] = {"model": how, "recipe": entry.name, "int8_layers": k, "weighted_layers": n}
-                if k:
-                    self.precision = "int8"
-            self._compiled[channels] = compiled
+            with signal_stack_kept():  # NNCF's calibration compiles models too
+                self._compiled[channels] = self._compile_new(channels)
         return self._compiled[channels]
+
+    def _compile_new(self, channels: int):
+        model, self._graphs[channels], _ = cached_model(self._ov, "openvino", self._graph_recipe(channels),
+                                                        lambda: self._convert(channels), required=False)
+        if self.asked == "int8":
+            model, how, entry = quantized(self._ov, model, self._int8_recipe(channels),
+                                          lambda: calibration_batches(self.calibration, self.preprocess.resize,
+                                                                      channels))
+        # int8: the layers NNCF left unquantized run in f32
+        hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}[self.asked]
+        compiled = self._ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                                 "PERFORMANCE_HINT": "THROUGHPUT"})
+        self.nreq = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        _first_request(compiled, channels, self.size)
+        # what OpenVINO runs, not what was asked: a bf16 hint on a CPU without bf16 runs f32; an int8
+        # model on a CPU without int8 kernels runs its layers in f32
+        ran = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
+            compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+        self.precision = ran or self.precision
+        if self.asked == "int8":
+            k, n = int8_layers(compiled)
+            self._int8[channels] = {"model": how, "recipe": entry.name, "int8_layers": k, "weighted_layers": n}
+            if k:
+                self.precision = "int8"
+        return compiled
 
     def _int8_recipe(self, channels: int) -> dict:
         """What makes two int8 models the same: the cache's key."""
@@ -293,6 +297,32 @@ class OpenVINOEngine:
 
     def _new_request(self, compiled):
         return compiled.create_infer_request()
+
+
+@contextlib.contextmanager
+def signal_stack_kept():
+    """The calling thread's alternate signal stack as it was before the block (Linux; elsewhere a no-op).
+
+    OpenVINO's CPU plugin gives the thread a signal stack of its own when it compiles a model, and when the
+    model is freed puts back the one it replaced, even when that one has since been freed too: two compiled
+    models freed in the order they were made (the audit's grey and colour graphs) left the main thread a signal
+    stack in unmapped memory, and the next Ctrl-C, whose Python handler runs there, was a segfault instead of
+    exit 130. Kept as it was, the stack OpenVINO records and puts back is always one that still exists."""
+    import ctypes
+    import sys
+
+    class StackT(ctypes.Structure):  # Linux's stack_t
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    libc = ctypes.CDLL(None) if sys.platform == "linux" else None
+    before = StackT()
+    if libc is None or libc.sigaltstack(None, ctypes.byref(before)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(before), None)
 
 
 def _first_request(compiled, channels: int, size: int) -> None:
