@@ -374,6 +374,33 @@ def test_images_decode_as_a_viewer_shows_them(tmp_path):
     assert x.shape == (1, 10, 10) and x[0, 5, 5] == round(55 * 600 * 255 / 65535) and x.max() < 255
 
 
+def test_a_huge_photo_decodes_no_larger_than_the_model_needs(tmp_path):
+    """Issue 42 row 16: a batch of 7900 x 7900 photos held ~187 MB per image. Decoding now shrinks an image by
+    the largest whole factor keeping its shorter side >= DECODE_SIDE (each pixel the mean of a k x k block), so
+    a batch's memory no longer grows with the photos' size; smaller images decode exactly as before, and the
+    16-bit scaling and EXIF rotation still apply."""
+    from pipeline.data.dataset import Split
+    from pipeline.data.images import DECODE_SIDE
+    from pipeline.data.images import decode_image as _decode
+
+    yy, xx = np.mgrid[0:6200, 0:4300]
+    big = np.stack([(xx // 7) % 256, (yy // 5) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.png", compress_level=1)
+    batch = Split("test", np.zeros(3, np.int64), files=[tmp_path / "big.png"] * 3).batch(0, 3)
+    k = 4300 // DECODE_SIDE  # 4
+    assert [b.shape for b in batch] == [(3, 6200 // k, 4300 // k)] * 3
+    assert sum(b.nbytes for b in batch) < 3 * big.nbytes / 15
+    block = big[:6200 // k * k, :4300 // k * k].reshape(6200 // k, k, 4300 // k, k, 3).mean((1, 3))
+    assert np.abs(batch[0].transpose(1, 2, 0).astype(float) - block).max() <= 1  # each pixel a block's mean
+    small = big[:2047, :3000]
+    Image.fromarray(small).save(tmp_path / "small.png")
+    np.testing.assert_array_equal(_decode(tmp_path / "small.png"), small.transpose(2, 0, 1))  # untouched
+    deep = (np.arange(2100 * 2200, dtype=np.uint32).reshape(2100, 2200) % 200).astype(np.uint16)  # dark 16-bit
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    x = _decode(tmp_path / "deep.png")
+    assert x.shape == (1, 1050, 1100) and x.max() <= round(200 * 255 / 65535)  # scaled as 16-bit, not as 8
+
+
 # --- hostile image folders ----------------------------------------------------------------------------------
 
 def _extract_folder(runner, root, out):

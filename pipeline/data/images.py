@@ -16,6 +16,9 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 MAX_PIXELS = 64_000_000  # 8000 x 8000: far beyond any photo a CNN sees at 224 px; more is a decompression bomb
+DECODE_SIDE = 1024  # decoded images keep a shorter side of at least this (the largest --image-size), no more than 2x
+DECODE = {"reduce": f"by the largest whole factor keeping the shorter side >= {DECODE_SIDE} px (PIL reduce)"}
+_REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"}  # the modes PIL's reduce() takes
 
 
 @contextlib.contextmanager
@@ -74,15 +77,31 @@ def as_viewed(im) -> np.ndarray:
     from PIL import Image, ImageOps
 
     im = ImageOps.exif_transpose(im) or im  # phone photos are often stored sideways
+    sixteen = im.mode.startswith("I;16")
+    im = _reduced(im)
     if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grayscale: scale, do not clip, to 0..255
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        top = 65535.0 if sixteen or a.max() > 255 else 255.0
         return np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)[None]
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         im = im.convert("L" if _is_gray(rgba) else "RGB")
     return from_pil(im.convert("L" if im.mode in ("L", "1") else "RGB"))
+
+
+def _reduced(im):
+    """`im` shrunk by the largest whole factor that keeps its shorter side at least DECODE_SIDE (PIL's reduce():
+    the mean of each k x k block), so memory grows no further with an image's size than the model needs: a
+    7900 x 7900 photo decodes to 1128 x 1128 (3.8 MB, not 187 MB). Every consumer resizes to at most
+    DECODE_SIDE (the model's input, raw pixels, thumbnails), so this only averages sooner what its antialiased
+    resize would average anyway (docs/decisions.md#decode-reduce). Unchanged below 2 x DECODE_SIDE."""
+    k = min(im.size) // DECODE_SIDE
+    if k < 2:
+        return im
+    if im.mode.startswith("I;16"):
+        im = im.convert("I")
+    return im.reduce(k) if im.mode in _REDUCIBLE else im
 
 
 def to_pil(img: np.ndarray):

