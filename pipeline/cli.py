@@ -120,7 +120,10 @@ def project(features, methods, dataset, data_dir, limit, test_fraction, raw_size
     backend = make_backend(device)
     sets = load_feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
     out = study_out(out, dataset, data_dir, "maps")
-    run_project(sets, split_names(methods), out, backend, n_jobs)
+    maps = run_project(sets, split_names(methods), out, backend, n_jobs)
+    for method, metas in maps.items():  # the result: how well each map keeps the classes and neighbourhoods
+        for fs, m in zip(sets, metas):
+            click.echo(f"{fs.name:>20} {method:<5} 5-NN {m['knn_accuracy']:.4f}  trust {m['trustworthiness']:.4f}")
     _say(f"maps in {out}/: <set>_<method>.npy coordinates (+ .json scores), <method>.png figures")
     if out.name == "maps" and (out.parent / "results.json").exists():  # a study's maps: its interactive page
         refresh_map_view(out.parent, sets, _say, out)
@@ -195,8 +198,8 @@ def run(**options):
 
     command = shlex.join(["pipeline", *click.get_current_context().meta.get("pipeline.argv", [])])  # as typed
     info = run_study(RunConfig(**options), command=command)
-    for s in info["stages"]:
-        _say(f"{s['stage']:>9}  {s['state']:<8} {s['seconds']:8.1f} s  {s['detail']}")
+    for s in info["stages"]:  # the run's result: what each stage did
+        click.echo(f"{s['stage']:>9}  {s['state']:<8} {s['seconds']:8.1f} s  {s['detail']}")
     _say(f"report: {info['out']}/report.html and report.md; models in {info['out']}/models/")
 
 

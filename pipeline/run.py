@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.classical.backends import make_backend
 from pipeline.classical.specs import DEFAULT_CLASSIFIERS, DEFAULT_CV, DEFAULT_GRID, PRESETS, check_folds
-from pipeline.console import split_names, stderr
+from pipeline.console import headed, split_names, stderr
 from pipeline.data import DATASET, TEST_FRACTION, dataset_slug
 from pipeline.data.domain import domain_for
 from pipeline.data.folder import refuse_output_inside
@@ -370,12 +370,12 @@ def run_record(s: Study, command: str | None) -> dict:
 def run_stage(stage: Stage, s: Study, info: dict) -> None:
     """One stage, timed, its entry added to run.json (written at once: a crash keeps the finished stages'
     times). An optional stage's `PipelineError` is said and recorded as skipped."""
-    s.log(f"== {stage.name}")
-    t = time.perf_counter()
-    if stage.optional:
-        state, detail = soft_fail(stage.name, lambda: stage.run(s), s.log)
-    else:
-        state, detail = stage.run(s)
+    t, log = time.perf_counter(), s.log
+    with headed(f"== {stage.name}", log) as s.log:  # a stage that says nothing (skipped) gets no heading
+        try:
+            state, detail = soft_fail(stage.name, lambda: stage.run(s), s.log) if stage.optional else stage.run(s)
+        finally:
+            s.log = log
     info["stages"].append({"stage": stage.name, "state": state, "seconds": round(time.perf_counter() - t, 1),
                            "detail": detail})
     atomic_write(s.out / "run.json", json.dumps(info, indent=1))

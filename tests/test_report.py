@@ -435,7 +435,33 @@ def test_the_recorded_command_pastes_back_and_runs(tmp_path, runner, monkeypatch
     assert pasted[0] == "pipeline"
     r = run_cli(runner, *pasted[1:])
     assert r.exit_code == 0, r.output
-    assert "skipped" in r.stderr
+    assert "classify  skipped" in r.stdout
+
+
+def test_one_progress_convention_results_on_stdout_and_no_empty_headings(tmp_path, runner, monkeypatch):
+    """Issue 42 row 23. Off a terminal (here: the test's captured streams) no stage draws a carriage-return
+    bar (the audit's did); long work says its rate in plain lines instead. The run's result, what each stage
+    did, is on standard output; logs are on standard error; a rerun that skips a stage prints no heading for
+    it."""
+    from pipeline import console
+
+    monkeypatch.setattr(console, "RATE_EVERY_S", 0.0, raising=False)  # a rate line at every step, not every 30 s
+    data = make_idx_dir(tmp_path / "data", n_train=200, n_test=40)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--data-dir", data, "--weights", "none", "--image-size", "32", "--grid", "quick",
+            "--classifiers", "lda", "--methods", "pca", "--cv", "2", "--device", "cpu"]
+    r = run_cli(runner, *args)
+    assert r.exit_code == 0, r.output
+    assert "\r" not in r.stderr and "\r" not in r.stdout
+    rates = [line for line in r.stderr.splitlines() if line.endswith(("img/s", "fit/s"))]
+    assert any(line.startswith("pixel signatures train: ") for line in rates), r.stderr  # the audit's
+    assert any(" fit/s" in line for line in rates) and any(" img/s" in line for line in rates), r.stderr
+    assert "== classify" in r.stderr and "classify  ran" in r.stdout and "== " not in r.stdout
+    again = run_cli(runner, *args)
+    assert again.exit_code == 0, again.output
+    for stage in ("classify", "galleries", "audit", "maps.html", "report"):
+        assert f"== {stage}\n" not in again.stderr, again.stderr  # each said nothing: no heading
+    assert "classify  skipped" in again.stdout and "audit  skipped" in again.stdout
 
 
 def test_transfer_modes_pick_the_best_classical_model_by_cv_not_by_the_test_set():

@@ -34,10 +34,10 @@ def signature(img: np.ndarray) -> tuple[str, np.ndarray]:
     return digest, np.stack(sigs)
 
 
-def signatures(split, desc: str = "") -> tuple[list[str], np.ndarray]:
+def signatures(split, desc: str = "", progress: bool | None = None) -> tuple[list[str], np.ndarray]:
     """Every image of a split: (hashes, (n, len(CROPS), SIDE*SIDE) signatures)."""
     hashes, sigs = [], np.empty((len(split), len(CROPS), SIDE * SIDE), np.float32)
-    with progress_bar(len(split), progress=True, unit="img", desc=f"pixel signatures {desc}".strip()) as bar:
+    with progress_bar(len(split), progress=progress, unit="img", desc=f"pixel signatures {desc}".strip()) as bar:
         for a in range(0, len(split), 512):
             for i, img in enumerate(split.batch(a, min(a + 512, len(split))), a):
                 h, sigs[i] = signature(img)
