@@ -9,6 +9,7 @@ import html
 import json
 import os
 import platform
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -491,12 +492,12 @@ def _audit_caption(a: dict | None) -> str:
     confirmed = ", ".join(f"{v['pixel_confirmed']:.0%} of the {name}" for name, v in cal["variants"].items()
                           if "pixel_confirmed" in v)
     return text + (f"{c['test_with_train_twin']:,} test images have a twin in the training split; the accuracy "
-                   f"without them (and without the suspect labels) is in the Accuracy section. The bound on the "
-                   f"embedding's distance was calibrated on {cal['images']} training images re-encoded, resized "
-                   f"and cropped (the largest distance to their copy); the pixel check confirms "
-                   f"{confirmed or format(cal['pixel_confirmed'], '.0%')} copies, so a copy made as one it "
-                   f"misses would not be found. Every flagged file is in {AUDIT_CSV}; nothing was changed. "
-                   f"Images in report.html.")
+                   f"without them (and without the suspect labels) is in the Accuracy section. How near a "
+                   f"duplicate must be was measured: {cal['images']} training images were copied (re-encoded, "
+                   f"resized, cropped), and the embedding-distance bound is the largest distance from an image to "
+                   f"its copy. The pixel check then confirmed {confirmed or format(cal['pixel_confirmed'], '.0%')} "
+                   f"copies; a duplicate made the way of an unconfirmed copy may be missed. Every flagged file is "
+                   f"in {AUDIT_CSV}; nothing was changed. Images in report.html.")
 
 
 def audit_blocks(a: dict | None) -> list[tuple[str, str, list]]:
@@ -636,9 +637,9 @@ def _file_blocks(d: dict, sections: dict) -> dict:
             if key == "images":
                 sections[key] = (_images_caption(g), [t for t in (gallery_rows(g), retrieval_rows(g)) if t[1]])
             if key == "audit":
-                without = audit_accuracy_rows(g)
-                sections[key] = (_audit_caption(g), [audit_rows(g), without, audit_class_rows(g)] if g else [])
-                if without[1]:  # the main table's numbers, without the split's problems
+                without = audit_accuracy_rows(g)  # shown once: in Accuracy, beside the numbers it qualifies
+                sections[key] = (_audit_caption(g), [audit_rows(g), audit_class_rows(g)] if g else [])
+                if without[1]:
                     sections["accuracy"][1].insert(1, without)
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise PipelineError(f"{d['out'] / name} is damaged ({type(e).__name__}: {str(e)[:80]}); move it away, "
@@ -663,7 +664,7 @@ def _render(out: Path, title: str, sections: dict, images: dict, blocks: dict,
     for key, heading in SECTIONS:
         text, tables = sections[key]
         md += [f"## {heading}", "", markdown.escape(text), ""]
-        body += [f'<section id="{key}"><h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>']
+        body += [f'<section id="{key}"><h2>{html.escape(heading)}</h2><p>{_html_text(text)}</p>']
         for text_, rel in (links or {}).get(key, []):
             md += [f"[{markdown.escape(text_)}]({quote(rel)})", ""]
             body.append(f'<p class="link"><a href="{html.escape(quote(rel))}">{html.escape(text_)}</a></p>')
@@ -675,7 +676,7 @@ def _render(out: Path, title: str, sections: dict, images: dict, blocks: dict,
             body.append(_img(out, rel, alt))
         for heading_, text_, thumbs in blocks.get(key, []):  # thumbs: one grid, or a list of grids (rows)
             rows = thumbs if thumbs and isinstance(thumbs[0], list) else [thumbs]
-            body.append(f"<h3>{html.escape(heading_)}</h3>" + (f"<p>{html.escape(text_)}</p>" if text_ else "")
+            body.append(f"<h3>{html.escape(heading_)}</h3>" + (f"<p>{_html_text(text_)}</p>" if text_ else "")
                         + "".join(sheets.grid(r) for r in rows))
         if not tables and not images.get(key) and not blocks.get(key):
             md += ["(nothing yet)", ""]
@@ -684,6 +685,11 @@ def _render(out: Path, title: str, sections: dict, images: dict, blocks: dict,
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     return page, "\n".join(md)
+
+
+def _html_text(text: str) -> str:
+    """A caption as HTML: escaped, its `commands` set as code (not shown with their backticks)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def _write_report(out: Path) -> tuple[Path, Path]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -149,6 +150,11 @@ def test_report_shows_the_audit_and_the_accuracy_without_the_leaks(audited, tmp_
     md = (out / "report.md").read_text()
     assert "## Trust the test set" in md and "without the 3 with a training twin" in md
     page = (out / "report.html").read_text()
+    # issue 42 row 22: the accuracy without the leaks is shown once (in Accuracy, not again in the audit), and
+    # commands in captions are code, not text with backticks
+    assert page.count("without the 3 with a training twin") == 1 and md.count("without the 3 with a training twin") == 1
+    assert "<code>pipeline evaluate --folder DIR</code>" in page
+    assert not re.search(r"<p>[^<]*`", page), re.search(r"<p>[^<]*`", page)
     assert page.count('class="thumb') >= 2 + 2 + 2 + 1 + 1  # the three pairs, the moved image, the blank one
     assert "circle → triangle" in page
 
@@ -177,6 +183,15 @@ def test_rerun_is_up_to_date_and_other_data_is_refused(audited, tmp_path):
         r = run_cli(runner, "audit", "--dataset", "folder", "--data-dir", "planted", "--features",
                     "efficientnet_lite0", "--out", tmp_path / "bad")
         assert_one_line_error(r, "is not pipeline's audit file")
+        # issue 42 row 15: the right keys with wrong types were "up to date", then a TypeError
+        doc = json.loads(before)
+        doc["duplicates"]["counts"]["exact_groups"] = "none"
+        doc["label_issues"]["test"] = [{"index": "7", "given": 0, "suggested": 1, "self_confidence": 0.5, "path": ""}]
+        shutil.copytree(study, tmp_path / "typed")  # the study, its audit damaged
+        (tmp_path / "typed" / "audit.json").write_text(json.dumps(doc))
+        r = run_cli(runner, "audit", "--dataset", "folder", "--data-dir", "planted", "--features",
+                    "efficientnet_lite0", "--out", tmp_path / "typed")
+        assert_one_line_error(r, "audit.json: ", "must be", "move it away")
         r = run_cli(runner, "audit", "--dataset", "folder", "--data-dir", "planted", "--features", "raw")
         assert_one_line_error(r, "raw: the audit needs an embedding store", "not raw pixels",
                               "pass --features BACKBONE or a store path")

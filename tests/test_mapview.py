@@ -89,6 +89,41 @@ def test_hover_shows_a_thumbnail_and_the_switch_shows_the_misclassified(study, t
     assert r["cards"] and all(w <= 240 and h <= 110 for w, h, _ in r["cards"]), r["cards"]
 
 
+REPORT_PROBE = """<script>window.addEventListener("load", () => {
+  const a = [...document.querySelectorAll("a")].find(e => e.getAttribute("href") === "maps.html");
+  const imgs = [...document.querySelectorAll("#confusion img")]
+    .map(i => [i.naturalWidth, i.getBoundingClientRect().width]);
+  const pre = document.createElement("pre"); pre.id = "probe";
+  pre.textContent = JSON.stringify({link: a ? a.textContent : null, shown: !!(a && a.offsetParent),
+    section: a ? a.closest("section").id : null, confusion: imgs,
+    backticks: [...document.querySelectorAll("p")].filter(p => p.textContent.includes("`")).length});
+  document.body.appendChild(pre);
+});</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium here (Debian: apt-get install chromium)")
+def test_report_links_the_interactive_maps_in_chromium(study, tmp_path):
+    """Issue 42 rows 18, 21, 22 as a reader sees report.html in a browser: a visible link to maps.html in the
+    maps section, confusion matrices drawn at a readable size (not shrunk into small multiples), and no
+    caption showing raw backticks."""
+    out, _, _ = study
+    page = (out / "report.html").read_text()
+    at = page.rfind("</body>")
+    (out / "probe_report.html").write_text(page[:at] + REPORT_PROBE + page[at:])
+    try:
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1400",
+                              "--virtual-time-budget=5000", "--dump-dom", (out / "probe_report.html").as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        (out / "probe_report.html").unlink()
+    found = re.search(r'<pre id="probe">([^<]*)</pre>', dom)
+    assert found, dom[-500:]
+    r = json.loads(found.group(1).replace("&quot;", '"'))
+    assert r["link"] and r["shown"] and r["section"] == "maps", r
+    assert r["confusion"] and all(shown >= 500 for _, shown in r["confusion"]), r["confusion"]
+    assert r["backticks"] == 0, r
+
+
 def test_wild_photos_are_placed_among_their_nearest_training_images(study, tmp_path, runner):
     """After `evaluate`, the next run draws the wild photos on every map: each at the median map position of
     its 10 nearest training images (cosine) in that feature set."""

@@ -191,3 +191,28 @@ def test_no_write_replaces_a_device_or_fifo(tmp_path):
         with pytest.raises(PipelineError, match="is not a regular file"):
             atomic_write(path, "x")
         assert not path.is_file(), kind
+
+
+def test_scores_are_named_for_what_they_are():
+    """Issue 42 row 26: predict labelled an RBF SVC's scores only "decision". They are one-vs-one votes (each
+    class's vote count plus a confidence under 1/3); a linear SVM's are one-vs-rest margins; neither is a
+    probability, and a model with probabilities says so."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC, LinearSVC
+
+    from pipeline.apply.predict import model_scores
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 1.0, (30, 4)) for c in range(4)])
+    y = np.repeat(np.arange(4), 30)
+    svc = make_pipeline(StandardScaler(), SVC(kernel="rbf")).fit(X, y)
+    kind, s = model_scores(svc, X)
+    assert kind == "one-vs-one votes" and s.shape == (120, 4)
+    votes = np.round(s)  # 4 classes: 6 pairwise votes per image
+    assert np.all(np.abs(s - votes) < 1 / 3 + 1e-9) and np.all(votes.sum(1) == 6)
+    assert np.array_equal(s.argmax(1), svc.predict(X))
+    assert model_scores(make_pipeline(LinearSVC()).fit(X, y), X)[0] == "one-vs-rest margin"
+    assert model_scores(make_pipeline(SVC()).fit(X[y < 2], y[y < 2]), X)[0] == "one-vs-rest margin"  # one score
+    assert model_scores(LogisticRegression().fit(X, y), X)[0] == "probability"

@@ -48,10 +48,15 @@ def predict(model: str | Path, inputs, out: str | Path | None = PREDICTIONS, top
 
 
 def model_scores(est, X) -> tuple[str, np.ndarray]:
-    """Class probabilities where the model has them, else its decision scores (one column per class)."""
+    """(what the scores are, one column per class): class probabilities where the model has them, else its
+    decision scores, named for what they are: an SVM's one-vs-one votes (each class's vote count plus a
+    tie-breaking confidence under 1/3, scikit-learn's "ovr" shape of them) or a linear model's one-vs-rest
+    margin (its signed distance to each class's hyperplane). Neither is a probability."""
     if has_method(est, "predict_proba"):
         return "probability", np.asarray(est.predict_proba(X))
     d = np.asarray(est.decision_function(X))
     if d.ndim == 1:  # two classes: one score, for the second of est.classes_
         d = np.stack([-d, d], axis=1)
-    return "decision", d
+    clf = est[-1] if hasattr(est, "steps") else est
+    return ("one-vs-one votes" if hasattr(clf, "n_support_") and len(est.classes_) > 2 else
+            "one-vs-rest margin"), d

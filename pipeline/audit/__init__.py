@@ -7,7 +7,7 @@ The thresholds live here, and docs/results.md#audit says how they were chosen.""
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.files import read_json
+from pipeline.files import check_schema, read_json
 
 AUDIT, AUDIT_CSV = "audit.json", "audit.csv"
 FORMAT = "pipeline-audit/1"
@@ -26,11 +26,48 @@ OUTLIER_Z = 6.0  # an outlier: its neighbour distance this many robust standard 
 SHOWN = 12  # groups / images per kind in the report
 
 
+def _obj(props: dict, required=None) -> dict:
+    return {"type": "object", "required": list(props) if required is None else required, "properties": props}
+
+
+_N, _I, _S = {"type": "number"}, {"type": "integer", "minimum": 0}, {"type": "string"}
+_NN = {"type": ["number", "null"]}
+_SPLITS = lambda item: _obj({"train": item, "test": item})  # noqa: E731
+_ISSUE = _obj({"index": _I, "given": _I, "suggested": _I, "self_confidence": _N, "path": _S})
+_MEMBER = {"type": "array", "prefixItems": [{"enum": ["train", "test"]}, _I, _I], "minItems": 3, "maxItems": 3}
+# audit.json, declaratively: every field the audit's rerun check, the report, the CSV and the summary read
+AUDIT_SCHEMA = _obj({
+    "format": {"const": FORMAT}, "key": _S, "records_key": {"type": "array"},
+    "classes": {"type": "array", "items": _S},
+    "store": _obj({"name": _S, "rows": _SPLITS(_I)}),
+    "params": _obj({"neighbors": _I, "signature": _S, "outlier_z": _N}),
+    "thresholds": _obj({"embedding_cosine": _N, "pixel_corr": _N, "pixel_mad": _N, "outlier_distance": _N,
+                        "outlier_median": _N, "label_issues": _S}),
+    "calibration": _obj({"images": _I, "variants": {"type": "object", "additionalProperties": _obj(
+        {"pixel_confirmed": _N}, required=[])}, "pixel_confirmed": _N}),
+    "duplicates": _obj({"counts": _obj({k: _I for k in (
+        "groups_train", "groups_test", "groups_across", "pairs_train_test", "test_with_train_twin", "exact_groups",
+        "near_groups", "conflicting_groups")}), "groups": {"type": "array", "items": _obj(
+            {"kind": _S, "members": {"type": "array", "items": _MEMBER}, "conflicting_labels": {"type": "boolean"}})}}),
+    "label_issues": _obj({"model": _S, "folds": _I, "share": _SPLITS(_N),
+                          "per_class": _SPLITS({"type": "array", "items": _NN}),
+                          "train": {"type": "array", "items": _ISSUE}, "test": {"type": "array", "items": _ISSUE}}),
+    "outliers": _obj({"count": _I, "items": {"type": "array", "items": _obj(
+        {"split": {"enum": ["train", "test"]}, "index": _I, "label": _I, "score": _N, "path": _S})}}),
+    "accuracy": {"type": "array", "items": _obj({"feature_set": _S, "classifier": _S, "all": _NN,
+                                                "without_train_twins": _NN, "without_label_issues": _NN,
+                                                "removed_twins": _I, "removed_label_issues": _I})},
+    "thumbs": {"type": "object", "additionalProperties": _S},
+})
+
+
 def read_audit(path: Path) -> dict | None:
-    """audit.json, or None where there is none; a file that is not one is one line."""
+    """audit.json, or None where there is none; a file that is not one, or one whose fields have the wrong
+    types, is one line (never "up to date", then a traceback)."""
     a = read_json(path, kind=object, strict=True)
     if a is None:
         return None
     if not (isinstance(a, dict) and a.get("format") == FORMAT and isinstance(a.get("thumbs"), dict)):
         raise PipelineError(f"{path} is not pipeline's audit file; move it away (`pipeline audit` writes it)")
+    check_schema(a, AUDIT_SCHEMA, path, "move it away (`pipeline audit` writes it again)")
     return a

@@ -225,7 +225,11 @@ def _up_to_date(a: dict | None, fs: FeatureSet, records: list[dict]) -> bool:
 
 
 def is_current(out: Path, fs: FeatureSet) -> bool:
-    return _up_to_date(read_json(Path(out) / AUDIT), fs, read_results(out))
+    try:
+        old = read_audit(Path(out) / AUDIT)
+    except PipelineError:  # not an audit file, or a damaged one: the audit says so, in one line
+        return False
+    return _up_to_date(old, fs, read_results(out))
 
 
 def audit_study(store: str, dataset: str, data_dir, limit: int | None, test_fraction: float | None, out: Path, *,
