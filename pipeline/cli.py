@@ -80,7 +80,7 @@ def extract(**options):
 @opt.DEVICE
 @opt.N_JOBS
 @opt.dask("the grid search's fits run on its workers")
-@opt.out(f"[default: {REPORTS_ROOT}/<dataset>]")
+@opt.out(opt.STUDY_OUT_HELP)
 def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classifiers, grid, cv, device, n_jobs, dask,
              out):
     """Grid-searched classifiers on raw pixels and embeddings: records, confusion matrices, models.
@@ -96,7 +96,7 @@ def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classi
 
     grid = load_grid(grid)
     sets = load_feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
-    out = study_out(out, dataset, data_dir)
+    out = study_out(out, dataset, data_dir, limit=limit)
     run_classify(sets, split_names(classifiers), grid, cv, backend, n_jobs, dask, out)
     refresh_galleries(out, sets, _say)
     click.echo((out / "results.md").read_text())
@@ -109,7 +109,7 @@ def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classi
 @opt.dataset_options()
 @opt.DEVICE
 @opt.N_JOBS
-@opt.out(f"[default: {REPORTS_ROOT}/<dataset>/maps]")
+@opt.out(f"[default: {REPORTS_ROOT}/<dataset>/maps, with --limit N {REPORTS_ROOT}/<dataset>-firstN/maps]")
 def project(features, methods, dataset, data_dir, limit, test_fraction, raw_size, device, n_jobs, out):
     """2-D maps (PCA, t-SNE, UMAP) of each feature set, with 5-NN accuracy and trustworthiness."""
     from pipeline.classical.backends import make_backend
@@ -119,7 +119,7 @@ def project(features, methods, dataset, data_dir, limit, test_fraction, raw_size
 
     backend = make_backend(device)
     sets = load_feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
-    out = study_out(out, dataset, data_dir, "maps")
+    out = study_out(out, dataset, data_dir, "maps", limit)
     maps = run_project(sets, split_names(methods), out, backend, n_jobs)
     for method, metas in maps.items():  # the result: how well each map keeps the classes and neighbourhoods
         for fs, m in zip(sets, metas):
@@ -145,7 +145,7 @@ def train(features, head, hidden, dropout, input_dropout, input_transform, refit
     sets = load_feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
     if len(sets) != 1:
         raise PipelineError(f"--features {features}: `pipeline train` trains on one feature set at a time")
-    out = study_out(out, dataset, data_dir)
+    out = study_out(out, dataset, data_dir, limit=limit)
     rec = train_head(sets[0], tc.TrainRequest(spec, cfg, out, overwrite, refit))
     click.echo(f"{rec['label']} on {rec['feature_set']}: test accuracy {rec['test_accuracy']:.4f} (validation "
                f"{rec['cv_mean']:.4f}, epoch {rec['best_epoch']} of {rec['epochs_run']} kept), "
@@ -274,7 +274,8 @@ def neighbors(store, images, k, out, overwrite, weights, device):
               help=f"The embeddings to audit with: {opt.STORE_HELP}.")
 @opt.dataset_options(raw=False)
 @opt.cv("Folds of the out-of-fold probabilities the label-issue check reads.")
-@opt.out(f"The study folder for audit.json and audit.csv [default: {REPORTS_ROOT}/<dataset>]; its records' saved "
+@opt.out(f"The study folder for audit.json and audit.csv [default: {REPORTS_ROOT}/<dataset>, with --limit N "
+         f"<dataset>-firstN]; its records' saved "
          f"test predictions give the accuracy without the flagged images.", file_okay=False)
 @opt.overwrite("Replace an audit.json of other data in --out.")
 @opt.WEIGHTS_FILE
@@ -284,7 +285,7 @@ def audit(store, dataset, data_dir, limit, test_fraction, cv, out, overwrite, we
     """Check the split before trusting its numbers: duplicates, leaks, label issues, outliers."""
     from pipeline.audit.check import audit_study, summary_lines
 
-    out = study_out(out, dataset, data_dir)
+    out = study_out(out, dataset, data_dir, limit=limit)
     doc = audit_study(store, dataset, data_dir, limit, test_fraction, out, cv=cv, device=device, weights=weights,
                       n_jobs=n_jobs, overwrite=overwrite)
     for line in summary_lines(doc):

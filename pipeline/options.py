@@ -33,6 +33,7 @@ def options(*decorators):
 SIZE_HELP = (f"Backbone input size [default: the size its weights were trained at: {IMAGE_SIZE}; "
              + ", ".join(f"{k} {v}" for k, v in LITE.items() if v != IMAGE_SIZE) + "].")
 STUDY_OUT = str(report_dir(DATASET))  # report and evaluate: the default study's folder
+STUDY_OUT_HELP = f"[default: {REPORTS_ROOT}/<dataset>, with --limit N {REPORTS_ROOT}/<dataset>-firstN]"
 STORE_HELP = f"a backbone name (its store under {FEATURES_ROOT}/<dataset>/) or a store PATH"
 DEVICE = click.option("--device", default="auto", show_default=True,
                       help="auto (the first CUDA device if there is one, else the CPU) | cpu | cuda[:N]")
@@ -187,7 +188,7 @@ head_options = options(
                       "sqrt when every training feature is >= 0 (pooled CNN activations), else none."),
     click.option("--refit/--no-refit", default=True, show_default=True,
                  help="After early stopping chose the epochs: train a fresh head on all training rows for that many."),
-    dataset_options(), training_options, out(f"[default: {REPORTS_ROOT}/<dataset>]"),
+    dataset_options(), training_options, out(STUDY_OUT_HELP),
 )
 
 finetune_options = options(
@@ -203,7 +204,7 @@ finetune_options = options(
                  help="On the device, per batch: any of crop (random resized crop/shift), flip, rotate; or none "
                       "(then frozen blocks' output is computed once and cached)."),
     click.option("--image-size", type=int, default=None, help=f"Network input size. {SIZE_HELP}"),
-    training_options, out(f"[default: {REPORTS_ROOT}/<dataset>]"),
+    training_options, out(STUDY_OUT_HELP),
 )
 
 study_options = options(  # pipeline run

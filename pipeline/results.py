@@ -31,9 +31,12 @@ def report_dir(dataset_slug: str, suffix: str = "") -> Path:
     return REPORTS_ROOT / f"{dataset_slug}{suffix}"
 
 
-def study_out(out, dataset: str, data_dir=None, sub: str = "") -> Path:
-    """A command's --out if given, else the study's default folder for this dataset (its `sub` folder)."""
-    return Path(out) if out else report_dir(dataset_slug(dataset, data_dir)) / sub
+def study_out(out, dataset: str, data_dir=None, sub: str = "", limit: int | None = None) -> Path:
+    """A command's --out if given, else the study's default folder for this dataset (its `sub` folder): with
+    --limit N, `<dataset>-firstN`, the folder `pipeline run --limit N` writes, never the full study's."""
+    if out:
+        return Path(out)
+    return report_dir(dataset_slug(dataset, data_dir), f"-first{limit}" if limit else "") / sub
 
 
 def record_stem(feature_set: str, classifier: str) -> str:

@@ -391,3 +391,10 @@ def test_a_backbone_name_with_limit_finds_the_runs_own_store(tmp_path, runner, d
                 "--methods", "pca", "--out", tmp_path / "maps")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "maps" / "toynet_pca.json").read_text())["rows"] == 40  # the run's store
+    # without --out, the run's own report folder too: the full study's (README's follow-on met a committed
+    # reports/fashion-mnist of 70,000 images and was refused)
+    r = run_cli(runner, "project", "--features", "raw,toynet", "--data-dir", data_dir, "--limit", 20,
+                "--methods", "pca")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "reports" / "fashion-mnist-first20" / "maps" / "toynet_pca.json").is_file()
+    assert not (tmp_path / "reports" / "fashion-mnist").exists()

@@ -192,7 +192,7 @@ def finetune(req: FinetuneRequest, progress: bool | None = None, log: Callable[[
     curve and the model (safetensors + card)."""
     req.train.check()
     augments = req.augments()
-    out = study_out(req.out, req.dataset, req.data_dir)
+    out = study_out(req.out, req.dataset, req.data_dir, limit=req.limit)
     if req.dataset == "folder":
         refuse_output_inside(out, req.data_dir)
     with folder_lock(out, "pipeline finetune"):
