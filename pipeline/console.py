@@ -35,15 +35,20 @@ def headed(text: str, log: Callable[[str], None]) -> Iterator[Callable[[str], No
     _header[:] = [(text, log)]
     try:
         yield log_under
+    except BaseException:
+        shown_header()  # the error (said by the caller) belongs under its stage's heading
+        raise
     finally:
         _header.clear()
 
 
 def shown_header() -> None:
-    """Show the pending heading, if any (`headed`), once."""
-    if _header:
+    """Show the pending heading, if any (`headed`), once, whichever thread asks first."""
+    try:
         text, log = _header.pop()
-        log(text)
+    except IndexError:
+        return
+    log(text)
 
 
 RATE_EVERY_S = 30.0  # off a terminal: a progress line at most this often
@@ -60,13 +65,13 @@ def progress_bar(total: int | None = None, *, progress: bool | None = None, **kw
         kwargs.setdefault("dynamic_ncols", True)
     else:  # a terminal that gives no width (some consoles, `script`): tqdm would draw a bar 0 columns wide
         kwargs.setdefault("ncols", 80)
-    if progress is not False:
-        shown_header()
     if progress is None:
         isatty = getattr(kwargs["file"], "isatty", None)
         progress = bool(isatty and isatty()) or None
     if progress is None:
-        return RateLines(total, **kwargs)
+        return RateLines(total, **kwargs)  # its lines, if any, show the heading
+    if progress:
+        shown_header()  # before the bar that stage draws
     return tqdm(total=total, disable=not progress, **kwargs)
 
 

@@ -399,6 +399,17 @@ def test_a_huge_photo_decodes_no_larger_than_the_model_needs(tmp_path):
     Image.fromarray(deep).save(tmp_path / "deep.png")
     x = _decode(tmp_path / "deep.png")
     assert x.shape == (1, 1050, 1100) and x.max() <= round(200 * 255 / 65535)  # scaled as 16-bit, not as 8
+    sparse = np.zeros((2100, 2100), np.int32)
+    sparse[::4, ::4] = 300  # values above 8 bits, which the block means would hide: still scaled as 16-bit
+    Image.fromarray(sparse, "I").save(tmp_path / "sparse.tif")  # 32-bit integers: the values decide
+    assert _decode(tmp_path / "sparse.tif").max() <= 1
+    im = Image.fromarray(big[:2100, :4300])
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    im.save(tmp_path / "phone.jpg", exif=exif)
+    assert _decode(tmp_path / "phone.jpg").shape == (3, 4300 // 2, 2100 // 2)  # reduced, then turned
+    im.convert("P").save(tmp_path / "palette.png")
+    assert _decode(tmp_path / "palette.png").shape == (3, 1050, 2150)  # a palette image is reduced too
 
 
 # --- hostile image folders ----------------------------------------------------------------------------------

@@ -489,3 +489,29 @@ def test_a_map_of_the_wrong_shape_is_made_again_not_indexed(tmp_path):
     project(sets, ["pca"], tmp_path, log=logs.append)
     assert load_map(tmp_path, "raw", "pca")[0].shape == (200, 2)
     assert not any("raw" in m and "cached" in m for m in logs) and any("toynet" in m and "cached" in m for m in logs)
+
+
+def test_a_heading_shows_only_over_what_its_stage_says(monkeypatch):
+    """A stage whose only output would be a progress bar off a terminal, which had nothing to say in 30 s
+    (an image folder's raw pixels read again on a rerun), prints no heading; a stage that fails shows its
+    heading above the error; a rate line shows it first."""
+    import io
+
+    from pipeline import console
+
+    said = []
+    with console.headed("== quiet", said.append):
+        with console.progress_bar(10, file=io.StringIO()) as bar:
+            bar.update(10)
+    assert said == []
+    with pytest.raises(ValueError), console.headed("== failing", said.append):
+        raise ValueError("the stage's error")
+    assert said == ["== failing"]
+    monkeypatch.setattr(console, "RATE_EVERY_S", 0.0)
+    lines = io.StringIO()
+    monkeypatch.setattr(console.sys, "stderr", lines)
+    with console.headed("== busy", console.stderr):
+        with console.progress_bar(4, file=io.StringIO(), desc="raw pixels", unit="img") as bar:
+            bar.update(2)
+    shown = lines.getvalue().splitlines()
+    assert shown[0] == "== busy" and shown[1].startswith("raw pixels: 2/4 img (50%), "), shown

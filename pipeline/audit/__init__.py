@@ -54,7 +54,8 @@ AUDIT_SCHEMA = _obj({
                           "train": {"type": "array", "items": _ISSUE}, "test": {"type": "array", "items": _ISSUE}}),
     "outliers": _obj({"count": _I, "items": {"type": "array", "items": _obj(
         {"split": {"enum": ["train", "test"]}, "index": _I, "label": _I, "score": _N, "path": _S})}}),
-    "accuracy": {"type": "array", "items": _obj({"feature_set": _S, "classifier": _S, "all": _NN,
+    "accuracy": {"type": "array", "items": _obj({"feature_set": _S, "classifier": _S,
+                                                "label": {"type": ["string", "null"]}, "all": _N,
                                                 "without_train_twins": _NN, "without_label_issues": _NN,
                                                 "removed_twins": _I, "removed_label_issues": _I})},
     "thumbs": {"type": "object", "additionalProperties": _S},
@@ -69,5 +70,5 @@ def read_audit(path: Path) -> dict | None:
         return None
     if not (isinstance(a, dict) and a.get("format") == FORMAT and isinstance(a.get("thumbs"), dict)):
         raise PipelineError(f"{path} is not pipeline's audit file; move it away (`pipeline audit` writes it)")
-    check_schema(a, AUDIT_SCHEMA, path, "move it away (`pipeline audit` writes it again)")
+    check_schema(a, AUDIT_SCHEMA, path, "move it away (`pipeline audit --overwrite` writes it again)")
     return a

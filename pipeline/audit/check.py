@@ -181,6 +181,17 @@ def _cached_probabilities(cache: Path, fs: FeatureSet, cv: int, n_jobs, log):
     return P_tr, P_te, folds
 
 
+def _old_audit(path: Path, overwrite: bool) -> dict | None:
+    """The audit.json at `path`; a damaged one is one line, unless --overwrite asks for it to be made again (a
+    file that is not pipeline's audit file at all is never replaced)."""
+    try:
+        return read_audit(path)
+    except PipelineError:
+        if overwrite and (read_json(path) or {}).get("format") == FORMAT:
+            return None
+        raise
+
+
 def _refuse_other_data(old: dict | None, fs: FeatureSet, path: Path, overwrite: bool) -> None:
     if old is None or overwrite:
         return
@@ -254,7 +265,7 @@ def audit(fs: FeatureSet, out: Path, *, cv: int = 3, device: str = "auto", weigh
     _refuse_without_embeddings(fs)
     out = Path(out)
     lab.cleanlab_filter()  # a missing cleanlab is said before any work
-    old = read_audit(out / AUDIT)
+    old = _old_audit(out / AUDIT, overwrite)
     _refuse_other_data(old, fs, out / AUDIT, overwrite)
     records = read_results(out)
     if _up_to_date(old, fs, records):

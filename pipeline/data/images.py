@@ -76,12 +76,13 @@ def as_viewed(im) -> np.ndarray:
     through it, so a photo embeds the same whichever way it is given."""
     from PIL import Image, ImageOps
 
+    deep = im.mode.startswith("I") or im.mode == "F"
+    # 16/32-bit grayscale is scaled from 16 bits where the type or the values say so, judged before reducing
+    top = 65535.0 if deep and (im.mode.startswith("I;16") or im.getextrema()[1] > 255) else 255.0
+    im = _reduced(im)  # first: a rotation copies the image
     im = ImageOps.exif_transpose(im) or im  # phone photos are often stored sideways
-    sixteen = im.mode.startswith("I;16")
-    im = _reduced(im)
-    if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grayscale: scale, do not clip, to 0..255
+    if deep:  # scale, do not clip, to 0..255
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if sixteen or a.max() > 255 else 255.0
         return np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8)[None]
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
@@ -101,6 +102,9 @@ def _reduced(im):
         return im
     if im.mode.startswith("I;16"):
         im = im.convert("I")
+    elif im.mode in ("P", "PA", "1"):  # palette and 1-bit images: their colours, as as_viewed reads them
+        im = im.convert("L" if im.mode == "1" else "RGBA" if im.mode == "PA" or "transparency" in im.info
+                        else "RGB")
     return im.reduce(k) if im.mode in _REDUCIBLE else im
 
 
