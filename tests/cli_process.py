@@ -65,6 +65,11 @@ class Command:
     def kill(self) -> None:
         self._proc.kill()
 
+    def exited(self, timeout: float) -> bool:
+        """Whether the process has ended, waiting up to `timeout` seconds."""
+        self._proc.join(timeout)
+        return self._proc.exitcode is not None
+
     def stderr_so_far(self) -> str:
         return self._read(self._err)
 
