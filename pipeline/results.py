@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import dataset_slug
+from pipeline.data import dataset_slug, limit_suffix
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
 from pipeline.files import atomic_save, atomic_write, has_fields, slug
@@ -36,7 +36,7 @@ def study_out(out, dataset: str, data_dir=None, sub: str = "", limit: int | None
     --limit N, `<dataset>-firstN`, the folder `pipeline run --limit N` writes, never the full study's."""
     if out:
         return Path(out)
-    return report_dir(dataset_slug(dataset, data_dir), f"-first{limit}" if limit else "") / sub
+    return report_dir(dataset_slug(dataset, data_dir), limit_suffix(limit)) / sub
 
 
 def record_stem(feature_set: str, classifier: str) -> str:

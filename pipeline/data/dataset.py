@@ -105,6 +105,12 @@ def dataset_slug(name: str, data_dir: str | os.PathLike | None = None) -> str:
     return f"folder-{base or 'images'}-{where}"
 
 
+def limit_suffix(limit: int | None) -> str:
+    """'-first<N>' for the first N images of each split (--limit N), '' for all: what a cut run's store and
+    report folder add to their names, so that they never collide with the full run's."""
+    return f"-first{limit}" if limit else ""
+
+
 def stratified_holdout(y: np.ndarray, fraction: float, seed: int = 0, at_least_one: bool = False,
                        refuse: Callable[[int, int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held) row indices, sorted: each class's rows (classes 0, 1, ... in turn) shuffled by one seeded

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.data import DATASET, TEST_FRACTION, Dataset, dataset_slug
+from pipeline.data import DATASET, TEST_FRACTION, Dataset, dataset_slug, limit_suffix
 from pipeline.data.images import DECODE, DECODE_SIDE
 from pipeline.errors import PipelineError
 from pipeline.hardware import versions
@@ -93,7 +93,7 @@ def default_store(dataset: str, backbone: str, limit: int | None = None, image_s
 
 def run_suffix(limit: int | None, image_size: int | None, backbone: str, precision: str = "auto") -> str:
     other = image_size is not None and image_size != native_size(backbone)
-    return (f"-first{limit}" if limit else "") + (f"-{image_size}px" if other else "") + \
+    return limit_suffix(limit) + (f"-{image_size}px" if other else "") + \
         (f"-{precision}" if precision != "auto" else "")
 
 

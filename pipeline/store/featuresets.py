@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.console import progress_bar, split_names
-from pipeline.data import DATASET, TEST_FRACTION, dataset_slug, load_dataset
+from pipeline.data import DATASET, TEST_FRACTION, dataset_slug, limit_suffix, load_dataset
 from pipeline.data.images import from_pil, show_path, to_pil
 from pipeline.data.load import check_limit
 from pipeline.errors import PipelineError
@@ -190,7 +190,7 @@ def load_feature_set(spec: str, dataset: str = DATASET, data_dir=None, limit: in
     name = ALIASES.get(spec, spec)
     if not path.exists():  # a backbone name: `pipeline run --limit N`'s own store first, then the full one
         slug_ = dataset_slug(dataset, data_dir)
-        tried = [store_path(slug_, name, f"-first{limit}", root=features_root)] if limit else []
+        tried = [store_path(slug_, name, limit_suffix(limit), root=features_root)] if limit else []
         tried.append(store_path(slug_, name, root=features_root))
         path = next((t for t in tried if t.exists()), None)
         if path is None:
