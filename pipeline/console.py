@@ -61,10 +61,6 @@ def progress_bar(total: int | None = None, *, progress: bool | None = None, **kw
     from tqdm.auto import tqdm
 
     kwargs.setdefault("file", sys.stderr)
-    if _columns(kwargs["file"]):
-        kwargs.setdefault("dynamic_ncols", True)
-    else:  # a terminal that gives no width (some consoles, `script`): tqdm would draw a bar 0 columns wide
-        kwargs.setdefault("ncols", 80)
     if progress is None:
         isatty = getattr(kwargs["file"], "isatty", None)
         progress = bool(isatty and isatty()) or None
@@ -72,6 +68,10 @@ def progress_bar(total: int | None = None, *, progress: bool | None = None, **kw
         return RateLines(total, **kwargs)  # its lines, if any, show the heading
     if progress:
         shown_header()  # before the bar that stage draws
+        if _columns(kwargs["file"]):
+            kwargs.setdefault("dynamic_ncols", True)
+        else:  # a terminal that gives no width (some consoles, `script`): tqdm would draw a bar 0 columns wide
+            kwargs.setdefault("ncols", 80)
     return tqdm(total=total, disable=not progress, **kwargs)
 
 
