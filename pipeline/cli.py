@@ -10,6 +10,7 @@ import click
 
 from pipeline import options as opt
 from pipeline.apply import EXPORT_FORMATS, NEIGHBORS_K, PREDICTIONS, TOP_K
+from pipeline.classical.curve import CURVE_CLASSIFIERS, DRAWS, KS
 from pipeline.classical.specs import DEFAULT_GRID
 from pipeline.console import split_names
 from pipeline.embed.request import BACKBONE, ExtractRequest
@@ -105,6 +106,32 @@ def classify(features, dataset, data_dir, limit, test_fraction, raw_size, classi
 
 @main.command()
 @opt.features()
+@opt.dataset_options()
+@click.option("--classifiers", default=",".join(CURVE_CLASSIFIERS), show_default=True,
+              help="logreg (C by 3-fold CV on the draw) | ncm (nearest class mean) | knn.")
+@click.option("--labels-per-class", "ks", default=",".join(map(str, KS)), show_default=True,
+              help="The curve's points: labelled training images per class (all of them is added).")
+@click.option("--draws", type=int, default=DRAWS, show_default=True, help="Seeded stratified draws per point.")
+@opt.out(opt.STUDY_OUT_HELP)
+def curve(features, dataset, data_dir, limit, test_fraction, raw_size, classifiers, ks, draws, out):
+    """How many labels do you need? Accuracy against labelled images per class, raw pixels vs embeddings."""
+    from pipeline.classical import curve as lc
+    from pipeline.render.markdown import table
+    from pipeline.store.featuresets import load_feature_sets
+
+    ks = lc.parse_ks(ks)
+    sets = load_feature_sets(features, dataset, data_dir, limit, raw_size, test_fraction)
+    out = study_out(out, dataset, data_dir, limit=limit)
+    recs = lc.curve(sets, out, split_names(classifiers), ks, draws, log=_say)
+    for t in lc.curve_tables(recs):
+        click.echo(table(*t) + "\n")
+    for line in [lc.statement(b) for b in lc.break_even(recs)] + lc.capped_lines(recs):
+        click.echo(line)
+    _say(f"curve records in {out}/results.json; figure {out}/figures/curve.png")
+
+
+@main.command()
+@opt.features()
 @opt.METHODS_OPTION
 @opt.dataset_options()
 @opt.DEVICE
@@ -190,7 +217,7 @@ def report(out):
 def run(**options):
     """The whole study in one command; skips what is done, resumes the rest.
 
-    extract, classify, [train, finetune,] galleries, audit, project, [evaluate,] maps.html, report."""
+    extract, classify, [train, finetune,] curve, galleries, audit, project, [evaluate,] maps.html, report."""
     import shlex
 
     from pipeline.run import RunConfig

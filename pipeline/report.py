@@ -18,6 +18,7 @@ from pipeline.apply.gallery import FORMAT as GALLERY_FORMAT
 from pipeline.apply.gallery import GALLERY, WILD_GALLERY
 from pipeline.apply.mapview import MAPS_HTML
 from pipeline.audit import AUDIT, AUDIT_CSV, SHOWN, read_audit
+from pipeline.classical.curve import break_even, capped_lines, curve_tables, statement
 from pipeline.classical.specs import CLASSIFIERS
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
@@ -27,10 +28,11 @@ from pipeline.maps.methods import DEFAULT_METHODS
 from pipeline.models.saved import read_card
 from pipeline.references import BENCHMARK, STUDY
 from pipeline.render import markdown, sheets
-from pipeline.render.figures import accuracy_figure, confusion_grid, feature_title, transfer_figure
-from pipeline.results import ORDER, curve_path, read_results, record_stem
+from pipeline.render.figures import accuracy_figure, confusion_grid, curve_figure, feature_title, transfer_figure
+from pipeline.results import ORDER, curve_path, read_ledger, record_stem
 
-SECTIONS = [("accuracy", "Accuracy"), ("bars", "Raw pixels vs embeddings"), ("confusion", "Confusion matrices"),
+SECTIONS = [("accuracy", "Accuracy"), ("curve", "How many labels do you need?"), ("bars", "Raw pixels vs embeddings"),
+            ("confusion", "Confusion matrices"),
             ("images", "The images behind the numbers"), ("audit", "Trust the test set"),
             ("transfer", "Transfer modes"), ("wild", "In the wild"),
             ("maps", "Maps"), ("provenance", "Provenance")]
@@ -71,12 +73,12 @@ def _map_meta(path: Path) -> dict:
 def gather(out: Path) -> dict:
     """Everything the report shows, as plain data."""
     out = Path(out)
-    records = read_results(out)
+    records, curves = read_ledger(out)
     order = list(DEFAULT_METHODS)
     maps = sorted((_map_meta(p) for p in (out / "maps").glob("*.json")),  # by method, raw pixels first
                   key=lambda m: (order.index(m["method"]) if m["method"] in order else 9, m["feature_set"] != "raw",
                                  m["feature_set"]))
-    if not records and not maps:
+    if not records and not maps and not curves:
         raise PipelineError(f"nothing to report in {out}: run `pipeline classify` or `pipeline project` "
                             f"(or `pipeline run`) with --out {out} first")
     run = _read_json(out / "run.json", {})
@@ -92,7 +94,8 @@ def gather(out: Path) -> dict:
         card = read_card(path)
         cards[(card["feature_set"], card["classifier"])] = card
     galleries = {name: _gallery(out / name) for name in (GALLERY, WILD_GALLERY)}
-    return {"out": out, "records": records, "maps": maps, "run": run, "stores": stores, "versions": installed,
+    return {"out": out, "records": records, "curves": curves, "maps": maps, "run": run, "stores": stores,
+            "versions": installed,
             "cards": cards, "galleries": galleries.get(GALLERY), "wild_gallery": galleries.get(WILD_GALLERY),
             "audit": read_audit(out / AUDIT),
             "hardware": _hardware(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -536,7 +539,10 @@ def _figures(d: dict, points: list[dict]) -> dict:
     """Paths (relative to out) of the figures the report shows, drawing the accuracy bars here."""
     out, all_records = d["out"], d["records"]
     records = frozen(all_records)
-    figs = {"bars": None, "confusion": [], "maps": [], "wild": [], "transfer": []}
+    figs = {"bars": None, "confusion": [], "maps": [], "wild": [], "transfer": [], "curve": []}
+    if d["curves"]:
+        curve_figure(d["curves"], out / "figures" / "curve.png")
+        figs["curve"].append(("test accuracy against labelled images per class", "figures/curve.png"))
     if any("best_epoch" in p["record"] for p in points):
         transfer_figure(points, out / "figures" / "transfer.png")
         figs["transfer"].append(("test accuracy vs training time per transfer mode", "figures/transfer.png"))
@@ -564,6 +570,23 @@ def _figures(d: dict, points: list[dict]) -> dict:
         if (out / "maps" / f"{method}.png").exists():
             figs["maps"].append((label, f"maps/{method}.png"))
     return figs
+
+
+def _curve_caption(curves: list[dict]) -> str:
+    """The curve's protocol, its break-even statements and the classes a k was capped for."""
+    if not curves:
+        return ("No label-efficiency curve yet: `pipeline curve` (or `pipeline run`) fits each feature set on a "
+                "few labelled images per class.")
+    r = curves[0]
+    draws = max(len(c["draws"]) for c in curves)
+    text = (f"Test accuracy on all {r['n_test']:,} test images after training on k labelled images per class: "
+            f"{draws} seeded stratified draws per k (mean ± 1 sd), and every label at the end. Logistic "
+            f"regression's C is chosen by 3-fold CV on each k's first draw (where every class has 3 images), "
+            f"k-NN is the classify stage's pipeline with its PCA and neighbours capped by the draw, and the "
+            f"nearest class mean needs no parameter. ")
+    said = [statement(b) for b in break_even(curves)] + capped_lines(curves)
+    sets = dict.fromkeys(f"{c['feature_set']}: {c['features']}" for c in curves if c.get("features"))
+    return text + " ".join(said) + (f" Features: {'; '.join(sets)}." if sets else "")
 
 
 def _html_table(head, rows) -> str:
@@ -604,6 +627,7 @@ def _sections(d: dict, points) -> dict:
     return {
         "accuracy": (raw_note(d) + _caption(d["records"]), [accuracy_rows(d["records"]), detail_rows(d["records"])]
                      if d["records"] else []),
+        "curve": (_curve_caption(d["curves"]), curve_tables(d["curves"])),
         "bars": ("Grouped bars per classifier" + ("; hatched bars are the original study's." if
                                                   _vs_study(d["records"]) else "."), []),
         "confusion": ("Rows: true class, normalised, with counts: each feature set's best model by CV. Every "
@@ -700,6 +724,7 @@ def _write_report(out: Path) -> tuple[Path, Path]:
     sections = _sections(d, points)
     images = {"bars": [("test accuracy per classifier", figs["bars"])] if figs["bars"] else [],
               "confusion": figs["confusion"], "wild": figs["wild"], "transfer": figs["transfer"],
+              "curve": figs["curve"],
               "maps": [(f"{m} maps", p) for m, p in figs["maps"]]}
     blocks = _file_blocks(d, sections)
     label = dataset_label(d)

@@ -116,15 +116,16 @@ def write_results(out: Path, new: list[dict], refresh_confusion: bool = True) ->
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     refuse_foreign_tables(out)
-    records = read_results(out)
+    records, curves = read_ledger(out)
     for r in new:
-        refuse_other_data(records, r["labels_sha256"], path)
+        refuse_other_data(records + curves, r["labels_sha256"], path)
         records = [o for o in records if (o["feature_set"], o["classifier"]) != (r["feature_set"], r["classifier"])]
         records.append(r)
     order = {c: i for i, c in enumerate(ORDER)}
     records.sort(key=lambda r: (r["feature_set"] != "raw", r["feature_set"], order.get(r["classifier"], 99)))
     if new:
-        atomic_write(path, json.dumps(records, indent=1), fsync=True)  # the record first: figures cannot lose a fit
+        # the record first: figures cannot lose a fit; the curve's records are kept as they are
+        atomic_write(path, json.dumps(records + curves, indent=1), fsync=True)
         fault_point("classify:record")
     atomic_write(out / "results.csv", results_csv(records))
     atomic_write(out / "results.md", results_markdown(records))
@@ -152,14 +153,46 @@ RECORD_KEYS = {"feature_set": str, "classifier": str, "label": str, "test_accura
                "labels_sha256": str, "n_train": int, "n_test": int, "confusion_matrix": list, "classes": list}
 
 
+CURVE = "curve"  # the `kind` of a label-efficiency record (pipeline.classical.curve); a model's record has none
+CURVE_KEYS = {"kind": str, "feature_set": str, "classifier": str, "label": str, "k": (int, str), "draws": list,
+              "mean": _NUM, "std": _NUM, "labels_sha256": str, "features_fingerprint": str, "n_test": int,
+              "capped": dict, "fit_seconds": _NUM}
+
+
 def read_results(out: Path) -> list[dict]:
-    """The records in out/results.json ([] if there is none); a damaged or foreign file is one line, found
+    """The model records in out/results.json ([] if there is none); a damaged or foreign file is one line, found
     before any work, and never overwritten."""
+    return read_ledger(out)[0]
+
+
+def read_curves(out: Path) -> list[dict]:
+    """The label-efficiency records in out/results.json (`kind` "curve"), in the order written."""
+    return read_ledger(out)[1]
+
+
+def write_curves(out: Path, new: list[dict]) -> list[dict]:
+    """Merge label-efficiency records into out/results.json (replacing the same feature set, classifier and
+    k), the model records kept as they are; refuses records of other labels. Returns every curve record."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    refuse_foreign_tables(out)
+    records, curves = read_ledger(out)
+    for r in new:
+        refuse_other_data(records + curves, r["labels_sha256"], out / "results.json")
+        curves = [c for c in curves if (c["feature_set"], c["classifier"], c["k"]) !=
+                  (r["feature_set"], r["classifier"], r["k"])] + [r]
+    if new:
+        atomic_write(out / "results.json", json.dumps(records + curves, indent=1), fsync=True)
+    return curves
+
+
+def read_ledger(out: Path) -> tuple[list[dict], list[dict]]:
+    """out/results.json as (model records, label-efficiency records); ([], []) if there is none."""
     path = Path(out) / "results.json"
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return []
+        return [], []
     except OSError as e:
         raise PipelineError(f"{path}: cannot read it ({e.strerror})") from None
     try:
@@ -167,10 +200,11 @@ def read_results(out: Path) -> list[dict]:
     except ValueError as e:
         raise PipelineError(f"{path} is damaged (not valid JSON: {e}); pipeline will not overwrite it: move it "
                             f"away or choose another --out, then run again") from None
-    if not (isinstance(records, list) and all(has_fields(r, RECORD_KEYS) for r in records)):
+    if not (isinstance(records, list) and all(has_fields(r, CURVE_KEYS if isinstance(r, dict) and
+                                                          r.get("kind") == CURVE else RECORD_KEYS) for r in records)):
         raise PipelineError(f"{path} is not a pipeline results file (expected a list of records with "
                             f"{', '.join(RECORD_KEYS)}); move it away or choose another --out")
-    return records
+    return [r for r in records if r.get("kind") != CURVE], [r for r in records if r.get("kind") == CURVE]
 
 
 def refuse_other_data(records: list[dict], labels_sha256: str, path: Path) -> None:

@@ -1,5 +1,5 @@
 """`pipeline run`: the whole study in one call, as a table of stages (STAGES) in data-flow order: extract ->
-classify (raw pixels and embeddings) -> [train heads] -> [finetune] -> galleries -> audit -> project ->
+classify (raw pixels and embeddings) -> [train heads] -> [finetune] -> curve -> galleries -> audit -> project ->
 [evaluate --wild] -> maps.html -> report.
 
 Each stage is a module-level function of the study (`Study`) that returns its state and a detail line, and skips
@@ -235,6 +235,17 @@ def finetune_stage(s: Study) -> tuple[str, str]:
     return ("ran" if todo else "skipped"), f"{len(todo)} of {len(reqs)} fine-tuning runs"
 
 
+def curve_stage(s: Study) -> tuple[str, str]:
+    from pipeline.classical import curve as lc
+
+    n = len(lc.pending(s.out, s.sets, lc.CURVE_CLASSIFIERS))
+    recs = lc.curve(s.sets, s.out, log=s.log, n_jobs=s.cfg.n_jobs)  # with nothing pending: only the figure
+    found = [b for b in lc.break_even(recs) if b["k"]]
+    said = "; ".join(f"{b['feature_set']} matches raw pixels' full-data accuracy at {b['grid_k']:,.0f} per class"
+                     for b in found)
+    return ("ran" if n else "skipped"), (f"{n} points" if n else "up to date") + (f" ({said})" if said else "")
+
+
 def soft_fail(name: str, fn: Callable[[], tuple[str, str] | None], log: Callable[[str], None]):
     """The one rule for optional work (galleries, the audit, maps.html): a `PipelineError` (e.g. the images
     moved) is said as "<name> skipped: why" and returned as ("skipped", why); the run goes on."""
@@ -335,6 +346,7 @@ STAGES = (  # in data-flow order (docs/design.md); a new stage is one row
     Stage("classify", classify_stage),
     Stage("train", train_stage, lambda cfg: bool(cfg.train)),
     Stage("finetune", finetune_stage, lambda cfg: bool(cfg.finetune)),
+    Stage("curve", curve_stage),  # how many labels: on the feature sets classify loaded
     Stage("galleries", galleries_stage, optional=True),  # e.g. the images moved: said, and the run goes on
     Stage("audit", audit_stage, optional=True),
     Stage("project", project_stage),

@@ -13,6 +13,7 @@ from PIL import Image
 from pipeline import load_features
 from pipeline.data import dataset_slug, load_dataset
 from pipeline.errors import PipelineError
+from pipeline.results import read_curves, read_results
 
 
 def study_args(data, weights) -> list:
@@ -47,7 +48,7 @@ def test_folder_study_end_to_end(study):
     store = root / "features" / dataset_slug("folder", data) / "resnet18-64px"
     meta = json.loads((store / "meta.json").read_text())
     assert meta["dataset"]["split"]["test_fraction"] == 0.2 and meta["dataset"]["rows"] == {"train": 48, "test": 12}
-    recs = json.loads((out / "results.json").read_text())
+    recs = read_results(out)
     assert {(r["feature_set"], r["classifier"]) for r in recs} == {
         (s, c) for s in ("raw", "resnet18") for c in ("lda", "logreg", "rf")}
     raw_card = json.loads((out / "models" / "raw_lda.json").read_text())
@@ -63,6 +64,10 @@ def test_folder_study_end_to_end(study):
     assert md.startswith("# pipeline report: do pretrained embeddings beat raw pixels on image folder shapes?")
     assert "Fashion-MNIST" not in md and "(study)" not in md and "16x16 RGB" in md
     assert (out / "figures" / "confusion.png").exists()
+    curves = read_curves(out)  # the folder's curve: 16 training images per class, so 1, 2, 5, 10 and all
+    assert {(c["feature_set"], c["k"]) for c in curves} == {(s, k) for s in ("raw", "resnet18")
+                                                            for k in (1, 2, 5, 10, "all")}
+    assert "## How many labels do you need?" in md and (out / "figures" / "curve.png").exists()
 
 
 @pytest.mark.slow
@@ -189,7 +194,7 @@ def test_evaluate_in_the_wild(study, tmp_path, runner):
                          size=(150, 120), dark_on_light=True)
     r = run_cli(runner, "evaluate", "--folder", wild, "--out", out2)
     assert r.exit_code == 0, r.output
-    recs = json.loads((out2 / "results.json").read_text())
+    recs = read_results(out2)
     for rec in recs:
         cm = np.asarray(rec["wild_confusion_matrix"])
         assert rec["wild_n"] == 15 and cm.shape == (3, 3) and cm.sum() == 15 and (cm.sum(1) == 5).all()
@@ -205,7 +210,7 @@ def test_evaluate_in_the_wild(study, tmp_path, runner):
     shutil.rmtree(wild / "hexagon")
     r = run_cli(runner, "evaluate", "--folder", wild, "--out", out2, "--match-domain")
     assert_one_line_error(r, "--match-domain knows the look of fashion-mnist")
-    assert json.loads((out2 / "results.json").read_text()) == recs  # nothing lost, nothing half-written
+    assert read_results(out2) == recs  # nothing lost, nothing half-written
     r = run_cli(runner, "evaluate", "--folder", wild, "--out", tmp_path / "empty")
     assert_one_line_error(r, "no saved models")
 
@@ -234,7 +239,7 @@ def test_fashion_mnist_study_with_wild_photos_and_match_domain(tmp_path, runner,
     r = run_cli(runner, *args)
     assert r.exit_code == 0, r.output
     out = tmp_path / "reports" / "fashion-mnist-48px"
-    recs = json.loads((out / "results.json").read_text())
+    recs = read_results(out)
     n = len(list(wild.rglob("*.png")))
     assert n >= 6 and all(rec["wild_n"] == n and rec["wild_matched_n"] == n for rec in recs)
     assert "grayscale" in recs[0]["wild_source"]["match_domain"]
@@ -501,7 +506,7 @@ def test_galleries_show_each_best_models_own_mistakes(study):
 
     root, data, out = study
     g = json.loads((out / "galleries.json").read_text())
-    recs = json.loads((out / "results.json").read_text())
+    recs = read_results(out)
     sets = {"raw": load_feature_set("raw", "folder", data, raw_size=16),
             "resnet18": load_feature_set(str(root / "features" / dataset_slug("folder", data) / "resnet18-64px"),
                                          "folder")}
@@ -573,7 +578,7 @@ def test_the_wild_photos_are_shown_with_their_predictions(study, tmp_path, runne
     wild = shapes_folder(tmp_path / "wild", 4, seed=5, size=(120, 90))
     assert run_cli(runner, "evaluate", "--folder", wild, "--out", out2).exit_code == 0
     g = json.loads((out2 / "galleries_wild.json").read_text())
-    recs = {(r["feature_set"], r["classifier"]): r for r in json.loads((out2 / "results.json").read_text())}
+    recs = {(r["feature_set"], r["classifier"]): r for r in read_results(out2)}
     for s in g["galleries"]:
         assert len(s["items"]) == 12 and s["accuracy"] == pytest.approx(recs[(s["feature_set"], s["classifier"])]
                                                                         ["wild_accuracy"])
@@ -661,5 +666,5 @@ def test_a_class_folder_name_that_is_not_utf8_runs_through_every_stage(tmp_path,
     info = json.loads((tmp_path / "o" / "run.json").read_text())
     assert {s["stage"]: s["state"] for s in info["stages"]}["project"] == "ran"
     assert all(s["state"] in ("ran", "skipped") for s in info["stages"]), info["stages"]
-    assert json.loads((tmp_path / "o" / "results.json").read_text())[0]["classes"][0] == odd
+    assert read_results(tmp_path / "o")[0]["classes"][0] == odd
     assert "caf\\" in (tmp_path / "o" / "report.md").read_text()  # its byte written out, the file UTF-8

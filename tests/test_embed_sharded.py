@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import FAST_ARGS, assert_one_line_error, fits_on_cluster, make_idx_dir, run_cli
 
+from pipeline.results import read_results
 from pipeline.store import load_features
 from pipeline.store.format import ShardedStoreWriter, ShardWriter
 
@@ -154,6 +155,6 @@ def test_run_with_dask_extracts_in_shards_and_searches_on_the_cluster(cluster, d
     assert info["dask"] == cluster.scheduler_address
     meta = load_features(tmp_path / info["stores"][0]).meta
     assert {s["worker"] for s in meta["shards"]} <= set(cluster.scheduler_info["workers"])
-    results = json.loads((tmp_path / "reports" / "fashion-mnist-64px" / "results.json").read_text())
+    results = read_results(tmp_path / "reports" / "fashion-mnist-64px")
     assert {(r["feature_set"], r["classifier"]) for r in results} >= {("raw", "lda"), ("resnet18", "logreg")}
     assert fits_on_cluster(cluster) > before  # the grid search's fits ran on the cluster's workers

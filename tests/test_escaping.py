@@ -11,6 +11,8 @@ import pytest
 from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
+from pipeline.results import read_results
+
 HOSTILE = ["=cmd|' -C calc'!A0", "+1+1", "@SUM(1+1)", "-2+3"]  # class folders and file names
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -56,7 +58,7 @@ def test_user_names_are_neutralised_in_every_csv_and_kept_in_json(tmp_path, runn
     assert text and not [c for c in text if c.startswith(TRIGGERS)], [c for c in text if c.startswith(TRIGGERS)]
     assert "'=cmd|' -C calc'!A0" in cells and "'+1+1" in cells and "'@SUM(1+1)" in cells
     assert "'-2+33.png" in cells
-    assert set(json.loads((out / "results.json").read_text())[0]["classes"]) == set(HOSTILE[:3])
+    assert set(read_results(out)[0]["classes"]) == set(HOSTILE[:3])
 
 
 def _number(c: str) -> bool:

@@ -92,8 +92,8 @@ def test_killed_anywhere_then_rerun_gives_the_same_outputs(tmp_path, reference, 
     leftovers = [p.name for d in (got["out"], tmp_path / "features") for p in d.rglob("*") if ".tmp" in p.name]
     assert leftovers == [], leftovers
     stages = json.loads((got["out"] / "run.json").read_text())["stages"]
-    assert [s["stage"] for s in stages] == ["extract", "classify", "galleries", "audit", "project", "maps.html",
-                                               "report"]
+    assert [s["stage"] for s in stages] == ["extract", "classify", "curve", "galleries", "audit", "project",
+                                               "maps.html", "report"]
 
 
 def test_ctrl_c_during_tsne_after_the_audit_exits_130(tmp_path, reference, resnet18_file):

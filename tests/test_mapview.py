@@ -13,6 +13,7 @@ import pytest
 from helpers import make_idx_dir, run_cli
 
 from pipeline.data import read_idx, write_idx
+from pipeline.results import read_results
 from pipeline.store.featuresets import load_feature_set
 
 pytest.importorskip("bokeh")
@@ -71,7 +72,7 @@ def test_hover_shows_a_thumbnail_and_the_switch_shows_the_misclassified(study, t
     assert "error" not in r, r
     assert r["plots"] == 2 and r["images_before"] == 0
     assert any(s.startswith("data:image/png;base64") for s in r["images_after"])  # the hovered point's thumbnail
-    recs = json.loads((out / "results.json").read_text())
+    recs = read_results(out)
     best = max((x for x in recs if x["feature_set"] == "resnet18"), key=lambda x: x["cv_mean"])
     pred = np.load(out / "predictions" / f"resnet18_{best['classifier']}.npy")
     y_test = load_feature_set("raw", "fashion-mnist", out.parent / "data").y_test

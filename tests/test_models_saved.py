@@ -10,6 +10,8 @@ import pytest
 from helpers import assert_one_line_error, make_idx_dir, run_cli
 from PIL import Image
 
+from pipeline.results import read_results
+
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
@@ -136,7 +138,7 @@ def test_what_pipeline_writes_passes_its_own_schemas(saved, tmp_path, runner, mo
     meta = json.loads(next((tmp_path / "features").rglob("meta.json")).read_text())
     assert info["ran"]["extract"] == {"engine": meta["engine"]["engine"], "precision": meta["precision"],
                                       "device": "cpu", "device_name": meta["device"]["name"]}
-    records = json.loads((tmp_path / "o" / "results.json").read_text())
+    records = read_results(tmp_path / "o")
     assert info["ran"]["classify"] == {f"{r['feature_set']} lda": f"{r['backend']} on {r['device']}" for r in records}
     assert len(records) == 2 and set(info["ran"]["maps"].values()) == {"PCAMap"} and len(info["ran"]["maps"]) == 2
 

@@ -53,4 +53,4 @@ def test_the_installed_command_runs_in_a_fresh_process():
     r = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     listed = [line.split()[0] for line in r.stdout.split("Commands:")[1].splitlines() if line.strip()]
-    assert listed[:3] == ["extract", "classify", "project"]  # data-flow order, not alphabetical
+    assert listed[:4] == ["extract", "classify", "curve", "project"]  # data-flow order, not alphabetical

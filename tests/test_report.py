@@ -17,6 +17,7 @@ from pipeline.maps.methods import METHODS
 from pipeline.maps.project import knn_accuracy, load_map, project, trust
 from pipeline.render.figures import STUDY_COLOURS, draw_accuracy_bars, draw_maps
 from pipeline.report import BENCHMARK, SECTIONS, write_report
+from pipeline.results import read_curves, read_results
 from pipeline.store.featuresets import FeatureSet
 
 
@@ -225,7 +226,7 @@ class _Parsed(HTMLParser):
 
 
 def classify_records(out, feature_set: str) -> list[dict]:
-    return [r for r in json.loads((out / "results.json").read_text()) if r["feature_set"] == feature_set]
+    return [r for r in read_results(out) if r["feature_set"] == feature_set]
 
 
 def test_report_is_self_contained_with_every_section(tmp_path):
@@ -291,17 +292,17 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     assert r.exit_code == 0, r.output
     out = tmp_path / "reports" / "fashion-mnist-first80"
     info = json.loads((out / "run.json").read_text())
-    assert [s["stage"] for s in info["stages"]] == ["extract", "classify", "galleries", "audit", "project",
+    assert [s["stage"] for s in info["stages"]] == ["extract", "classify", "curve", "galleries", "audit", "project",
                                                     "maps.html", "report"]
     assert all(s["state"] == "ran" for s in info["stages"])
     assert (tmp_path / "features" / "fashion-mnist" / "resnet18-first80" / "meta.json").exists()
-    recs = json.loads((out / "results.json").read_text())
+    recs = read_results(out)
     assert {(x["feature_set"], x["classifier"]) for x in recs} == {
         (s, c) for s in ("raw", "resnet18") for c in ("lda", "logreg", "knn")}
     page = _Parsed()
     page.feed((out / "report.html").read_text())
     assert {k for k, _ in SECTIONS} <= page.ids and page.external == []
-    assert len(page.imgs) == 1 + 2 + 3  # bars, each feature set's best model's confusion matrix, three maps
+    assert len(page.imgs) == 1 + 1 + 2 + 3  # bars, the label curve, each set's best model's confusion matrix, 3 maps
     assert len(page.thumbs) > 20 and all(t.startswith("data:image/png;base64,") for t in page.thumbs)
     assert "resnet18-first80" in (out / "report.md").read_text()  # provenance names the store
     assert 'href="maps.html"' in (out / "report.html").read_text() and (out / "maps.html").is_file()
@@ -311,10 +312,10 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     r = run_cli(runner, *args)
     assert r.exit_code == 0, r.output
     states = {s["stage"]: s["state"] for s in json.loads((out / "run.json").read_text())["stages"]}
-    assert states == {"extract": "skipped", "classify": "skipped", "galleries": "skipped", "audit": "skipped",
-                      "project": "skipped", "maps.html": "skipped", "report": "ran"}
+    assert states == {"extract": "skipped", "classify": "skipped", "curve": "skipped", "galleries": "skipped",
+                      "audit": "skipped", "project": "skipped", "maps.html": "skipped", "report": "ran"}
     first = json.loads((out / "run.json").read_text())["previous_runs"][-1]["stages"]
-    assert [x["state"] for x in first] == ["ran"] * 7  # the first run's costs are kept
+    assert [x["state"] for x in first] == ["ran"] * 8  # the first run's costs are kept
 
     # a crash left one result and one map missing: only those are redone
     (out / "maps" / "raw_umap.npy").unlink()
@@ -324,7 +325,8 @@ def test_pipeline_run_small_end_to_end(tmp_path, runner, monkeypatch, resnet18_f
     assert r.exit_code == 0, r.output
     stages = {s["stage"]: s for s in json.loads((out / "run.json").read_text())["stages"]}
     assert stages["classify"]["detail"].startswith("1 of 6") and stages["project"]["detail"].startswith("1 of 6")
-    assert len(json.loads(json_path.read_text())) == 6
+    assert len(read_results(out)) == 6
+    assert stages["curve"]["state"] == "ran" and len(read_curves(out)) == 2 * 3 * 5  # lost with the file: redone
 
 
 def test_pipeline_run_bad_grid(tmp_path, runner, monkeypatch):

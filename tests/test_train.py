@@ -14,6 +14,7 @@ import torch
 from helpers import assert_one_line_error, blobs, make_idx_dir, run_cli, write_store
 
 from pipeline.models.saved import load_model
+from pipeline.results import read_results
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def train_args(store, out, *extra):
 
 
 def records(out: Path) -> dict:
-    return {(r["feature_set"], r["classifier"]): r for r in json.loads((out / "results.json").read_text())}
+    return {(r["feature_set"], r["classifier"]): r for r in read_results(out)}
 
 
 def test_heads_join_the_results_with_history_model_and_curve(runner, tmp_path, store):

@@ -272,6 +272,45 @@ def transfer_figure(rows: list[dict], path: Path) -> Path:
     return _drawn(path, rows, lambda: draw_transfer_modes(rows))
 
 
+def draw_label_curves(recs: list[dict]):
+    """Test accuracy against labelled training images per class (log axis), one panel per classifier, one
+    line per feature set with a band of +-1 standard deviation over the draws; the "all" point at the mean
+    images per class, and raw pixels' full-data accuracy dashed. Returns the figure."""
+    from matplotlib.ticker import FuncFormatter
+
+    plt = _plt()
+    clfs = list(dict.fromkeys(r["classifier"] for r in recs))
+    sets = list(dict.fromkeys(r["feature_set"] for r in recs))
+    fig, axes = plt.subplots(1, len(clfs), figsize=(4.2 * len(clfs), 3.8), dpi=90, sharey=True, squeeze=False)
+    for ax, c in zip(axes[0], clfs):
+        for i, s in enumerate(sets):
+            pts = sorted((r["k"] if r["k"] != "all" else r["n_train_all"] / r["n_classes"], r["mean"], r["std"])
+                         for r in recs if r["classifier"] == c and r["feature_set"] == s)
+            if not pts:
+                continue
+            x, m, sd = (np.array(v, dtype=float) for v in zip(*pts))
+            random = any(r["feature_set"] == s and "random init" in r.get("features", "") for r in recs)
+            ax.plot(x, m, "o-", ms=3, color=f"C{i}", label=short_name(feature_title(s))
+                    + (" (random weights)" if random else ""))
+            ax.fill_between(x, m - sd, m + sd, color=f"C{i}", alpha=0.2, lw=0)
+            if s == "raw":
+                ax.axhline(m[-1], color=f"C{i}", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("labelled training images per class (log; last point: all)")
+        ax.set_title(next(r["label"] for r in recs if r["classifier"] == c), fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("test accuracy (mean ± 1 sd over draws)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("How many labels do you need? (dashed: raw pixels with every label)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def curve_figure(recs: list[dict], path: Path) -> Path:
+    return _drawn(path, recs, lambda: draw_label_curves(recs))
+
+
 def _label_inches(fig, texts) -> float:
     """The widest of `texts` (unrotated tick labels) in inches, as `fig` will draw them."""
     renderer = fig.canvas.get_renderer()
