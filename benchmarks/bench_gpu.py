@@ -117,7 +117,7 @@ def compare(new_path: str, old_path: str | None = None, records: str | None = No
     new = json.loads(Path(new_path).read_text())
     old = json.loads(Path(old_path).read_text()) if old_path else None
     cpu = {(r["feature_set"], r["classifier"]): r["test_accuracy"]
-           for r in json.loads(Path(records).read_text())} if records else {}
+           for r in json.loads(Path(records).read_text()) if r.get("kind") != "curve"} if records else {}
     covers = []
     for name, run in (("new", new), ("old", old)):
         if run:

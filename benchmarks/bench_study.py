@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.hardware import cpu_name  # noqa: E402
+from pipeline.results import read_results  # noqa: E402
 
 PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
         "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
@@ -64,7 +65,7 @@ def run_rev(rev: str, work: Path, data_dir: str | None, limit: int | None, store
             sys.exit(f"{rev}: pipeline run failed:\n{p.stderr[-3000:]}")
         peak = int(p.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1e6
         info = json.loads((out / "run.json").read_text())
-    results = {(r["feature_set"], r["classifier"]): r for r in json.loads((out / "results.json").read_text())}
+    results = {(r["feature_set"], r["classifier"]): r for r in read_results(out)}
     maps = {f.stem: json.loads(f.read_text()) for f in (out / "maps").glob("*.json")}
     return {"rev": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
                                   text=True).stdout.strip(),
@@ -127,7 +128,7 @@ def main():
     committed = {}
     ref = ROOT / "reports" / "fashion-mnist" / "results.json"
     if ref.is_file() and not a.limit:
-        committed = {(r["feature_set"], r["classifier"]): r for r in json.loads(ref.read_text())}
+        committed = {(r["feature_set"], r["classifier"]): r for r in read_results(ref.parent)}
     print("\n| features | classifier | old test acc | new test acc | committed | new - committed (points) | "
           "old search+fit+predict s | new search+fit+predict s |\n|---|---|---|---|---|---|---|---|")
     for key, r in old["results"].items():

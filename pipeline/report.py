@@ -578,12 +578,15 @@ def _curve_caption(curves: list[dict]) -> str:
         return ("No label-efficiency curve yet: `pipeline curve` (or `pipeline run`) fits each feature set on a "
                 "few labelled images per class.")
     r = curves[0]
-    draws = max(len(c["draws"]) for c in curves)
+    draws = sorted({len(c["draws"]) for c in curves if c["k"] != "all"})
+    clfs = {c["classifier"] for c in curves}
     text = (f"Test accuracy on all {r['n_test']:,} test images after training on k labelled images per class: "
-            f"{draws} seeded stratified draws per k (mean ± 1 sd), and every label at the end. Logistic "
-            f"regression's C is chosen by 3-fold CV on each k's first draw (where every class has 3 images), "
-            f"k-NN is the classify stage's pipeline with its PCA and neighbours capped by the draw, and the "
-            f"nearest class mean needs no parameter. ")
+            f"{' to '.join(map(str, draws[::max(1, len(draws) - 1)])) or 'no'} seeded stratified draws per k "
+            f"(mean ± 1 sd), and every label at the end. "
+            + ("Logistic regression's C is chosen by 3-fold CV on each k's first draw (where every class has 3 "
+               "images; else 0.1). " if "logreg" in clfs else "")
+            + ("k-NN is the classify stage's pipeline with its PCA and neighbours capped by the draw. "
+               if "knn" in clfs else ""))
     said = [statement(b) for b in break_even(curves)] + capped_lines(curves)
     sets = dict.fromkeys(f"{c['feature_set']}: {c['features']}" for c in curves if c.get("features"))
     return text + " ".join(said) + (f" Features: {'; '.join(sets)}." if sets else "")

@@ -156,7 +156,11 @@ RECORD_KEYS = {"feature_set": str, "classifier": str, "label": str, "test_accura
 CURVE = "curve"  # the `kind` of a label-efficiency record (pipeline.classical.curve); a model's record has none
 CURVE_KEYS = {"kind": str, "feature_set": str, "classifier": str, "label": str, "k": (int, str), "draws": list,
               "mean": _NUM, "std": _NUM, "labels_sha256": str, "features_fingerprint": str, "n_test": int,
-              "capped": dict, "fit_seconds": _NUM}
+              "n_train_all": int, "n_classes": int, "capped": dict, "fit_seconds": _NUM}
+
+
+def _is_curve_record(r) -> bool:
+    return has_fields(r, CURVE_KEYS) and (r["k"] == "all" or (isinstance(r["k"], int) and r["k"] >= 1))
 
 
 def read_results(out: Path) -> list[dict]:
@@ -177,10 +181,12 @@ def write_curves(out: Path, new: list[dict]) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     refuse_foreign_tables(out)
     records, curves = read_ledger(out)
-    for r in new:
+    for r in new:  # a point replaces its own, and every point of its feature set made from other features
         refuse_other_data(records + curves, r["labels_sha256"], out / "results.json")
         curves = [c for c in curves if (c["feature_set"], c["classifier"], c["k"]) !=
-                  (r["feature_set"], r["classifier"], r["k"])] + [r]
+                  (r["feature_set"], r["classifier"], r["k"]) and not (
+                      c["feature_set"] == r["feature_set"] and c["features_fingerprint"] != r["features_fingerprint"])]
+        curves.append(r)
     if new:
         atomic_write(out / "results.json", json.dumps(records + curves, indent=1), fsync=True)
     return curves
@@ -200,24 +206,26 @@ def read_ledger(out: Path) -> tuple[list[dict], list[dict]]:
     except ValueError as e:
         raise PipelineError(f"{path} is damaged (not valid JSON: {e}); pipeline will not overwrite it: move it "
                             f"away or choose another --out, then run again") from None
-    if not (isinstance(records, list) and all(has_fields(r, CURVE_KEYS if isinstance(r, dict) and
-                                                          r.get("kind") == CURVE else RECORD_KEYS) for r in records)):
+    if not (isinstance(records, list) and all(_is_curve_record(r) if isinstance(r, dict) and r.get("kind") == CURVE
+                                              else has_fields(r, RECORD_KEYS) for r in records)):
         raise PipelineError(f"{path} is not a pipeline results file (expected a list of records with "
-                            f"{', '.join(RECORD_KEYS)}); move it away or choose another --out")
+                            f"{', '.join(RECORD_KEYS)}, or of kind {CURVE!r} with {', '.join(CURVE_KEYS)}); move it "
+                            f"away or choose another --out")
     return [r for r in records if r.get("kind") != CURVE], [r for r in records if r.get("kind") == CURVE]
 
 
 def refuse_other_data(records: list[dict], labels_sha256: str, path: Path) -> None:
     clash = [o for o in records if o["labels_sha256"] != labels_sha256]
     if clash:
+        n_train = clash[0].get("n_train", clash[0].get("n_train_all"))
         raise PipelineError(f"{path} holds results for other data ({clash[0]['feature_set']}, "
-                            f"{clash[0]['n_train']:,}/{clash[0]['n_test']:,} rows); use another --out")
+                            f"{n_train:,}/{clash[0]['n_test']:,} rows); use another --out")
 
 
 def check_results_file(out: Path, labels_sha256: str) -> None:
     """Before any work: out/results.json is readable and holds no records of other data, and no results.csv
     or results.md of someone else's would be replaced."""
-    refuse_other_data(read_results(out), labels_sha256, Path(out) / "results.json")
+    refuse_other_data(sum(read_ledger(out), []), labels_sha256, Path(out) / "results.json")
     refuse_foreign_tables(out)
 
 

@@ -94,23 +94,24 @@ def test_k_above_a_class_is_capped_and_named_in_the_output_and_report(tmp_path, 
     y = np.arange(300) % 10
     y[y == 3] = 0  # class 3 ("Dress") gets 4 images only
     y[[3, 13, 23, 33]] = 3
+    y[y == 9] = 1  # and class 9 ("Boot") none: its test images can only be wrong
     store = _store(tmp_path, "emb", 2.0, y_train=y, classes=["T-shirt", "Trouser", "Pullover", "<b>Dress</b>",
                                                              "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"])
     r = _curve(runner, tmp_path, store)
     assert r.exit_code == 0, r.output
     recs = _records(tmp_path / "rep" / "results.json")
     k5 = next(x for x in recs if x["k"] == 5 and x["classifier"] == "ncm")
-    assert k5["capped"] == {"<b>Dress</b>": 4} and all(d["n_train"] == 9 * 5 + 4 for d in k5["draws"])
-    assert next(x for x in recs if x["k"] == 2)["capped"] == {}
-    assert "5 per class: <b>Dress</b> (4)" in r.stdout and "<b>Dress</b> (4) has fewer" in r.stderr
+    assert k5["capped"] == {"<b>Dress</b>": 4, "Boot": 0} and all(d["n_train"] == 8 * 5 + 4 for d in k5["draws"])
+    assert next(x for x in recs if x["k"] == 2)["capped"] == {"Boot": 0}
+    assert "5 per class: <b>Dress</b> (4), Boot (0)" in r.stdout and "<b>Dress</b> (4), Boot (0) have" in r.stderr
     r = run_cli(runner, "report", "--out", tmp_path / "rep")
     assert r.exit_code == 0, r.output
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert "&lt;b&gt;Dress&lt;/b&gt; (4) had fewer" in page and "<b>Dress</b>" not in page
+    assert "&lt;b&gt;Dress&lt;/b&gt; (4), Boot (0) had fewer" in page and "<b>Dress</b>" not in page
     assert 'id="curve"' in page and "data:image/png;base64" in page
 
 
-def test_a_one_class_training_split_and_bad_points_are_one_line(tmp_path, runner):
+def test_a_one_class_training_split_and_bad_points_are_one_line(tmp_path, runner, monkeypatch):
     store = _store(tmp_path, "one", 1.0, y_train=np.zeros(300, dtype=np.int64))
     assert_one_line_error(_curve(runner, tmp_path, store), "every training image is of one class (T-shirt/top)",
                           "two classes at least")
@@ -120,6 +121,14 @@ def test_a_one_class_training_split_and_bad_points_are_one_line(tmp_path, runner
                                   tmp_path / "rep"), "--labels-per-class 1,ten: give whole numbers")
     assert_one_line_error(run_cli(runner, "curve", "--features", ok, "--draws", 1, "--out", tmp_path / "rep"),
                           "--draws 1")
+    # a folder holding another dataset's curve: one line before any fit, its records kept
+    r = _curve(runner, tmp_path, ok, out="other")
+    assert r.exit_code == 0, r.output
+    before = (tmp_path / "other" / "results.json").read_text()
+    other = _store(tmp_path, "other", 1.0, y_train=np.arange(300)[::-1] % 10)
+    monkeypatch.setattr(lc, "point_record", lambda *a, **k: pytest.fail("fitted before the refusal"))
+    assert_one_line_error(_curve(runner, tmp_path, other, out="other"), "holds results for other data")
+    assert (tmp_path / "other" / "results.json").read_text() == before
     assert_one_line_error(run_cli(runner, "curve", "--features", ok, "--classifiers", "svc", "--out",
                                   tmp_path / "rep"), "svc")
 

@@ -261,10 +261,10 @@ def _show_switch(wrong: dict, hover, n: int, all_filter, hover_filter, src_all, 
 def _page_key(out: Path, sets: list[FeatureSet]) -> str:
     """What a page shows: the feature sets (names, fingerprints) and the files it is drawn from (sizes, times)."""
     out = Path(out)
-    files = sorted([*(out / "maps").glob("*.npy"), *(out / "predictions").glob("*.npy"), out / "results.json",
-                    out / WILD_GALLERY])
+    files = sorted([*(out / "maps").glob("*.npy"), *(out / "predictions").glob("*.npy"), out / WILD_GALLERY])
     parts = [[fs.name, fs.fingerprint] for fs in sets] + [HOVER_POINTS, WILD_K] + [
-        [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()]
+        [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()] + [
+        read_results(out)]  # the models' records (the label curve's, beside them in the file, are not shown)
     return content_key(parts)
 
 

@@ -36,7 +36,7 @@ DEFAULT_C = 0.1  # classify's logistic regression's own C: for draws with fewer 
 CV_FOLDS = 3
 CV_ROWS_PER_CLASS = 100  # the C search sees at most this many images per class of a draw (its cost stays small)
 PROTOCOL = {"c_grid": list(C_GRID), "default_c": DEFAULT_C, "cv_folds": CV_FOLDS,
-            "cv_rows_per_class": CV_ROWS_PER_CLASS, "version": 1}
+            "cv_rows_per_class": CV_ROWS_PER_CLASS, "version": 2}
 
 
 def seed_of(k, d: int) -> int:
@@ -44,14 +44,14 @@ def seed_of(k, d: int) -> int:
     return 0 if k == ALL else 100 * int(k) + d
 
 
-def draw(y: np.ndarray, k, seed: int) -> tuple[np.ndarray, dict[int, int]]:
+def draw(y: np.ndarray, k, seed: int, n_classes: int = 0) -> tuple[np.ndarray, dict[int, int]]:
     """A stratified draw of k training rows per class (seeded), sorted -> (row indices, {class: images} for
-    each class with fewer than k, all of which are taken)."""
+    each class with fewer than k, all of which are taken; of classes 0..n_classes-1, also those with none)."""
     if k == ALL:
         return np.arange(len(y)), {}
     rng = np.random.default_rng(seed)
     idx, capped = [], {}
-    for c in np.unique(y):
+    for c in sorted({*np.unique(y).tolist(), *range(n_classes)}):
         members = np.flatnonzero(y == c)
         if len(members) < k:
             capped[int(c)] = len(members)
@@ -106,6 +106,9 @@ def fit_point(fs: FeatureSet, classifier: str, k, seed: int, params: dict) -> di
         est = make_model(classifier, len(idx), fs.X_train.shape[1], params.get("C")).fit(fs.X_train[idx],
                                                                                          fs.y_train[idx])
     s = scores(fs.y_test, est.predict(fs.X_test), fs.classes)
+    if classifier == "knn":  # what ran: PCA and neighbours as capped by this draw
+        params = {"n_components": int(est.named_steps["pca"].n_components_),
+                  "n_neighbors": int(est.named_steps["clf"].n_neighbors)}
     return {"seed": seed, "n_train": len(idx), "params": params, "test_accuracy": s["test_accuracy"],
             "macro_f1": s["macro_f1"]}
 
@@ -127,7 +130,7 @@ def point_record(fs: FeatureSet, classifier: str, k, draws: int, n_jobs: int | N
     runs = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential")(
         delayed(fit_point)(fs, classifier, k, seed_of(k, d), params) for d in range(n))
     acc = np.array([r["test_accuracy"] for r in runs])
-    capped = draw(fs.y_train, k, 0)[1]
+    capped = draw(fs.y_train, k, 0, len(fs.classes))[1]
     return {"kind": CURVE, "feature_set": fs.name, "classifier": classifier, "label": LABELS[classifier], "k": k,
             "draws": runs, "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if n > 1 else 0.0,
             "capped": {fs.classes[c]: m for c, m in capped.items()}, "n_train_all": len(fs.y_train),
@@ -156,8 +159,8 @@ def points(fs: FeatureSet, ks=KS) -> list:
 def check_curve(sets: list[FeatureSet], classifiers, ks, draws: int) -> None:
     """Every refusal before any fit, each one line."""
     check_names("classifier", classifiers, CURVE_CLASSIFIERS, sep=",")
-    if draws < 2:
-        raise PipelineError(f"--draws {draws}: a spread needs at least 2 draws per point")
+    if not 2 <= draws < 100:  # 100 * k + draw: a seed per draw while draws < 100
+        raise PipelineError(f"--draws {draws}: give 2 to 99 draws per point (a spread needs two)")
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
         raise PipelineError(f"--labels-per-class {','.join(map(str, ks))}: give whole numbers of at least 1")
     check_comparable(sets)
@@ -169,8 +172,10 @@ def check_curve(sets: list[FeatureSet], classifiers, ks, draws: int) -> None:
 
 
 def is_current(rec: dict, fs: FeatureSet, draws: int) -> bool:
+    """A point's record stands for these features and protocol, with at least `draws` draws (a curve made with
+    --draws 10 is not fitted again by `pipeline run`'s 5)."""
     return (rec["features_fingerprint"] == fs.fingerprint and rec.get("protocol") == PROTOCOL
-            and len(rec["draws"]) == (1 if rec["k"] == ALL else draws))
+            and len(rec["draws"]) >= (1 if rec["k"] == ALL else draws))
 
 
 def pending(out: Path, sets: list[FeatureSet], classifiers, ks=KS, draws: int = DRAWS) -> list[tuple]:
@@ -191,7 +196,7 @@ def curve(sets: list[FeatureSet], out: Path, classifiers=CURVE_CLASSIFIERS, ks=K
         todo = pending(out, sets, classifiers, ks, draws)
         for k in sorted({k for _, _, k in todo if k != ALL}):
             fs = todo[0][0]
-            capped = draw(fs.y_train, k, 0)[1]
+            capped = draw(fs.y_train, k, 0, len(fs.classes))[1]
             if capped:
                 log(f"{k} per class: {', '.join(f'{fs.classes[c]} ({m})' for c, m in capped.items())} "
                     f"{'has' if len(capped) == 1 else 'have'} fewer; all of their images are used")
@@ -217,20 +222,31 @@ def per_class_all(rec: dict) -> float:
     return rec["n_train_all"] / rec["n_classes"]
 
 
+def curve_points(recs: list[dict], feature_set: str, classifier: str) -> list[tuple[float, dict]]:
+    """(x, record) of one line of the curve, by k, "all" last: at the mean images per class, or just past the
+    largest k drawn where classes are so unequal that the mean is below it."""
+    mine = [r for r in recs if r["feature_set"] == feature_set and r["classifier"] == classifier]
+    drawn = sorted((r["k"], r) for r in mine if r["k"] != ALL)
+    pts = [(float(k), r) for k, r in drawn]
+    for r in (r for r in mine if r["k"] == ALL):
+        pts.append((max(per_class_all(r), pts[-1][0] * 1.5 if pts else 0.0), r))
+    return pts
+
+
 def break_even(recs: list[dict], classifier: str = "logreg") -> list[dict]:
-    """For each feature set other than raw pixels: the labels per class at which its mean accuracy first
-    reaches raw pixels' accuracy on all labels (same classifier), interpolated on log k between the two points
-    that bracket it, and the label-efficiency ratio (raw's labels per class / that k). None where raw has no
-    "all" point; `k` None where the set never reaches it."""
-    by = {(r["feature_set"], r["k"]): r for r in recs if r["classifier"] == classifier}
-    raw = by.get(("raw", ALL))
+    """For each feature set other than raw pixels with an "all" point and at least one k: the labels per class
+    at which its mean accuracy first reaches raw pixels' accuracy on all labels (same classifier), interpolated
+    on log k between the two points that bracket it, and the label-efficiency ratio (raw's labels per class /
+    that k); `k` None where the set never reaches it. [] where raw pixels have no "all" point."""
+    raw = next((r for r in recs if (r["feature_set"], r["classifier"], r["k"]) == ("raw", classifier, ALL)), None)
     if raw is None:
         return []
     full, target = per_class_all(raw), raw["mean"]
     out = []
     for s in dict.fromkeys(r["feature_set"] for r in recs if r["feature_set"] != "raw"):
-        pts = sorted(((r["k"] if r["k"] != ALL else per_class_all(r), r["mean"]) for (fs, _), r in by.items()
-                      if fs == s), key=lambda p: p[0])
+        pts = [(x, r["mean"]) for x, r in curve_points(recs, s, classifier)]
+        if len(pts) < 2 or not any(r["k"] == ALL for _, r in curve_points(recs, s, classifier)):
+            continue  # nothing drawn, or not finished: nothing to say
         k, grid_k = None, None
         for i, (x, m) in enumerate(pts):
             if m >= target:

@@ -284,8 +284,11 @@ def draw_label_curves(recs: list[dict]):
     fig, axes = plt.subplots(1, len(clfs), figsize=(4.2 * len(clfs), 3.8), dpi=90, sharey=True, squeeze=False)
     for ax, c in zip(axes[0], clfs):
         for i, s in enumerate(sets):
-            pts = sorted((r["k"] if r["k"] != "all" else r["n_train_all"] / r["n_classes"], r["mean"], r["std"])
-                         for r in recs if r["classifier"] == c and r["feature_set"] == s)
+            mine = [r for r in recs if r["classifier"] == c and r["feature_set"] == s]
+            drawn = sorted((float(r["k"]), r["mean"], r["std"]) for r in mine if r["k"] != "all")
+            full = [r for r in mine if r["k"] == "all"]  # last: at the mean per class, past the largest k drawn
+            pts = drawn + [(max(r["n_train_all"] / r["n_classes"], drawn[-1][0] * 1.5 if drawn else 0.0),
+                            r["mean"], r["std"]) for r in full]
             if not pts:
                 continue
             x, m, sd = (np.array(v, dtype=float) for v in zip(*pts))
@@ -293,8 +296,8 @@ def draw_label_curves(recs: list[dict]):
             ax.plot(x, m, "o-", ms=3, color=f"C{i}", label=short_name(feature_title(s))
                     + (" (random weights)" if random else ""))
             ax.fill_between(x, m - sd, m + sd, color=f"C{i}", alpha=0.2, lw=0)
-            if s == "raw":
-                ax.axhline(m[-1], color=f"C{i}", ls="--", lw=0.8)
+            if s == "raw" and full:
+                ax.axhline(full[0]["mean"], color=f"C{i}", ls="--", lw=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("labelled training images per class (log; last point: all)")
