@@ -189,6 +189,7 @@ def write_curves(out: Path, new: list[dict]) -> list[dict]:
         curves.append(r)
     if new:
         atomic_write(out / "results.json", json.dumps(records + curves, indent=1), fsync=True)
+        fault_point("curve:point")
     return curves
 
 

@@ -66,6 +66,7 @@ def reference(tmp_path_factory, resnet18_file):
 @pytest.mark.parametrize("point, says", [
     ("extract:commit:1", "resuming at 60/90"),  # mid-extraction: the train split committed
     ("classify:record:1", "3 of 4"),  # after the first of four records (raw lda): 3 left to fit
+    ("curve:point:1", " points"),  # after the label curve's first point: the others fitted, the same records
     ("project:map:1", "1 of 2 maps computed"),  # after raw pixels' PCA map
     ("report:write:1", "report"),              # report.html written, report.md not yet
     ("atomic_write:9", ""),  # the first record's derived files in a temporary file (results.json written)
