@@ -18,7 +18,7 @@ from pipeline.apply.gallery import FORMAT as GALLERY_FORMAT
 from pipeline.apply.gallery import GALLERY, WILD_GALLERY
 from pipeline.apply.mapview import MAPS_HTML
 from pipeline.audit import AUDIT, AUDIT_CSV, SHOWN, read_audit
-from pipeline.classical.curve import break_even, capped_lines, curve_tables, statement
+from pipeline.classical.curve import break_even, capped_lines, curve_figure, curve_tables, statement
 from pipeline.classical.specs import CLASSIFIERS
 from pipeline.errors import PipelineError
 from pipeline.faults import fault_point
@@ -28,7 +28,7 @@ from pipeline.maps.methods import DEFAULT_METHODS
 from pipeline.models.saved import read_card
 from pipeline.references import BENCHMARK, STUDY
 from pipeline.render import markdown, sheets
-from pipeline.render.figures import accuracy_figure, confusion_grid, curve_figure, feature_title, transfer_figure
+from pipeline.render.figures import accuracy_figure, confusion_grid, feature_title, transfer_figure
 from pipeline.results import ORDER, curve_path, read_ledger, record_stem
 
 SECTIONS = [("accuracy", "Accuracy"), ("curve", "How many labels do you need?"), ("bars", "Raw pixels vs embeddings"),
@@ -541,7 +541,7 @@ def _figures(d: dict, points: list[dict]) -> dict:
     records = frozen(all_records)
     figs = {"bars": None, "confusion": [], "maps": [], "wild": [], "transfer": [], "curve": []}
     if d["curves"]:
-        curve_figure(d["curves"], out / "figures" / "curve.png")
+        curve_figure(d["curves"], out)
         figs["curve"].append(("test accuracy against labelled images per class", "figures/curve.png"))
     if any("best_epoch" in p["record"] for p in points):
         transfer_figure(points, out / "figures" / "transfer.png")

@@ -50,13 +50,18 @@ def draw(y: np.ndarray, k, seed: int, n_classes: int = 0) -> tuple[np.ndarray, d
     if k == ALL:
         return np.arange(len(y)), {}
     rng = np.random.default_rng(seed)
-    idx, capped = [], {}
-    for c in sorted({*np.unique(y).tolist(), *range(n_classes)}):
-        members = np.flatnonzero(y == c)
-        if len(members) < k:
-            capped[int(c)] = len(members)
-        idx.append(rng.choice(members, min(k, len(members)), replace=False))
-    return np.sort(np.concatenate(idx)), capped
+    idx = [rng.choice(members, min(k, len(members)), replace=False)
+           for members in (np.flatnonzero(y == c) for c in sorted({*np.unique(y).tolist(), *range(n_classes)}))]
+    return np.sort(np.concatenate(idx)), capped_classes(y, k, n_classes)
+
+
+def capped_classes(y: np.ndarray, k, n_classes: int = 0) -> dict[int, int]:
+    """{class: images} for each class with fewer than k training images (those present in y, and of classes
+    0..n_classes-1 also those with none); {} for "all"."""
+    if k == ALL:
+        return {}
+    counts = np.bincount(y, minlength=n_classes)
+    return {c: int(n) for c, n in enumerate(counts) if n < k and (n > 0 or c < n_classes)}
 
 
 def make_model(classifier: str, n_rows: int, n_features: int, C: float | None = None):
@@ -130,7 +135,7 @@ def point_record(fs: FeatureSet, classifier: str, k, draws: int, n_jobs: int | N
     runs = Parallel(n_jobs=jobs, backend="loky" if jobs > 1 else "sequential")(
         delayed(fit_point)(fs, classifier, k, seed_of(k, d), params) for d in range(n))
     acc = np.array([r["test_accuracy"] for r in runs])
-    capped = draw(fs.y_train, k, 0, len(fs.classes))[1]
+    capped = capped_classes(fs.y_train, k, len(fs.classes))
     return {"kind": CURVE, "feature_set": fs.name, "classifier": classifier, "label": LABELS[classifier], "k": k,
             "draws": runs, "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if n > 1 else 0.0,
             "capped": {fs.classes[c]: m for c, m in capped.items()}, "n_train_all": len(fs.y_train),
@@ -196,7 +201,7 @@ def curve(sets: list[FeatureSet], out: Path, classifiers=CURVE_CLASSIFIERS, ks=K
         todo = pending(out, sets, classifiers, ks, draws)
         for k in sorted({k for _, _, k in todo if k != ALL}):
             fs = todo[0][0]
-            capped = draw(fs.y_train, k, 0, len(fs.classes))[1]
+            capped = capped_classes(fs.y_train, k, len(fs.classes))
             if capped:
                 log(f"{k} per class: {', '.join(f'{fs.classes[c]} ({m})' for c, m in capped.items())} "
                     f"{'has' if len(capped) == 1 else 'have'} fewer; all of their images are used")
@@ -212,9 +217,23 @@ def curve(sets: list[FeatureSet], out: Path, classifiers=CURVE_CLASSIFIERS, ks=K
 
 
 def curve_figure(recs: list[dict], out: Path) -> Path | None:
+    """out/figures/curve.png of these records: a panel per classifier, a line per feature set placed as
+    `curve_points` places it (the report draws the same)."""
     from pipeline.render.figures import curve_figure as draw
 
-    return draw(recs, Path(out) / "figures" / "curve.png") if recs else None
+    if not recs:
+        return None
+    sets = list(dict.fromkeys(r["feature_set"] for r in recs))
+    panels = []
+    for c in dict.fromkeys(r["classifier"] for r in recs):
+        lines = []
+        for s in sets:
+            pts = curve_points(recs, s, c)
+            full = [r["mean"] for _, r in pts if r["k"] == ALL]
+            lines.append({"title": set_title(s, recs), "x": [x for x, _ in pts], "mean": [r["mean"] for _, r in pts],
+                          "std": [r["std"] for _, r in pts], "dashed": full[0] if s == "raw" and full else None})
+        panels.append({"title": LABELS.get(c, c), "lines": lines})
+    return draw(panels, Path(out) / "figures" / "curve.png")
 
 
 def per_class_all(rec: dict) -> float:
@@ -244,9 +263,10 @@ def break_even(recs: list[dict], classifier: str = "logreg") -> list[dict]:
     full, target = per_class_all(raw), raw["mean"]
     out = []
     for s in dict.fromkeys(r["feature_set"] for r in recs if r["feature_set"] != "raw"):
-        pts = [(x, r["mean"]) for x, r in curve_points(recs, s, classifier)]
-        if len(pts) < 2 or not any(r["k"] == ALL for _, r in curve_points(recs, s, classifier)):
+        line = curve_points(recs, s, classifier)
+        if len(line) < 2 or line[-1][1]["k"] != ALL:
             continue  # nothing drawn, or not finished: nothing to say
+        pts = [(x, r["mean"]) for x, r in line]
         k, grid_k = None, None
         for i, (x, m) in enumerate(pts):
             if m >= target:

@@ -272,36 +272,28 @@ def transfer_figure(rows: list[dict], path: Path) -> Path:
     return _drawn(path, rows, lambda: draw_transfer_modes(rows))
 
 
-def draw_label_curves(recs: list[dict]):
+def draw_label_curves(panels: list[dict]):
     """Test accuracy against labelled training images per class (log axis), one panel per classifier, one
-    line per feature set with a band of +-1 standard deviation over the draws; the "all" point at the mean
-    images per class, and raw pixels' full-data accuracy dashed. Returns the figure."""
+    line per feature set with a band of +-1 standard deviation over the draws; `panels`: [{"title", "lines":
+    [{"title", "x", "mean", "std", "dashed": raw pixels' full-data accuracy or None}]}], the lines in the
+    feature sets' order (their colours). Returns the figure."""
     from matplotlib.ticker import FuncFormatter
 
     plt = _plt()
-    clfs = list(dict.fromkeys(r["classifier"] for r in recs))
-    sets = list(dict.fromkeys(r["feature_set"] for r in recs))
-    fig, axes = plt.subplots(1, len(clfs), figsize=(4.2 * len(clfs), 3.8), dpi=90, sharey=True, squeeze=False)
-    for ax, c in zip(axes[0], clfs):
-        for i, s in enumerate(sets):
-            mine = [r for r in recs if r["classifier"] == c and r["feature_set"] == s]
-            drawn = sorted((float(r["k"]), r["mean"], r["std"]) for r in mine if r["k"] != "all")
-            full = [r for r in mine if r["k"] == "all"]  # last: at the mean per class, past the largest k drawn
-            pts = drawn + [(max(r["n_train_all"] / r["n_classes"], drawn[-1][0] * 1.5 if drawn else 0.0),
-                            r["mean"], r["std"]) for r in full]
-            if not pts:
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), dpi=90, sharey=True, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for i, line in enumerate(panel["lines"]):
+            if not line["x"]:
                 continue
-            x, m, sd = (np.array(v, dtype=float) for v in zip(*pts))
-            random = any(r["feature_set"] == s and "random init" in r.get("features", "") for r in recs)
-            ax.plot(x, m, "o-", ms=3, color=f"C{i}", label=short_name(feature_title(s))
-                    + (" (random weights)" if random else ""))
+            x, m, sd = (np.array(line[k], dtype=float) for k in ("x", "mean", "std"))
+            ax.plot(x, m, "o-", ms=3, color=f"C{i}", label=short_name(line["title"]))
             ax.fill_between(x, m - sd, m + sd, color=f"C{i}", alpha=0.2, lw=0)
-            if s == "raw" and full:
-                ax.axhline(full[0]["mean"], color=f"C{i}", ls="--", lw=0.8)
+            if line["dashed"] is not None:
+                ax.axhline(line["dashed"], color=f"C{i}", ls="--", lw=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("labelled training images per class (log; last point: all)")
-        ax.set_title(next(r["label"] for r in recs if r["classifier"] == c), fontsize=9)
+        ax.set_title(panel["title"], fontsize=9)
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("test accuracy (mean ± 1 sd over draws)")
     axes[0][0].legend(fontsize=7, loc="lower right")
@@ -310,8 +302,8 @@ def draw_label_curves(recs: list[dict]):
     return fig
 
 
-def curve_figure(recs: list[dict], path: Path) -> Path:
-    return _drawn(path, recs, lambda: draw_label_curves(recs))
+def curve_figure(panels: list[dict], path: Path) -> Path:
+    return _drawn(path, panels, lambda: draw_label_curves(panels))
 
 
 def _label_inches(fig, texts) -> float:
